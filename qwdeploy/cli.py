@@ -48,10 +48,13 @@ GmuOpt = Annotated[Optional[float], typer.Option("--gpu-memory-utilization", min
 KvOpt = Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="Pin kv_cache_dtype: auto or fp8.")]
 SeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="Pin max_num_seqs.")]
 MnbtOpt = Annotated[Optional[int], typer.Option("--max-num-batched-tokens", min=1, help="Pin max_num_batched_tokens.")]
+NodesOpt = Annotated[Optional[int], typer.Option("--nodes", min=1, help="Plan across this many nodes (pipeline parallel across nodes, tensor parallel inside; Ray).")]
+GpusPerNodeOpt = Annotated[Optional[int], typer.Option("--num-gpus-per-node", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8).")]
 EagerOpt = Annotated[Optional[bool], typer.Option("--enforce-eager/--cuda-graphs", help="Pin eager mode (no CUDA graphs) or graphs.", show_default=False)]
 
 
-def make_plan(model, dtype, profile, gpu, num_gpus, tp, mml, gmu, kv, seqs, mnbt, eager):
+def make_plan(model, dtype, profile, gpu, num_gpus, tp, mml, gmu, kv, seqs, mnbt, eager,
+              nodes=None, gpus_per_node=None):
     """Everything `plan` does before rendering; serve, export and warm reuse it."""
     from qwdeploy import catalog, planner, profiles
 
@@ -61,11 +64,19 @@ def make_plan(model, dtype, profile, gpu, num_gpus, tp, mml, gmu, kv, seqs, mnbt
     variant = catalog.get(model, dtype)
     variants = [variant] if (dtype or variant.weights != "bf16" or variant.local_path) \
         else _profile_variants(variant, prof)
-    gpus, local = _gpus(gpu, num_gpus)
     pins = planner.Pins(tensor_parallel_size=tp, max_model_len=mml, gpu_memory_utilization=gmu,
                         kv_cache_dtype=kv, max_num_seqs=seqs, max_num_batched_tokens=mnbt,
                         enforce_eager=eager)
-    result = planner.plan(variants, prof, gpus, pins, local=local)
+    if nodes and nodes > 1:
+        from qwdeploy import multinode
+
+        if not gpu:
+            raise QwdeployError("--nodes needs --gpu NAME (the GPU of every node)",
+                                hint="e.g. --nodes 2 --gpu H100 --num-gpus-per-node 8")
+        result = multinode.plan(variants, prof, gpu, nodes, gpus_per_node or num_gpus or 8, pins)
+    else:
+        gpus, local = _gpus(gpu, num_gpus)
+        result = planner.plan(variants, prof, gpus, pins, local=local)
     from qwdeploy import performance
 
     return performance.attach(result)
@@ -111,6 +122,8 @@ def plan(
     max_num_seqs: SeqsOpt = None,
     max_num_batched_tokens: MnbtOpt = None,
     enforce_eager: EagerOpt = None,
+    nodes: NodesOpt = None,
+    num_gpus_per_node: GpusPerNodeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Work out how MODEL fits on the GPUs under PROFILE, and print the vLLM command.
@@ -121,7 +134,7 @@ def plan(
     with reported_errors():
         result = make_plan(model, dtype, profile, gpu, num_gpus, tensor_parallel_size,
                            max_model_len, gpu_memory_utilization, kv_cache_dtype, max_num_seqs,
-                           max_num_batched_tokens, enforce_eager)
+                           max_num_batched_tokens, enforce_eager, nodes, num_gpus_per_node)
     from qwdeploy import render
 
     if as_json:
