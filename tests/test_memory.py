@@ -1,0 +1,78 @@
+"""Exact arithmetic of the memory model, checked by hand."""
+
+import pytest
+
+from qwdeploy import catalog, memory
+
+GiB = 1 << 30
+
+
+def test_parameter_counts_match_the_shapes():
+    assert memory.parameter_count(catalog.get("Qwen/Qwen3-8B")) == 8_190_735_360
+    assert memory.parameter_count(catalog.get("Qwen/Qwen3-0.6B")) == 596_049_920
+    assert memory.parameter_count(catalog.get("Qwen/Qwen3-30B-A3B")) == 30_532_122_624
+    assert memory.parameter_count(catalog.get("Qwen/Qwen3-235B-A22B")) == 235_093_634_560
+
+
+def test_bf16_weights_are_two_bytes_a_parameter_plus_the_rotary_cache():
+    v = catalog.get("Qwen/Qwen3-8B")
+    rotary = 40960 * 128 * 2
+    assert memory.weight_bytes(v, 1) == 8_190_735_360 * 2 + rotary
+
+
+def test_kv_bytes_per_token_dense_8b_is_144_kib():
+    # 2 (K,V) × 36 layers × 8 heads × 128 × 2 bytes
+    assert memory.kv_bytes_per_token(catalog.get("Qwen/Qwen3-8B").spec, "auto", 1) == 147_456
+
+
+def test_kv_heads_are_replicated_once_tp_exceeds_them():
+    moe = catalog.get("Qwen/Qwen3-30B-A3B").spec  # 4 KV heads
+    assert memory.kv_bytes_per_token(moe, "auto", 4) == memory.kv_bytes_per_token(moe, "auto", 8) == 24_576
+
+
+def test_fp8_kv_halves_bytes_per_token():
+    spec = catalog.get("Qwen/Qwen3-32B").spec
+    assert memory.kv_bytes_per_token(spec, "fp8", 2) == 131_072 // 2
+
+
+def test_kv_tokens_are_whole_blocks_of_16():
+    spec = catalog.get("Qwen/Qwen3-8B").spec
+    cap = memory.kv_capacity(10 * 147_456 * 16 + 5, spec, "auto", 1, 32768)
+    assert (cap.num_blocks, cap.tokens) == (10, 160)
+
+
+def test_concurrency_is_blocks_over_blocks_per_request():
+    spec = catalog.get("Qwen/Qwen3-8B").spec
+    cap = memory.kv_capacity(4096 * 147_456 * 16, spec, "auto", 1, 32768)
+    assert cap.max_concurrency == 4096 / 2048
+
+
+def test_fp8_block_weights_carry_float32_scales():
+    # q,k,v fused 6144×4096 fp8 + ceil(6144/128)·ceil(4096/128) fp32 scales
+    v = catalog.get("Qwen/Qwen3-8B-FP8")
+    assert memory._linear_bytes(6144, 4096, v, "qkv_proj") == 6144 * 4096 + 48 * 32 * 4
+
+
+def test_awq_int4_linear_is_0_5195_bytes_per_weight():
+    v = catalog.get("Qwen/Qwen3-14B-AWQ")
+    assert memory._linear_bytes(5120, 17408, v, "down_proj") == pytest.approx(5120 * 17408 * 0.51953125)
+
+
+@pytest.mark.parametrize("repo,tp,problem", [
+    ("Qwen/Qwen3-14B", 5, "KV heads"),
+    ("Qwen/Qwen3-8B", 3, "attention heads"),
+    ("Qwen/Qwen3-30B-A3B-FP8", 4, "block"),
+    ("Qwen/Qwen3-4B-AWQ", 8, "Marlin"),
+])
+def test_tp_sizes_vllm_refuses_are_explained(repo, tp, problem):
+    assert problem in memory.tp_problem(catalog.get(repo), tp)
+
+
+def test_capture_sizes_follow_vllms_default_list():
+    assert memory.cudagraph_capture_sizes(1024, 16384)[-3:] == [480, 496, 512]
+    assert len(memory.cudagraph_capture_sizes(1024, 16384)) == 51
+    assert memory.cudagraph_capture_sizes(64, 16384)[-1] == 128
+
+
+def test_requested_memory_rounds_up_like_vllm():
+    assert memory.requested_bytes(85_017_493_504, 0.9) == 76_515_744_154
