@@ -443,8 +443,9 @@ def _search_order(variants, profile, gpus, pins):
 
 
 def _fallback_rank(c: _Candidate):
+    """Among candidates that miss the profile: fitting first, then the most context and KV."""
     return (c.fits, c.max_model_len if c.fits else c.capacity.max_model_len_limit,
-            c.capacity.max_concurrency, -c.tp)
+            c.memory.kv_cache_bytes, -c.tp)
 
 
 # ------------------------------------------------------------------------------------------
@@ -460,11 +461,9 @@ def _alternatives(best: _Candidate, variants, profile, gpus, pins) -> tuple[Alte
     for v in family:
         if v.repo_id == best.variant.repo_id:
             continue
-        tps = [tp for tp in memory.valid_tp_sizes(v, len(gpus)) if tp >= best.tp] or [best.tp]
-        if memory.tp_problem(v, tps[0]):
-            continue
-        c = _evaluate(v, best.kv_cache_dtype, tps[0], choose_gpus(gpus, tps[0]), profile, loose)
-        options.append((f"{v.weight_dtype} weights ({v.repo_id})", c))
+        c = _smallest_fitting(v, best.kv_cache_dtype, gpus, profile, loose)
+        if c is not None:
+            options.append((f"{v.weight_dtype} weights ({v.repo_id})", c))
     if best.kv_cache_dtype == "auto" and all(g.spec.fp8_native for g in gpus):
         c = _evaluate(best.variant, "fp8", best.tp, best.gpus, profile, loose)
         options.append(("fp8 KV cache (halves KV bytes per token)", c))
@@ -488,6 +487,14 @@ def _alternatives(best: _Candidate, variants, profile, gpus, pins) -> tuple[Alte
                              kv_cache_tokens=c.capacity.tokens,
                              max_concurrency=c.capacity.max_concurrency, fits=c.fits)
                  for s, c in ranked)
+
+
+def _smallest_fitting(variant, kv, gpus, profile, pins) -> _Candidate | None:
+    """The fewest of these GPUs on which `variant` meets the profile (else fits, else the last)."""
+    tried = [_evaluate(variant, kv, tp, choose_gpus(gpus, tp), profile, pins)
+             for tp in memory.valid_tp_sizes(variant, len(gpus))]
+    return (next((c for c in tried if c.meets_profile), None)
+            or next((c for c in tried if c.fits), None) or (tried[-1] if tried else None))
 
 
 # ------------------------------------------------------------------------------------------
