@@ -295,7 +295,7 @@ def _round_context(tokens: int) -> int:
 
 
 def _evaluate(variant: Variant, kv: str, tp: int, gpus: tuple[Gpu, ...], profile: Profile,
-              pins: Pins) -> _Candidate:
+              pins: Pins, cal: memory.Calibration = memory.CALIBRATION) -> _Candidate:
     mns = pins.max_num_seqs or profile.max_num_seqs
     mnbt = pins.max_num_batched_tokens or max(profile.max_num_batched_tokens, mns)
     eager = profile.enforce_eager if pins.enforce_eager is None else pins.enforce_eager
@@ -304,15 +304,15 @@ def _evaluate(variant: Variant, kv: str, tp: int, gpus: tuple[Gpu, ...], profile
     rope = _rope_for(variant, target)
     smallest = min(gpus, key=lambda g: (g.total_bytes, g.free_bytes))
     total = smallest.total_bytes
-    graphs = memory.cudagraph_bytes(variant, mns, mnbt, eager)
+    graphs = memory.cudagraph_bytes(variant, mns, mnbt, eager, cal=cal)
     gmu_cap = min(memory.max_utilization(g.total_bytes, g.free_bytes, graphs,
-                                         FREE_MEMORY_MARGIN_BYTES) for g in gpus)
+                                         FREE_MEMORY_MARGIN_BYTES, cal) for g in gpus)
     gmu = pins.gpu_memory_utilization or min(profile.gpu_memory_utilization, gmu_cap)
 
     def budget(rope_scaling: dict | None) -> MemoryBreakdown:
         rope_max = (int(rope_scaling["original_max_position_embeddings"] * rope_scaling["factor"])
                     if rope_scaling else None)
-        return memory.breakdown(variant, total, gmu, tp, mnbt, mns, eager, rope_max)
+        return memory.breakdown(variant, total, gmu, tp, mnbt, mns, eager, rope_max, cal)
 
     mem = budget(rope)
     cap = memory.kv_capacity(mem.kv_cache_bytes, variant.spec, kv, tp, target)
@@ -394,9 +394,10 @@ def _tp_sizes(variant: Variant, gpu_count: int, policy: str, pinned: int | None)
 
 
 def choose_gpus(gpus: Sequence[Gpu], count: int) -> tuple[Gpu, ...]:
-    """The `count` GPUs with the most free memory (ties: lowest index)."""
-    ranked = sorted(gpus, key=lambda g: (-g.free_bytes, g.index if g.index is not None else 0))
-    return tuple(sorted(ranked[:count], key=lambda g: g.index if g.index is not None else 0))
+    """The TP group of `count` GPUs: one kind, best linked, most free memory (hardware.best_group)."""
+    from qwdeploy import hardware
+
+    return hardware.best_group(gpus, count)
 
 
 def _kv_options(profile: Profile, pins: Pins, gpus: Sequence[Gpu]) -> list[str]:
@@ -407,26 +408,34 @@ def _kv_options(profile: Profile, pins: Pins, gpus: Sequence[Gpu]) -> list[str]:
 
 
 def plan(variants: Sequence[Variant], profile: Profile, gpus: Sequence[Gpu], pins: Pins = Pins(),
-         local: bool = False) -> Plan:
-    """The configuration to run, chosen among `variants` (in order of preference)."""
+         local: bool = False, cal: memory.Calibration = memory.CALIBRATION,
+         calibration_note: str | None = None) -> Plan:
+    """The configuration to run, chosen among `variants` (in order of preference).
+
+    `cal` replaces the default overhead calibration (e.g. corrected by serve's records of what
+    vLLM really got on this machine); `calibration_note` then says so in the plan's notes.
+    """
     if not gpus:
         raise QwdeployError("no GPUs to plan for", hint="name them: --gpu H100 --num-gpus 1")
     if pins.max_num_seqs and pins.max_num_batched_tokens and pins.max_num_batched_tokens < pins.max_num_seqs:
         raise QwdeployError("--max-num-batched-tokens must be at least --max-num-seqs",
                             hint="vLLM refuses max_num_batched_tokens < max_num_seqs")
     candidates = []
-    for tp_first in _search_order(variants, profile, gpus, pins):
+    for tp_first in _search_order(variants, profile, gpus, pins, cal):
         candidates.append(tp_first)
         if tp_first.meets_profile:
             break
     best = next((c for c in candidates if c.meets_profile), None)
     if best is None:
         best = max(candidates, key=_fallback_rank)
-    alternatives = () if best.meets_profile else _alternatives(best, variants, profile, gpus, pins)
-    return _to_plan(best, profile, pins, local, alternatives)
+    alternatives = () if best.meets_profile else _alternatives(best, variants, profile, gpus, pins, cal)
+    result = _to_plan(best, profile, pins, local, alternatives)
+    if calibration_note:
+        result = replace(result, notes=result.notes + (calibration_note,))
+    return result
 
 
-def _search_order(variants, profile, gpus, pins):
+def _search_order(variants, profile, gpus, pins, cal):
     """Candidates in the order the profile prefers them: GPUs count first, then weights, then KV."""
     kv_options = _kv_options(profile, pins, gpus)
     tp_lists = {v.repo_id: _tp_sizes(v, len(gpus), profile.tensor_parallel, pins.tensor_parallel_size)
@@ -439,7 +448,7 @@ def _search_order(variants, profile, gpus, pins):
             if tp not in tp_lists[v.repo_id]:
                 continue
             for kv in kv_options:
-                yield _evaluate(v, kv, tp, group, profile, pins)
+                yield _evaluate(v, kv, tp, group, profile, pins, cal)
 
 
 def _fallback_rank(c: _Candidate):
@@ -452,7 +461,7 @@ def _fallback_rank(c: _Candidate):
 # Alternatives when the plan falls short
 
 
-def _alternatives(best: _Candidate, variants, profile, gpus, pins) -> tuple[Alternative, ...]:
+def _alternatives(best: _Candidate, variants, profile, gpus, pins, cal) -> tuple[Alternative, ...]:
     from qwdeploy import catalog
 
     options: list[tuple[str, _Candidate]] = []
@@ -461,24 +470,24 @@ def _alternatives(best: _Candidate, variants, profile, gpus, pins) -> tuple[Alte
     for v in family:
         if v.repo_id == best.variant.repo_id:
             continue
-        c = _smallest_fitting(v, best.kv_cache_dtype, gpus, profile, loose)
+        c = _smallest_fitting(v, best.kv_cache_dtype, gpus, profile, loose, cal)
         if c is not None:
             options.append((f"{v.weight_dtype} weights ({v.repo_id})", c))
     if best.kv_cache_dtype == "auto" and all(g.spec.fp8_native for g in gpus):
-        c = _evaluate(best.variant, "fp8", best.tp, best.gpus, profile, loose)
+        c = _evaluate(best.variant, "fp8", best.tp, best.gpus, profile, loose, cal)
         options.append(("fp8 KV cache (halves KV bytes per token)", c))
     for tp in memory.valid_tp_sizes(best.variant, 8):
         if tp <= best.tp:
             continue
         more = tuple(replace(best.gpus[0], index=i) for i in range(tp))
-        c = _evaluate(best.variant, best.kv_cache_dtype, tp, more, profile, loose)
+        c = _evaluate(best.variant, best.kv_cache_dtype, tp, more, profile, loose, cal)
         if c.fits:
             options.append((f"{tp} × {best.gpus[0].name} (tensor parallel {tp})", c))
             break
     limit = best.capacity.max_model_len_limit
     if limit >= memory.BLOCK_SIZE:
         shorter = replace(pins, max_model_len=_round_context(limit) or limit)
-        c = _evaluate(best.variant, best.kv_cache_dtype, best.tp, best.gpus, profile, shorter)
+        c = _evaluate(best.variant, best.kv_cache_dtype, best.tp, best.gpus, profile, shorter, cal)
         options.append((f"max_model_len {c.max_model_len} (the longest that fits)", c))
     ranked = sorted(options, key=lambda o: (not o[1].fits, not o[1].meets_profile, o[1].tp,
                                              WEIGHT_QUALITY.index(o[1].variant.weight_dtype)))
@@ -489,9 +498,9 @@ def _alternatives(best: _Candidate, variants, profile, gpus, pins) -> tuple[Alte
                  for s, c in ranked)
 
 
-def _smallest_fitting(variant, kv, gpus, profile, pins) -> _Candidate | None:
+def _smallest_fitting(variant, kv, gpus, profile, pins, cal) -> _Candidate | None:
     """The fewest of these GPUs on which `variant` meets the profile (else fits, else the last)."""
-    tried = [_evaluate(variant, kv, tp, choose_gpus(gpus, tp), profile, pins)
+    tried = [_evaluate(variant, kv, tp, choose_gpus(gpus, tp), profile, pins, cal)
              for tp in memory.valid_tp_sizes(variant, len(gpus))]
     return (next((c for c in tried if c.meets_profile), None)
             or next((c for c in tried if c.fits), None) or (tried[-1] if tried else None))
