@@ -17,10 +17,28 @@ def load_runs() -> list[dict]:
         runs.append({**r, "source": "groundtruth"})
     raw = ROOT / "bench/results/raw"
     for f in sorted(raw.glob("*.json")) if raw.is_dir() else []:
-        r = json.loads(f.read_text())
-        if isinstance(r, dict) and r.get("repo_id") and (r.get("kv_tokens") or r.get("refused")):
-            runs.append({**r, "source": f"bench/results/raw/{f.name}"})
+        run = _from_device_run(json.loads(f.read_text()))
+        if run is not None:
+            runs.append({**run, "source": f"bench/results/raw/{f.name}"})
     return runs
+
+
+def _from_device_run(r: dict) -> dict | None:
+    """A bench/gpu/run_vllm.py result, flattened; None for runs that neither started nor refused."""
+    if not isinstance(r, dict) or "repo_id" not in r:
+        return None
+    log = r.get("log") or {}
+    refused = bool(r.get("refused"))
+    if not refused and not log.get("kv_tokens"):
+        return None
+    run = {k: v for k, v in r.items() if k not in ("log", "child", "llm_kwargs", "gpu_before_go")}
+    run.update({k: v for k, v in log.items() if not isinstance(v, list)})
+    run["run"] = r.get("name", "?")
+    run["refused"] = refused
+    run.setdefault("tp", 1)
+    if (r.get("llm_kwargs") or {}).get("hf_overrides"):
+        run["profile"] = "long-context"
+    return run
 
 
 def plan_args(run: dict) -> list[str]:
