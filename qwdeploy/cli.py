@@ -161,6 +161,58 @@ def models(as_json: JsonOpt = False) -> None:
 # ---- further commands register below (gpus, download, serve, export, warm) ------------------
 
 
+SourceOpt = Annotated[str, typer.Option("--source", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope.")]
+EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it.")]
+RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")]
+LocalDirOpt = Annotated[Optional[str], typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the files, sizes and checksums and the total; download nothing.")]
+
+
+@app.command()
+def download(
+    model: ModelArg,
+    dtype: DtypeOpt = None,
+    source: SourceOpt = "auto",
+    endpoint: EndpointOpt = None,
+    revision: RevisionOpt = None,
+    local_dir: LocalDirOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download MODEL's weights for vLLM (config, tokenizer, safetensors), resumable and verified.
+
+    Default destination is the hub's own cache, where `vllm serve MODEL` finds them offline.
+    Exit codes: 0 done, 20 not found, 21 gated or unauthorised, 22 network, 23 not enough disk,
+    24 verification failed, 1 other errors you can fix, 130 interrupted (run again to resume).
+    """
+    from qwdeploy import download as dl
+    from qwdeploy import progress, render
+
+    bar = progress.RichProgress(bars=False if as_json else None)
+    args = dict(source=source, endpoint=endpoint, revision=revision, local_dir=local_dir, progress=bar)
+    try:
+        with reported_errors():
+            result = (dl.plan_download if dry_run else dl.download)(model, dtype, **args)
+            if dry_run:
+                render.print_json(result.to_json()) if as_json else progress.show_plan(result.to_json())
+                dl.check_disk(result.needed_bytes, result.free_bytes, result.path)
+                return
+    except KeyboardInterrupt:
+        bar.stop()
+        render.error("interrupted", "run the same command again: complete files are kept, partial ones resume")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    if as_json:
+        render.print_json(result.to_json())
+        return
+    m = result.manifest
+    render.info(f"{m.repo_id}: {len(m.files)} files, {render.gib(m.total_bytes)} from {m.source.name} "
+                f"({m.source.endpoint}), size and checksum verified")
+    if m.source.protocol == "modelscope" and not local_dir:
+        render.info(f"serve with: VLLM_USE_MODELSCOPE=true vllm serve {m.repo_id}")
+    typer.echo(str(result.path))
+
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"qwdeploy {__version__}")
