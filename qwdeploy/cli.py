@@ -161,6 +161,20 @@ def models(as_json: JsonOpt = False) -> None:
 # ---- further commands register below (gpus, download, serve, export, warm) ------------------
 
 
+@app.command()
+def gpus(as_json: JsonOpt = False) -> None:
+    """List the local GPUs as CUDA will number them: memory, processes, MIG, links (through NVML).
+
+    Exit codes: 0 ok, 10 no NVIDIA driver library, 11 driver library and kernel module differ,
+    12 no GPU visible, 13 CUDA_VISIBLE_DEVICES names a GPU that does not exist.
+    """
+    from qwdeploy import hardware, render
+
+    with reported_errors():
+        data = hardware.local().to_json()
+    render.print_json(data) if as_json else render.gpus(data)
+
+
 SourceOpt = Annotated[str, typer.Option("--source", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope.")]
 EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it.")]
 RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")]

@@ -1,0 +1,186 @@
+"""A thin stand-in for the pynvml module that replays an NVML session recorded on a real GPU.
+
+Recordings come from tests/data/nvml/capture_nvml.py: each call is stored with its arguments and
+its answer or NVMLError. Replaying a call that was not recorded (or that the capture could not make)
+raises NotRecorded, so code under test cannot quietly read numbers nobody measured.
+
+    nv = fake_pynvml.load("h100_idle")            # tests/data/nvml/h100_idle.json
+    nvml.inventory(nv, process_name=nv.process_name)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pynvml as _real  # only for constants the recording does not list (pure API values)
+
+DATA = Path(__file__).parent / "data" / "nvml"
+
+
+class NotRecorded(AssertionError):
+    """The code asked NVML something the recording has no answer for."""
+
+
+class NVMLError(Exception):
+    """Like pynvml.NVMLError: `.value` is the NVML return code."""
+
+    def __init__(self, value, text: str | None = None):
+        super().__init__(value)
+        self.value = value
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text or f"NVML error {self.value}"
+
+
+_ERROR_CLASSES: dict[str, type] = {}
+
+
+def _error_class(name: str) -> type:
+    if name not in _ERROR_CLASSES:
+        _ERROR_CLASSES[name] = type(name, (NVMLError,), {})
+    return _ERROR_CLASSES[name]
+
+
+class Handle:
+    """A device handle: a GPU by NVML index."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"<fake handle {self.index}>"
+
+
+def path(name: str) -> Path:
+    return DATA / (name if name.endswith(".json") else name + ".json")
+
+
+def load(name: str) -> "FakePynvml":
+    return FakePynvml(json.loads(path(name).read_text()))
+
+
+def _key(call: str, args: list, kwargs: dict) -> str:
+    return json.dumps([call, [_norm(a) for a in args], {k: _norm(v) for k, v in sorted(kwargs.items())}])
+
+
+def _norm(a):
+    if isinstance(a, Handle):
+        return {"handle": a.index}
+    if isinstance(a, dict) and "const" in a:
+        a = a["value"]
+    if isinstance(a, (list, tuple)) and len(a) == 1:  # NVML_P2P_CAPS_INDEX_READ = 0, (a tuple)
+        a = a[0]
+    if isinstance(a, dict):
+        return {k: _norm(v) for k, v in a.items()}
+    return a
+
+
+def _obj(value):
+    """Recorded ctypes structs come back as objects with attributes, like pynvml's."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: _obj(v) for k, v in value.items() if k != "__struct__"})
+    if isinstance(value, list):
+        return [_obj(v) for v in value]
+    return value
+
+
+class FakePynvml:
+    """Module-like: nvml* functions replay the recording; NVML_* constants; NVMLError."""
+
+    NVMLError = NVMLError
+
+    def __init__(self, recording: dict):
+        self.recording = recording
+        self._answers: dict[str, list[dict]] = {}
+        self._missing: set[str] = set()
+        for rec in recording["calls"]:
+            if rec.get("error", {}).get("class") == "MissingInPynvml":
+                self._missing.add(rec["call"])
+                continue
+            self._answers.setdefault(_key(rec["call"], rec["args"], rec.get("kwargs", {})), []).append(rec)
+        self.constants = dict(recording.get("constants", {}))
+        self.calls: list[str] = []  # what the code under test asked, in order
+
+    # ---- module surface -------------------------------------------------------------------
+    def __getattr__(self, name: str):
+        if name in self.__dict__.get("constants", {}):
+            return self.constants[name]
+        if hasattr(_real, name) and not callable(getattr(_real, name)):
+            return getattr(_real, name)  # NVML_* and nvmlMemory_v2 style constants
+        if name.startswith("nvml") and name[4:5].isupper():
+            if name in self.__dict__.get("_missing", ()):
+                raise AttributeError(name)
+            return lambda *args, **kwargs: self._replay(name, list(args), kwargs)
+        raise AttributeError(name)
+
+    def _replay(self, call: str, args: list, kwargs: dict):
+        self.calls.append(call)
+        answers = self._answers.get(_key(call, args, kwargs))
+        if not answers:
+            raise NotRecorded(f"{call}{tuple(args)} {kwargs or ''} is not in the recording")
+        rec = answers.pop(0) if len(answers) > 1 else answers[0]
+        err = rec.get("error")
+        if err:
+            if err.get("python_error") or err.get("value") is None:
+                raise NotRecorded(f"the capture could not make {call}{tuple(args)}: {err}")
+            raise _error_class(err["class"])(err["value"], err.get("str"))
+        if call == "nvmlDeviceGetHandleByIndex":
+            return Handle(int(args[0]))
+        if call.endswith("RunningProcesses"):
+            return self._processes(call, args[0], rec["result"])
+        return _obj(rec["result"])
+
+    # ---- things the capture stored beside the calls ------------------------------------------
+    def _processes(self, call: str, handle: Handle, result):
+        """Process lists. pynvml returns nvmlFriendlyObject items, which the capture could only
+        store as repr() strings; then the pids, names and MiB of `nvidia-smi --query-compute-apps`
+        recorded in the same session stand in for them."""
+        if all(isinstance(p, dict) for p in result):
+            return [_obj(p) for p in result]
+        if call != "nvmlDeviceGetComputeRunningProcesses":
+            raise NotRecorded(f"{call}: the recording holds only {result!r}")
+        uuid = self._answer("nvmlDeviceGetUUID", handle)
+        rows = self.smi_compute_apps()
+        listed = [r for r in rows if r["gpu_uuid"] == uuid]
+        if len(listed) != len(result):
+            raise NotRecorded(f"{call}: {len(result)} processes recorded, nvidia-smi listed {len(listed)}")
+        return [SimpleNamespace(pid=r["pid"], usedGpuMemory=r["used_bytes"]) for r in listed]
+
+    def _answer(self, call: str, *args):
+        return _obj(self._answers[_key(call, list(args), {})][0]["result"])
+
+    def smi_compute_apps(self) -> list[dict]:
+        text = self.recording.get("nvidia_smi_compute_apps_csv") or ""
+        rows = []
+        for row in csv.DictReader(io.StringIO(text.split("\n[stderr]")[0]), skipinitialspace=True):
+            used = row["used_gpu_memory [MiB]"].split()[0]
+            rows.append({"pid": int(row["pid"]), "name": row["process_name"],
+                         "used_bytes": int(used) << 20 if used.isdigit() else None,
+                         "gpu_uuid": row["gpu_uuid"]})
+        return rows
+
+    def process_name(self, pid: int) -> str | None:
+        """/proc/<pid>/comm as the capture read it on the GPU machine."""
+        entry = self.recording.get("process_names", {}).get(str(pid)) or {}
+        return entry.get("comm")
+
+    @property
+    def torch_mem_get_info(self) -> dict:
+        """torch.cuda.mem_get_info() of a separate process in the same session (free after its
+        CUDA context was created, and CUDA's total)."""
+        return self.recording["torch_mem_get_info"]
+
+
+def failing_init(error_name: str) -> FakePynvml:
+    """A pynvml whose nvmlInit fails with the real library's NVML_ERROR_<error_name> code."""
+    value = getattr(_real, "NVML_ERROR_" + error_name)
+    fake = FakePynvml({"calls": [{"call": "nvmlInit", "args": [],
+                                  "error": {"class": "NVMLError", "value": value}}],
+                       "constants": {k: getattr(_real, k) for k in dir(_real)
+                                     if k.startswith("NVML_ERROR_")}})
+    return fake
