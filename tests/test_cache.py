@@ -1,0 +1,253 @@
+"""qwdeploy.cache: the key, the directory, warm/cold, DeepGEMM and loader choices (no vLLM)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from qwdeploy import cache
+from qwdeploy.cli import make_plan
+
+TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
+
+
+def plan_for(model="Qwen/Qwen3-8B", profile="chat", dtype=None, gpu="H100", mml=None, gmu=None,
+             kv=None, seqs=None, mnbt=None, eager=None):
+    return make_plan(model, dtype, profile, gpu, None, None, mml, gmu, kv, seqs, mnbt, eager)
+
+
+def key_of(plan, **kw):
+    return cache.cache_key(cache.key_fields(plan, "0.26.0", "H100", **kw))
+
+
+# ---- the key ---------------------------------------------------------------------------------
+
+def test_gpu_memory_utilization_is_not_in_the_key():
+    assert key_of(plan_for(gmu=0.80)) == key_of(plan_for(gmu=0.92))
+
+
+def test_max_model_len_is_in_the_key():
+    assert key_of(plan_for(mml=8192)) != key_of(plan_for(mml=16384))
+
+
+@pytest.mark.parametrize("pins", [dict(mnbt=4096), dict(kv="fp8"), dict(eager=True),
+                                  dict(dtype="fp8"), dict(model="Qwen/Qwen3-4B")])
+def test_each_compile_setting_changes_the_key(pins):
+    assert key_of(plan_for(mml=8192)) != key_of(plan_for(mml=8192, **pins))
+
+
+def test_max_num_seqs_changes_the_key_only_through_the_graph_sizes():
+    # capture sizes go up to min(2 × max_num_seqs, 512, mnbt): 300 and 400 both cap at 512
+    assert key_of(plan_for(mml=8192, seqs=300)) == key_of(plan_for(mml=8192, seqs=400))
+    assert key_of(plan_for(mml=8192, seqs=64)) != key_of(plan_for(mml=8192, seqs=128))
+
+
+def test_eager_plans_ignore_max_num_seqs():
+    assert key_of(plan_for(mml=8192, eager=True, seqs=8)) == key_of(plan_for(mml=8192, eager=True, seqs=256))
+
+
+def test_vllm_version_and_device_are_in_the_key():
+    p = plan_for()
+    base = cache.cache_key(cache.key_fields(p, "0.26.0", "H100"))
+    assert base != cache.cache_key(cache.key_fields(p, "0.27.0", "H100"))
+    assert base != cache.cache_key(cache.key_fields(p, "0.26.0", "H200"))
+
+
+def test_key_change_names_the_settings_that_differ():
+    old, new = plan_for(mml=8192), plan_for(mml=16384, mnbt=4096)
+    assert cache.key_change(old, new) == ["max_model_len", "max_num_batched_tokens"]
+
+
+def test_key_change_is_empty_when_only_gpu_memory_utilization_moves():
+    assert cache.key_change(plan_for(gmu=0.85), plan_for(gmu=0.92)) == []
+
+
+def test_describe_change_says_keeps_or_cold():
+    assert cache.describe_change([]).startswith("keeps the compile cache")
+    assert cache.describe_change(["max_model_len"]) == \
+        "changes max_model_len: cold compile expected on the next start"
+
+
+# ---- the directory -----------------------------------------------------------------------------
+
+def test_directory_is_model_slug_and_twelve_key_characters(tmp_path):
+    state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    assert state.directory == tmp_path / "vllm" / f"qwen3-8b-{state.key[:12]}"
+    assert state.directory.is_dir()
+
+
+def test_env_points_vllm_and_inductor_into_the_directory(tmp_path):
+    state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    assert state.env["VLLM_CACHE_ROOT"] == str(state.directory)
+    assert state.env["TORCHINDUCTOR_CACHE_DIR"] == str(state.directory / "torchinductor")
+
+
+def test_default_root_follows_qwdeploy_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("QWDEPLOY_CACHE_DIR", str(tmp_path / "c"))
+    assert cache.default_root() == tmp_path / "c"
+
+
+def test_default_root_is_under_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("QWDEPLOY_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache.default_root() == tmp_path / "qwdeploy"
+
+
+# ---- warm or cold ------------------------------------------------------------------------------
+
+def _fake_compile(state):
+    f = state.directory / cache.COMPILE_DIR / "torch_aot_compile" / "abc" / "rank_0_0" / "model"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"x")
+
+
+def test_first_prepare_is_cold(tmp_path):
+    state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    assert not state.warm
+    assert state.notes[0].startswith("Cache cold: first start")
+
+
+def test_prepare_after_mark_built_with_compile_cache_is_warm(tmp_path):
+    state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    _fake_compile(state)
+    cache.mark_built(state, {"import_s": 20.0, "compile_s": 40.0, "ready_s": 95.0})
+    again = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    assert again.warm and again.key == state.key
+
+
+def test_warm_start_expects_the_last_measured_ready_time(tmp_path):
+    state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    _fake_compile(state)
+    cache.mark_built(state, {"ready_s": 48.25})
+    assert cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0").expected_start_s == 48.2
+
+
+def test_mark_built_without_compile_cache_stays_cold(tmp_path):
+    state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    cache.mark_built(state, {"ready_s": 95.0})
+    again = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    assert not again.warm and "torch.compile cache is empty" in again.notes[0]
+
+
+def test_eager_plan_is_warm_without_a_compile_cache(tmp_path):
+    state = cache.prepare(plan_for(eager=True), tmp_path, vllm_version="0.26.0")
+    cache.mark_built(state, {"ready_s": 45.0})
+    assert cache.prepare(plan_for(eager=True), tmp_path, vllm_version="0.26.0").warm
+
+
+def test_other_gpu_memory_utilization_reuses_the_warm_directory(tmp_path):
+    state = cache.prepare(plan_for(gmu=0.85), tmp_path, vllm_version="0.26.0")
+    _fake_compile(state)
+    cache.mark_built(state, {"ready_s": 95.0})
+    again = cache.prepare(plan_for(gmu=0.92), tmp_path, vllm_version="0.26.0")
+    assert again.warm and again.directory == state.directory
+
+
+def test_changed_gpu_memory_utilization_drops_vllms_startup_plan(tmp_path):
+    state = cache.prepare(plan_for(gmu=0.85), tmp_path, vllm_version="0.26.0")
+    saved = state.directory / "startup_plan" / "startup_plan_0123456789abcdef.json"
+    saved.parent.mkdir()
+    saved.write_text("{}")
+    cache.mark_built(state, {"ready_s": 95.0})
+    cache.prepare(plan_for(gmu=0.92), tmp_path, vllm_version="0.26.0")
+    assert not saved.exists()
+
+
+def test_manifest_records_key_fields_and_phases(tmp_path):
+    state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    cache.mark_built(state, {"compile_s": 41.5, "ready_s": 95.0})
+    data = json.loads((state.directory / "qwdeploy-cache.json").read_text())
+    assert data["key"] == state.key
+    assert data["key_fields"]["max_model_len"] == state.key_fields["max_model_len"]
+    assert data["last_success"]["compile_s"] == 41.5
+
+
+def test_corrupt_manifest_counts_as_cold(tmp_path):
+    state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    _fake_compile(state)
+    state.manifest_path.write_text("{not json")
+    assert not cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0").warm
+
+
+def test_cache_state_is_frozen(tmp_path):
+    state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    with pytest.raises(Exception):
+        state.warm = True
+
+
+# ---- DeepGEMM --------------------------------------------------------------------------------
+
+def test_bf16_plans_leave_deep_gemm_alone():
+    assert cache.deep_gemm_warmup(plan_for()) is None
+
+
+def test_fp8_low_latency_pays_the_full_deep_gemm_warmup():
+    assert cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "low-latency", mml=8192)) == "full"
+
+
+def test_fp8_chat_skips_the_deep_gemm_warmup():
+    assert cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "chat")) == "skip"
+
+
+def test_fp8_on_ada_has_no_deep_gemm():
+    # DeepGEMM needs SM90+; an L40S (SM89) runs FP8 through CUTLASS
+    assert cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "chat", gpu="L40S")) is None
+
+
+def test_fp8_eager_has_no_jit_warmup():
+    assert cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "chat", eager=True)) is None
+
+
+def test_deep_gemm_choice_is_in_env_and_notes(tmp_path):
+    state = cache.prepare(plan_for("Qwen/Qwen3-8B-FP8", "low-latency", mml=8192), tmp_path,
+                          vllm_version="0.26.0")
+    assert state.env["VLLM_DEEP_GEMM_WARMUP"] == "full"
+    assert any(n.startswith("DeepGEMM: VLLM_DEEP_GEMM_WARMUP=full") for n in state.notes)
+
+
+def test_deep_gemm_kernels_are_shared_across_keys_of_one_gpu(tmp_path):
+    a = cache.prepare(plan_for("Qwen/Qwen3-8B-FP8", mml=8192), tmp_path, vllm_version="0.26.0")
+    b = cache.prepare(plan_for("Qwen/Qwen3-8B-FP8", mml=16384), tmp_path, vllm_version="0.26.0")
+    assert a.directory != b.directory
+    assert a.env["DG_JIT_CACHE_DIR"] == b.env["DG_JIT_CACHE_DIR"]
+
+
+def test_cold_full_deep_gemm_adds_five_minutes_to_the_expected_start(tmp_path):
+    p = plan_for("Qwen/Qwen3-8B-FP8", "low-latency", mml=8192)
+    state = cache.prepare(p, tmp_path, vllm_version="0.26.0")
+    assert state.expected_start_s == round(p.performance["predicted_cold_start_s"] + 300, 1)
+
+
+def test_bad_deep_gemm_override_is_refused():
+    with pytest.raises(ValueError):
+        cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8"), "fast")
+
+
+# ---- loader ------------------------------------------------------------------------------------
+
+def test_loader_defaults_to_safetensors_mmap():
+    assert cache.choose_loader(plan_for(), set(), "H100")[0] == "auto"
+
+
+def test_loader_prefers_fastsafetensors_when_installed():
+    assert cache.choose_loader(plan_for(), {"fastsafetensors"}, "H100")[0] == "fastsafetensors"
+
+
+def test_loader_uses_runai_streamer_when_that_is_installed():
+    assert cache.choose_loader(plan_for(), {"runai_model_streamer"}, "H100")[0] == "runai_streamer"
+
+
+def test_cpu_keeps_the_default_loader():
+    assert cache.choose_loader(plan_for(), {"fastsafetensors"}, "cpu")[0] == "auto"
+
+
+# ---- local models ------------------------------------------------------------------------------
+
+def test_local_model_key_uses_the_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(TINY).parent.parent.parent)
+    rel = cache.key_fields(plan_for("tests/fixtures/tiny-qwen3"), "0.32.0", "cpu")
+    absolute = cache.key_fields(plan_for(TINY), "0.32.0", "cpu")
+    assert rel["model"] == absolute["model"] == str(Path(TINY).resolve())
