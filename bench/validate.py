@@ -1,0 +1,162 @@
+"""Predicted vs actual for every real vLLM run we have (ground truth + bench/results/raw).
+
+    python bench/validate.py            # writes bench/results/validation.json and .md
+
+For each run, qwdeploy plans the same settings on the same GPU and the table compares weights,
+KV GiB, KV tokens, max concurrency, refused-or-not, start time and decode/prefill throughput.
+The summary reports median and max relative errors (goals: KV tokens <= 2 % median, <= 5 % max;
+weights <= 1 %; no run planned as fitting that vLLM refused).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from typer.testing import CliRunner  # noqa: E402
+from vllm_runs import GiB, load_runs, plan_args  # noqa: E402
+
+from qwdeploy import performance  # noqa: E402
+from qwdeploy.cli import app  # noqa: E402
+
+
+def _rel(pred: float | None, actual: float | None) -> float | None:
+    if pred is None or not actual:
+        return None
+    return (pred - actual) / actual
+
+
+def _plan(run: dict) -> dict:
+    result = CliRunner().invoke(app, plan_args(run))
+    return json.loads(result.stdout)
+
+
+def _throughput(run: dict) -> dict:
+    """Measured throughput of a run, in one shape for ground truth and device runs."""
+    out = {}
+    if run.get("decode_batch1_tok_per_s"):
+        out[1] = run["decode_batch1_tok_per_s"]
+    for item in (run.get("throughput") or {}).get("decode", []) if isinstance(run.get("throughput"), dict) else []:
+        out[int(item["batch"])] = item["tok_per_s"]
+    return out
+
+
+def compare(run: dict) -> dict:
+    plan = _plan(run)
+    mem = plan["memory_per_gpu"]
+    row = {
+        "run": run["run"], "source": run["source"], "model": run["repo_id"],
+        "settings": {k: run.get(k) for k in ("max_model_len", "gpu_memory_utilization", "max_num_seqs",
+                                             "max_num_batched_tokens", "kv_cache_dtype", "enforce_eager")},
+        "refused_actual": bool(run.get("refused")), "fits_predicted": plan["fits"],
+        "weights_GiB": [round(mem["weights_bytes"] / GiB, 3), run.get("weights_GiB")],
+        "activation_GiB": [round(mem["activation_bytes"] / GiB, 3), run.get("peak_activation_GiB")],
+        "cudagraph_GiB": [round(mem["cudagraph_bytes"] / GiB, 3), run.get("cudagraph_GiB")],
+        "kv_GiB": [round(mem["kv_cache_bytes"] / GiB, 3), run.get("kv_cache_GiB") or run.get("available_kv_GiB")],
+        "kv_tokens": [plan["kv_cache_tokens"], run.get("kv_tokens")],
+        "max_concurrency": [plan["max_concurrency"], run.get("max_concurrency")],
+        "max_model_len_limit": [plan["max_model_len_limit"], run.get("estimated_max_model_len")],
+        "start_s": [_predict_start(run), run.get("proc_start_to_ready_s")],
+    }
+    row["kv_tokens_error"] = _rel(*row["kv_tokens"])
+    row["weights_error"] = _rel(*row["weights_GiB"])
+    measured = _throughput(run)
+    if measured:
+        row["decode_tok_per_s"] = {}
+        for batch, actual in sorted(measured.items()):
+            predicted = _predict_decode(plan, run, batch)
+            row["decode_tok_per_s"][batch] = [predicted, actual, _rel(predicted, actual)]
+    return row
+
+
+def _run_plan(run: dict):
+    from qwdeploy import catalog, hardware, planner, profiles
+
+    variant = catalog.get(run["repo_id"])
+    pins = planner.Pins(max_model_len=run["max_model_len"], gpu_memory_utilization=run["gpu_memory_utilization"],
+                        max_num_seqs=run["max_num_seqs"], max_num_batched_tokens=run["max_num_batched_tokens"],
+                        enforce_eager=bool(run.get("enforce_eager")))
+    return planner.plan([variant], profiles.load(run.get("profile") or "chat"), hardware.named("H100", 1), pins)
+
+
+def _predict_start(run: dict) -> float:
+    """Predicted process-start-to-ready seconds; the runs use dummy weights and a cold cache."""
+    phases = performance.cold_start_s(_run_plan(run), weights_from_disk=False)
+    return performance.start_seconds(phases, warm=bool(run.get("warm_compile_cache")))
+
+
+def _predict_decode(plan_json: dict, run: dict, batch: int) -> float | None:
+    from qwdeploy import catalog, hardware, planner, profiles
+
+    variant = catalog.get(run["repo_id"])
+    pins = planner.Pins(max_model_len=run["max_model_len"], gpu_memory_utilization=run["gpu_memory_utilization"],
+                        max_num_seqs=run["max_num_seqs"], max_num_batched_tokens=run["max_num_batched_tokens"],
+                        enforce_eager=bool(run.get("enforce_eager")))
+    p = planner.plan([variant], profiles.load("chat"), hardware.named("H100", 1), pins)
+    tp = run.get("throughput") or {}
+    context = int(tp.get("in_len", 128)) + int(tp.get("out_len", 256)) // 2 if isinstance(tp, dict) else 640
+    value = performance.decode_tokens_per_s(p, batch, context)
+    return round(value, 1) if value else None
+
+
+def summarise(rows: list[dict]) -> dict:
+    kv = [abs(r["kv_tokens_error"]) for r in rows if r["kv_tokens_error"] is not None]
+    w = [abs(r["weights_error"]) for r in rows if r["weights_error"] is not None]
+    decode = [abs(v[2]) for r in rows for v in (r.get("decode_tok_per_s") or {}).values() if v[2] is not None]
+    return {
+        "runs": len(rows),
+        "kv_tokens_error_median": statistics.median(kv) if kv else None,
+        "kv_tokens_error_max": max(kv) if kv else None,
+        "weights_error_median": statistics.median(w) if w else None,
+        "weights_error_max": max(w) if w else None,
+        "decode_error_median": statistics.median(decode) if decode else None,
+        "decode_error_max": max(decode) if decode else None,
+        "planned_fit_but_vllm_refused": [r["run"] for r in rows if r["fits_predicted"] and r["refused_actual"]],
+        "planned_refusal_but_vllm_started": [r["run"] for r in rows if not r["fits_predicted"] and not r["refused_actual"]],
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:+.2f} %"
+
+
+def markdown(rows: list[dict], summary: dict) -> str:
+    lines = ["# Plan vs real vLLM 0.26.0 (H100 80GB)", "",
+             "Generated by `python bench/validate.py` from tests/data/vllm_runs and bench/results/raw.", "",
+             "| run | model | mml | gmu | mnbt | mns | kv | eager | refused (actual / plan) | weights GiB (plan / vLLM) "
+             "| KV tokens (plan / vLLM) | error | start s (plan / vLLM) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["settings"]
+        lines.append(
+            f"| {r['run']} | {r['model']} | {s['max_model_len']} | {s['gpu_memory_utilization']} | "
+            f"{s['max_num_batched_tokens']} | {s['max_num_seqs']} | {s['kv_cache_dtype']} | "
+            f"{bool(s['enforce_eager'])} | {r['refused_actual']} / {not r['fits_predicted']} | "
+            f"{r['weights_GiB'][0]} / {r['weights_GiB'][1]} | {r['kv_tokens'][0]} / {r['kv_tokens'][1]} | "
+            f"{_pct(r['kv_tokens_error'])} | {r['start_s'][0]} / {r['start_s'][1]} |")
+    lines += ["", "## Decode throughput (tokens/s, predicted / measured)", "",
+              "| run | batch | predicted | measured | error |", "|---|---|---|---|---|"]
+    for r in rows:
+        for batch, (p, a, e) in (r.get("decode_tok_per_s") or {}).items():
+            lines.append(f"| {r['run']} | {batch} | {p} | {a} | {_pct(e)} |")
+    lines += ["", "## Summary", "", "```", json.dumps(summary, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    rows = [compare(run) for run in load_runs()]
+    summary = summarise(rows)
+    out = ROOT / "bench/results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.json").write_text(json.dumps({"summary": summary, "runs": rows}, indent=1) + "\n")
+    (out / "validation.md").write_text(markdown(rows, summary))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
