@@ -502,9 +502,22 @@ _WHAT = {
 }
 
 
+TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN")
+
+
+def redact(text: str, env: Mapping[str, str] | None = None) -> str:
+    """Take tokens out of a message: the values of the token variables, and anything shaped hf_..."""
+    env = os.environ if env is None else env
+    for var in TOKEN_VARS:
+        token = env.get(var)
+        if token and len(token) >= 4:
+            text = text.replace(token, "***")
+    return re.sub(r"\bhf_[A-Za-z0-9]{8,}", "hf_***", text)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    return redact((text[0] if text else type(exc).__name__)[:300])[:200]
 
 
 @contextlib.contextmanager
@@ -550,7 +563,8 @@ def _hf_session(source: Source):
     )
 
     no_xet = source.endpoint.rstrip("/") != HF_ENDPOINT
-    saved_env, saved_const = os.environ.get("HF_HUB_DISABLE_XET"), hf_constants.HF_HUB_DISABLE_XET
+    saved_env = os.environ.get("HF_HUB_DISABLE_XET")
+    saved_const = getattr(hf_constants, "HF_HUB_DISABLE_XET", False)
     bars_were_off = are_progress_bars_disabled()
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
@@ -641,22 +655,18 @@ def list_files(
 
 
 def _ms_listing(source: Source, repo_id: str, revision: str, env: Mapping[str, str]) -> list[dict]:
-    try:  # modelscope >= 1.38 delegates to modelscope_hub, whose compat layer drops Sha256
+    try:  # modelscope >= 1.38 delegates to modelscope_hub (whose compat layer drops Sha256)
         from modelscope_hub import HubApi
-
-        api = HubApi(endpoint=source.endpoint, token=_ms_token(env))
-        return [
-            {"Path": f.path, "Size": f.size, "Sha256": f.sha256, "Type": getattr(f, "type", "blob")}
-            for f in api.list_repo_files(repo_id, "model", revision=revision, recursive=True)
-        ]
-    except ImportError:  # modelscope <= 1.37: its own HubApi returns the raw entries
-        from modelscope.hub.api import HubApi as LegacyApi
-
-        api = LegacyApi(endpoint=source.endpoint)
-        token = _ms_token(env)
-        if token:
-            api.login(token)
-        return api.get_model_files(repo_id, revision=revision, recursive=True)
+    except ImportError:
+        raise DownloadError(
+            "ModelScope downloads need modelscope >= 1.38 (the modelscope-hub client)",
+            hint="pip install -U 'modelscope>=1.38', or use --source hf / hf-mirror",
+        ) from None
+    api = HubApi(endpoint=source.endpoint, token=_ms_token(env))
+    return [
+        {"Path": f.path, "Size": f.size, "Sha256": f.sha256, "Type": getattr(f, "type", "blob")}
+        for f in api.list_repo_files(repo_id, "model", revision=revision, recursive=True)
+    ]
 
 
 def _exact(paths: Iterable[str]) -> list[str]:

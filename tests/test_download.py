@@ -56,9 +56,12 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
     # modelscope_hub waits 1, 2, 4, 8, 16 s between retries of a broken transfer; one is enough.
-    import modelscope_hub._download as msd
+    try:
+        import modelscope_hub._download as msd
 
-    monkeypatch.setattr(msd, "DOWNLOAD_RETRY_TIMES", 1)
+        monkeypatch.setattr(msd, "DOWNLOAD_RETRY_TIMES", 1)
+    except ImportError:  # modelscope <= 1.37 has its own client
+        pass
     return tmp_path
 
 
@@ -157,6 +160,33 @@ def test_dry_run_lists_sizes_and_total_and_writes_nothing(runner, hub, env):
     assert {f["path"]: f["size"] for f in data["files"]} == {p: hub.files[p].size for p in WANTED}
     assert data["total_bytes"] == sum(hub.files[p].size for p in WANTED)
     assert (hub.body_bytes(), files_under(env / "hf")) == (0, [])
+
+
+def test_dry_run_on_a_short_disk_lists_the_files_then_says_so(runner, hub, env, monkeypatch):
+    monkeypatch.setattr(dl, "free_bytes", lambda path: 100_000)
+    result = run(runner, hub, "--dry-run", "--json")
+    assert result.exit_code == ExitCode.DISK_FULL
+    assert json.loads(result.stdout)["total_bytes"] == sum(hub.files[p].size for p in WANTED)
+
+
+def test_the_summary_says_which_source_served_and_stdout_is_the_path(runner, hub, env):
+    result = run(runner, hub, source="hf-mirror")
+    assert "from hf-mirror" in result.stderr and "verified" in result.stderr
+    assert Path(result.stdout.strip(), "config.json").is_file()
+
+
+def test_rich_progress_draws_bytes_and_files_while_the_clients_run(hub, env):
+    import io
+
+    from rich.console import Console
+
+    from qwdeploy.progress import RichProgress
+
+    out = io.StringIO()
+    bar = RichProgress(Console(file=out, force_terminal=True, width=120), bars=True)
+    for source in ("hf-mirror", "modelscope"):
+        dl.download(REPO_ID, sources=[dl.Source(source, hub.url)], progress=bar)
+    assert "9/9 files" in out.getvalue() and "downloading from modelscope" in out.getvalue()
 
 
 # ---- interrupted, corrupted ---------------------------------------------------------------------
@@ -304,6 +334,18 @@ def test_when_every_source_fails_the_most_telling_error_is_shown(hub, second_hub
     with pytest.raises(dl.DownloadError) as e:
         dl.download(REPO_ID, sources=sources)
     assert e.value.exit_code == ExitCode.UNAUTHORIZED
+
+
+def test_auto_skips_a_source_that_does_not_answer_and_says_who_served(
+    runner, hub, second_hub, env, monkeypatch
+):
+    hub.down = True
+    order = (("hf", hub.url), ("hf-mirror", hub.url), ("modelscope", second_hub.url))
+    monkeypatch.setattr(dl, "AUTO_ORDER", order)
+    result = runner.invoke(app, ["download", REPO_ID])
+    assert result.exit_code == 0, result.stderr
+    assert "did not answer" in result.stderr and "from modelscope" in result.stderr
+    assert "VLLM_USE_MODELSCOPE=true" in result.stderr
 
 
 def test_the_probe_tells_a_down_hub_from_a_live_one(hub, second_hub):

@@ -265,6 +265,12 @@ def test_a_local_model_directory_is_not_downloaded(tmp_path):
         dl.download(str(tmp_path))
 
 
+def test_tokens_are_taken_out_of_messages():
+    env = {"HF_TOKEN": "hf_abcdefghijklmnop", "MODELSCOPE_API_TOKEN": "ms-secret-1234"}
+    text = 'body: {"AccessToken": "ms-secret-1234"} Bearer hf_abcdefghijklmnop hf_zzzzzzzzzzzz'
+    assert dl.redact(text, env) == 'body: {"AccessToken": "***"} Bearer *** hf_***'
+
+
 def test_importing_download_and_progress_loads_no_hub_client():
     code = (
         "import sys, qwdeploy.download, qwdeploy.progress; "
