@@ -506,7 +506,7 @@ TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN")
 
 
 def redact(text: str, env: Mapping[str, str] | None = None) -> str:
-    """Take tokens out of a message: the values of the token variables, and anything shaped hf_..."""
+    """Take tokens out of a message: the token variables' values, and anything shaped hf_..."""
     env = os.environ if env is None else env
     for var in TOKEN_VARS:
         token = env.get(var)
@@ -865,10 +865,11 @@ def _discard(folder: Path, rel: str, local_dir: Path | None) -> None:
     """Delete one downloaded file (and its HF cache blob or metadata) so it is fetched again."""
     path = folder / rel
     if path.is_symlink():  # HF cache: snapshots/<commit>/<file> -> ../../blobs/<etag>
-        blob = path.resolve()
-        repo_root = folder.parent.parent
-        if blob.is_file() and repo_root in blob.parents:
-            blob.unlink()
+        # Only the repo's own blobs/<etag> entry goes (a file, or in huggingface_hub 2.x maybe a
+        # link into the cache-wide shared store, which other repos may use and is left alone).
+        blob = Path(os.path.normpath(path.parent / os.readlink(path)))
+        if blob.parent == folder.parent.parent / "blobs":
+            blob.unlink(missing_ok=True)
     path.unlink(missing_ok=True)
     if local_dir is not None:  # huggingface_hub's bookkeeping for local_dir downloads
         Path(local_dir, ".cache", "huggingface", "download", rel + ".metadata").unlink(

@@ -121,6 +121,14 @@ def test_huggingface_hub_finds_the_snapshot_offline_as_vllm_would(runner, hub, e
     assert found == path
 
 
+def test_modelscope_finds_the_snapshot_offline_as_vllm_would(runner, hub, env):
+    from modelscope.hub.snapshot_download import snapshot_download
+
+    path = run(runner, hub, source="modelscope").stdout.strip().splitlines()[-1]
+    found = snapshot_download(REPO_ID, cache_dir=str(env / "ms"), local_files_only=True)
+    assert found == path
+
+
 def test_hf_mirror_from_HF_ENDPOINT_is_used_and_named(runner, hub, env, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     result = runner.invoke(app, ["download", REPO_ID, "--json"])
@@ -235,7 +243,10 @@ def test_a_file_that_stays_corrupt_fails_verification_and_is_deleted(runner, hub
     result = run(runner, hub)
     assert result.exit_code == ExitCode.VERIFY_FAILED
     assert SHARD2 in result.stderr and "sha256" in result.stderr
-    assert not any(p.name == SHARD2 for p in files_under(env / "hf"))
+    blobs = env / "hf" / "hub" / "models--Qwen--Qwen3-0.6B" / "blobs"
+    assert not any(p.name in (SHARD2, hub.files[SHARD2].sha256) for p in files_under(env / "hf"))
+    others = sorted(hub.files[p].etag for p in WANTED if p != SHARD2)
+    assert sorted(p.name for p in blobs.iterdir()) == others
 
 
 def test_a_corrupt_small_file_is_caught_by_its_git_oid(runner, hub, env):
