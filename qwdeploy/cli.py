@@ -162,6 +162,76 @@ def models(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def export(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="systemd, compose or k8s.")],
+    model: ModelArg,
+    dtype: DtypeOpt = None,
+    profile: ProfileOpt = "chat",
+    gpu: GpuOpt = None,
+    num_gpus: NumGpusOpt = None,
+    tensor_parallel_size: TpOpt = None,
+    max_model_len: MmlOpt = None,
+    gpu_memory_utilization: GmuOpt = None,
+    kv_cache_dtype: KvOpt = None,
+    max_num_seqs: SeqsOpt = None,
+    max_num_batched_tokens: MnbtOpt = None,
+    enforce_eager: EagerOpt = None,
+    nodes: NodesOpt = None,
+    num_gpus_per_node: GpusPerNodeOpt = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Service / Deployment name (default: from the model, e.g. qwen3-8b).")] = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")] = 8000,
+    image: Annotated[Optional[str], typer.Option("--image", help="Container image (compose, k8s; default vllm/vllm-openai of the planned vLLM).")] = None,
+    api_key: Annotated[bool, typer.Option("--api-key/--no-api-key", help="Require an API key, read from a credential / secret at start (never inline).")] = True,
+    cache_pvc: Annotated[str, typer.Option("--cache-pvc", help="k8s: PersistentVolumeClaim holding the Hugging Face cache.")] = "huggingface-cache",
+    namespace: Annotated[Optional[str], typer.Option("--namespace", help="k8s: namespace of the manifests.")] = None,
+    hpa: Annotated[bool, typer.Option("--hpa", help="k8s: add a HorizontalPodAutoscaler on vllm:num_requests_waiting.")] = False,
+    max_replicas: Annotated[int, typer.Option("--max-replicas", min=1, help="k8s --hpa: most replicas.")] = 4,
+) -> None:
+    """Write MODEL's plan as a systemd unit, a docker compose file or Kubernetes manifests.
+
+    The same plan as `plan` and `serve`; output is deterministic. With --nodes, `k8s` writes a
+    LeaderWorkerSet (Ray head + workers). Exit codes: 0 written, 3 the plan does not fit
+    (nothing written), 1 an error you can fix, 2 usage.
+    """
+    from pathlib import Path
+
+    from qwdeploy import export as exports
+    from qwdeploy import render
+
+    with reported_errors():
+        if fmt not in exports.FORMATS:
+            raise QwdeployError(f"unknown export format {fmt!r}", exit_code=ExitCode.USAGE,
+                                hint="one of: " + ", ".join(exports.FORMATS))
+        result = make_plan(model, dtype, profile, gpu, num_gpus, tensor_parallel_size,
+                           max_model_len, gpu_memory_utilization, kv_cache_dtype, max_num_seqs,
+                           max_num_batched_tokens, enforce_eager, nodes, num_gpus_per_node)
+        if not result.fits:
+            raise QwdeployError(f"{result.model} does not fit this plan; nothing exported",
+                                hint=f"see `qwdeploy plan {model} ...` for why and the alternatives",
+                                exit_code=ExitCode.DOES_NOT_FIT)
+        opts = exports.ExportOptions(name=name, port=port, image=image or exports.VLLM_IMAGE,
+                                     api_key=api_key, cache_pvc=cache_pvc, namespace=namespace,
+                                     hpa=hpa, max_replicas=max_replicas)
+        text = exports.render(fmt, result, opts)
+        if output:
+            try:
+                Path(output).write_text(text)
+            except OSError as e:
+                raise QwdeployError(f"cannot write {output}: {e.strerror}") from None
+            render.info(f"Wrote {output}")
+        else:
+            typer.echo(text, nl=False)
+
+
+SourceOpt = Annotated[str, typer.Option("--source", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope.")]
+EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it.")]
+RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")]
+LocalDirOpt = Annotated[Optional[str], typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the files, sizes and checksums and the total; download nothing.")]
+
+
+@app.command()
 def gpus(as_json: JsonOpt = False) -> None:
     """List the local GPUs as CUDA will number them: memory, processes, MIG, links (through NVML).
 
