@@ -339,6 +339,9 @@ class Progress:
     def note(self, message: str) -> None:
         pass
 
+    def planned(self, plan: Plan) -> None:
+        """The listing is in and the disk has room: what is about to be fetched, and where."""
+
     def start(
         self,
         phase: str,
@@ -1000,6 +1003,7 @@ def download(
     def attempt(src: Source) -> Plan:
         plan = _plan_one(src, repo_id, revision, local, env)
         check_disk(plan.needed_bytes, plan.free_bytes, _existing_parent(plan.path))
+        progress.planned(plan)
         folder = _fetch(plan.manifest, plan.manifest.files, local, env, progress, plan.present)
         if (
             local is None

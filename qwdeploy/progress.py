@@ -40,6 +40,18 @@ class RichProgress(download.Progress):
     def note(self, message: str) -> None:
         self.console.print(Text("• ") + Text(message))
 
+    def planned(self, plan: download.Plan) -> None:
+        m = plan.manifest
+        have = f", {len(plan.present)} already here" if plan.present else ""
+        self.note(
+            f"{m.repo_id} @ {(m.commit or m.revision)[:12]} from {m.source.name} "
+            f"({m.source.endpoint}): {len(m.files)} files, {m.total_bytes / GiB:.2f} GiB{have}; "
+            f"{plan.free_bytes / GiB:.1f} GiB free at {plan.path}"
+        )
+        if m.skipped:
+            shown = ", ".join(m.skipped[:4]) + (", ..." if len(m.skipped) > 4 else "")
+            self.note(f"not needed by vLLM, left on the hub: {shown}")
+
     def start(
         self,
         phase: str,
