@@ -110,7 +110,7 @@ def named(name: str, count: int) -> list[Gpu]:
             for i in range(count)]
 
 
-# ---- local GPUs: NVML readings -> what CUDA (and so vLLM) will see --------------------------------
+# ---- local GPUs: NVML readings -> what CUDA (and so vLLM) will see ------------------------------
 #
 # NVML (and nvidia-smi) number GPUs by PCI bus id. CUDA numbers them by CUDA_DEVICE_ORDER:
 # PCI_BUS_ID gives nvidia-smi's order; the default, FASTEST_FIRST, puts the "fastest" GPU first by
@@ -184,11 +184,13 @@ class LocalGpus:
                 "memory_used_bytes": r.memory_used_bytes,
                 "memory_free_bytes": r.memory_free_bytes,
                 "cuda_total_bytes": cuda_total_bytes(r),
-                "mig_mode": None if r.mig_enabled is None else ("enabled" if r.mig_enabled else "disabled"),
+                "mig_mode": None if r.mig_enabled is None
+                else ("enabled" if r.mig_enabled else "disabled"),
                 "mig_devices": [{
                     "uuid": m.uuid, "name": m.name, "gpu_instance_id": m.gpu_instance_id,
                     "compute_instance_id": m.compute_instance_id,
-                    "memory_total_bytes": m.memory_total_bytes, "memory_used_bytes": m.memory_used_bytes,
+                    "memory_total_bytes": m.memory_total_bytes,
+                    "memory_used_bytes": m.memory_used_bytes,
                     "memory_free_bytes": m.memory_free_bytes,
                     "visible": bool(v and v.mig is not None and v.mig.uuid == m.uuid),
                 } for m in r.mig_devices],
@@ -238,23 +240,26 @@ def local_view(inventory, env: Mapping[str, str]) -> LocalGpus:
     cvd = env.get("CUDA_VISIBLE_DEVICES")
     ordered, certain = cuda_order(inventory.gpus, order)
     notes: list[str] = []
-    if not certain and (cvd is None or any(t.strip().lstrip("+-").isdigit() for t in cvd.split(","))):
+    by_index = cvd is None or any(t.strip().lstrip("+-").isdigit() for t in cvd.split(","))
+    if not certain and by_index:
         kinds = ", ".join(sorted({r.name for r in inventory.gpus}))
-        notes.append(f"GPUs of different kinds ({kinds}) and CUDA_DEVICE_ORDER is not PCI_BUS_ID: "
-                     f"CUDA's FASTEST_FIRST order is a heuristic, so the CUDA indices shown are a best "
-                     f"guess; set CUDA_DEVICE_ORDER=PCI_BUS_ID to make them nvidia-smi's.")
+        notes.append(f"GPUs of different kinds ({kinds}) and CUDA_DEVICE_ORDER is not "
+                     f"PCI_BUS_ID: CUDA's FASTEST_FIRST order is a heuristic, so the CUDA indices "
+                     f"shown are a best guess; set CUDA_DEVICE_ORDER=PCI_BUS_ID to make them "
+                     f"nvidia-smi's.")
     visible = resolve_visible_devices(inventory.gpus, ordered, cvd, notes)
     for v in visible:
         if v.reading.mig_enabled and v.mig is None:
-            notes.append(f"GPU {v.cuda_index} ({v.reading.uuid}) is in MIG mode: CUDA runs only on a MIG "
-                         f"instance; name one (MIG-...) in CUDA_VISIBLE_DEVICES to plan on it.")
+            notes.append(f"GPU {v.cuda_index} ({v.reading.uuid}) is in MIG mode: CUDA runs only on "
+                         f"a MIG instance; name one (MIG-...) in CUDA_VISIBLE_DEVICES to plan "
+                         f"on it.")
     return LocalGpus(inventory=inventory, visible=tuple(visible), cuda_visible_devices=cvd,
                      cuda_device_order=order if order == ORDER_PCI else ORDER_FASTEST,
                      notes=tuple(notes))
 
 
 def cuda_order(readings, order: str) -> tuple[list, bool]:
-    """Readings in CUDA's numbering before CUDA_VISIBLE_DEVICES, and whether that order is certain."""
+    """Readings in CUDA's numbering before CUDA_VISIBLE_DEVICES; and is that order certain?"""
     by_bus = sorted(readings, key=lambda r: (r.pci_bus_id.lower(), r.index))
     if order == ORDER_PCI or len({r.name for r in readings}) <= 1:
         return by_bus, True
@@ -282,7 +287,8 @@ def resolve_visible_devices(readings, ordered, cvd: str | None, notes: list[str]
             break
         item = _resolve_one(tok, readings, ordered, cvd, valid)
         if item in chosen:
-            raise _bad(f"CUDA_VISIBLE_DEVICES={cvd!r} names {tok!r} twice (CUDA then sees no GPU)", valid)
+            raise _bad(f"CUDA_VISIBLE_DEVICES={cvd!r} names {tok!r} twice (CUDA then sees no GPU)",
+                       valid)
         chosen.append(item)
     migs = [c for c in chosen if c[1] is not None]
     if len(migs) > 1 or (migs and len(chosen) > 1):
@@ -300,8 +306,9 @@ def _resolve_one(tok: str, readings, ordered, cvd: str, valid: str) -> tuple:
     if tok.lstrip("+").isdigit():
         n = int(tok)
         if n >= len(ordered):
-            raise _bad(f"CUDA_VISIBLE_DEVICES={cvd!r} names GPU {n}, but CUDA numbers {len(ordered)} "
-                       f"GPU{'s' if len(ordered) != 1 else ''} here (0..{len(ordered) - 1})", valid)
+            plural = "s" if len(ordered) != 1 else ""
+            raise _bad(f"CUDA_VISIBLE_DEVICES={cvd!r} names GPU {n}, but CUDA numbers "
+                       f"{len(ordered)} GPU{plural} here (0..{len(ordered) - 1})", valid)
         return ordered[n], None
     if tok.startswith("GPU-"):
         hits = [r for r in readings if r.uuid.startswith(tok)]
@@ -329,7 +336,8 @@ def _mig_matches(tok: str, readings) -> list[tuple]:
         for m in r.mig_devices:
             if legacy:
                 parent, gi, ci = legacy.group(1), int(legacy.group(2)), int(legacy.group(3))
-                if r.uuid.startswith(parent) and (m.gpu_instance_id, m.compute_instance_id) == (gi, ci):
+                ids = (m.gpu_instance_id, m.compute_instance_id)
+                if r.uuid.startswith(parent) and ids == (gi, ci):
                     out.append((r, m))
             elif m.uuid.startswith(tok):
                 out.append((r, m))
@@ -347,7 +355,7 @@ def _bad(message: str, valid: str) -> QwdeployError:
                          exit_code=ExitCode.BAD_VISIBLE_DEVICES)
 
 
-# ---- one reading -> the planner's Gpu ---------------------------------------------------------------
+# ---- one reading -> the planner's Gpu -----------------------------------------------------------
 
 
 def cuda_total_bytes(reading) -> int:
@@ -358,7 +366,7 @@ def cuda_total_bytes(reading) -> int:
 
 
 def other_processes_bytes(reading) -> int:
-    """Memory other processes hold on the GPU (qwdeploy itself holds none: NVML needs no context)."""
+    """Memory other processes hold on the GPU (qwdeploy holds none: NVML needs no CUDA context)."""
     listed = sum(p.used_bytes or 0 for p in reading.processes)
     if reading.memory_reserved_bytes is not None:
         used = reading.memory_used_bytes
@@ -385,7 +393,8 @@ def from_reading(reading, cuda_index: int | None = None, mig=None,
     if mig is not None:
         share = mig.memory_total_bytes / reading.memory_total_bytes
         s = replace(s, name=f"{s.name} {mig.name.split(' MIG ')[-1]}", aliases=(),
-                    cuda_total_bytes=mig.memory_total_bytes, nvml_total_mib=mig.memory_total_bytes // MiB,
+                    cuda_total_bytes=mig.memory_total_bytes,
+                    nvml_total_mib=mig.memory_total_bytes // MiB,
                     total_source="measured", memory_bandwidth_gbps=s.memory_bandwidth_gbps * share,
                     bf16_tflops=s.bf16_tflops * share, fp8_tflops=s.fp8_tflops * share)
         return Gpu(spec=s, total_bytes=mig.memory_total_bytes, free_bytes=mig.memory_free_bytes,
@@ -435,11 +444,13 @@ def best_group(gpus, count: int) -> tuple[Gpu, ...]:
     groups: list[tuple[Gpu, ...]] = []
     for pool in pools:
         if comb(len(pool), count) > MAX_GROUPS:
-            groups.append(tuple(sorted(pool, key=lambda g: (-g.free_bytes, _cuda_index(g)))[:count]))
+            by_free = sorted(pool, key=lambda g: (-g.free_bytes, _cuda_index(g)))
+            groups.append(tuple(by_free[:count]))
         else:
             groups += combinations(pool, count)
     most = max(min(g.free_bytes for g in group) for group in groups)
-    eligible = [grp for grp in groups if min(g.free_bytes for g in grp) >= most * (1 - FREE_TOLERANCE)]
+    eligible = [grp for grp in groups
+                if min(g.free_bytes for g in grp) >= most * (1 - FREE_TOLERANCE)]
     best = min(eligible, key=lambda grp: (_link_ranks(grp), -min(g.free_bytes for g in grp),
                                           -sum(g.free_bytes for g in grp),
                                           sorted(_cuda_index(g) for g in grp)))

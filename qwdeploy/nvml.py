@@ -160,11 +160,13 @@ def _init_error(nv, e) -> QwdeployError:
         return QwdeployError(
             "no NVIDIA driver library (libnvidia-ml.so.1): no driver here, or a container "
             "started without GPU access",
-            hint="install the NVIDIA driver or start the container with --gpus all; " + PLAN_FOR_NAMED,
+            hint="install the NVIDIA driver or start the container with --gpus all; "
+                 + PLAN_FOR_NAMED,
             exit_code=ExitCode.NVML_MISSING)
     if code == nv.NVML_ERROR_DRIVER_NOT_LOADED:
         return QwdeployError("the NVIDIA kernel driver is not loaded",
-                             hint="load it (modprobe nvidia) or check `nvidia-smi`; " + PLAN_FOR_NAMED,
+                             hint="load it (modprobe nvidia) or check `nvidia-smi`; "
+                                  + PLAN_FOR_NAMED,
                              exit_code=ExitCode.NVML_MISSING)
     if code == nv.NVML_ERROR_NO_PERMISSION:
         return QwdeployError("no permission to open the NVIDIA devices (/dev/nvidia*)",
@@ -308,7 +310,7 @@ def _links(nv, handles) -> tuple[Link, ...]:
             level = _optional(nv, "nvmlDeviceGetTopologyCommonAncestor", ha, hb)
             nvlink = _optional(nv, "nvmlDeviceGetP2PStatus", ha, hb, nvlink_cap)
             read = _optional(nv, "nvmlDeviceGetP2PStatus", ha, hb, read_cap)
-            out.append(Link(a=a, b=b,
-                            topology=None if level is None else TOPOLOGY_NAMES.get(int(level), str(level)),
-                            nvlink=nvlink == ok, p2p_read=None if read is None else read == ok))
+            topology = None if level is None else TOPOLOGY_NAMES.get(int(level), str(level))
+            out.append(Link(a=a, b=b, topology=topology, nvlink=nvlink == ok,
+                            p2p_read=None if read is None else read == ok))
     return tuple(out)

@@ -120,55 +120,65 @@ def models(rows: list[dict]) -> None:
 
 
 def gpus(data: dict) -> None:
-    """`qwdeploy gpus`: one row per GPU (CUDA's index first), MIG instances, processes, links."""
-    cuda = data["cuda_driver_version"] or "?"
-    stdout.print(Text(f"Driver {data['driver_version']}, CUDA {cuda}; CUDA_VISIBLE_DEVICES="
-                      f"{data['cuda_visible_devices'] if data['cuda_visible_devices'] is not None else '(unset)'}"
-                      f", CUDA_DEVICE_ORDER={data['cuda_device_order']}"))
-    table = Table(title="GPUs", title_justify="left")
-    for col in ("CUDA", "nvml", "name", "uuid", "bus id", "cc", "total GiB", "used GiB",
-                "free GiB", "CUDA total GiB", "MIG", "W", "°C"):
-        table.add_column(col, justify="right" if col.endswith(("GiB", "W", "°C")) else "left")
+    """`qwdeploy gpus`: memory per GPU (CUDA's index), identities, MIG, processes, link matrix."""
+    from rich import box
+
+    visible = data["cuda_visible_devices"]
+    stdout.print(Text(f"Driver {data['driver_version']}, CUDA {data['cuda_driver_version'] or '?'}"))
+    stdout.print(Text(f"CUDA_VISIBLE_DEVICES={'(unset)' if visible is None else repr(visible)}, "
+                      f"CUDA_DEVICE_ORDER={data['cuda_device_order']}"))
+    label = {g["uuid"]: f"hidden (nvml {g['nvml_index']})" if g["index"] is None else str(g["index"])
+             for g in data["gpus"]}
+    table = Table(title="GPUs (GiB)", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("GPU", "name", "cc", "used", "free", "total", "CUDA total", "MIG", "W", "°C"):
+        table.add_column(col, justify="left" if col in ("GPU", "name", "MIG") else "right",
+                         no_wrap=col == "name")
     for g in data["gpus"]:
-        table.add_row("-" if g["index"] is None else str(g["index"]), str(g["nvml_index"]), g["name"],
-                      g["uuid"], g["pci_bus_id"], g["compute_capability"],
-                      f"{g['memory_total_bytes'] / GiB:.2f}", f"{g['memory_used_bytes'] / GiB:.2f}",
-                      f"{g['memory_free_bytes'] / GiB:.2f}", f"{g['cuda_total_bytes'] / GiB:.2f}",
-                      g["mig_mode"] or "n/a",
+        table.add_row(label[g["uuid"]], g["name"].removeprefix("NVIDIA "), g["compute_capability"],
+                      f"{g['memory_used_bytes'] / GiB:.2f}", f"{g['memory_free_bytes'] / GiB:.2f}",
+                      f"{g['memory_total_bytes'] / GiB:.2f}", f"{g['cuda_total_bytes'] / GiB:.2f}",
+                      {"enabled": "on", "disabled": "off"}.get(g["mig_mode"], "n/a"),
                       "" if g["power_watts"] is None else f"{g['power_watts']:.0f}",
                       "" if g["temperature_c"] is None else str(g["temperature_c"]))
     stdout.print(table)
+    ids = Table(box=box.SIMPLE_HEAD)
+    for col in ("GPU", "uuid", "PCI bus id", "nvml"):
+        ids.add_column(col)
+    for g in data["gpus"]:
+        ids.add_row(label[g["uuid"]], g["uuid"], g["pci_bus_id"], str(g["nvml_index"]))
+    stdout.print(ids)
     migs = [(g, m) for g in data["gpus"] for m in g["mig_devices"]]
     if migs:
-        mig = Table(title="MIG instances", title_justify="left")
-        for col in ("GPU", "uuid", "name", "GI", "CI", "total GiB", "free GiB", "visible"):
+        mig = Table(title="MIG instances (GiB)", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("GPU", "uuid", "name", "GI/CI", "total", "free", "visible"):
             mig.add_column(col)
         for g, m in migs:
-            mig.add_row(str(g["nvml_index"]), m["uuid"], m["name"], str(m["gpu_instance_id"]),
-                        str(m["compute_instance_id"]), f"{m['memory_total_bytes'] / GiB:.2f}",
-                        f"{m['memory_free_bytes'] / GiB:.2f}", "yes" if m["visible"] else "no")
+            mig.add_row(label[g["uuid"]], m["uuid"], m["name"].removeprefix("NVIDIA "),
+                        f"{m['gpu_instance_id']}/{m['compute_instance_id']}",
+                        f"{m['memory_total_bytes'] / GiB:.2f}",
+                        f"{m['memory_free_bytes'] / GiB:.2f}",
+                        "yes" if m["visible"] else "no")
         stdout.print(mig)
     procs = [(g, p) for g in data["gpus"] for p in g["processes"]]
     if procs:
-        table = Table(title="Processes holding GPU memory", title_justify="left")
+        table = Table(title="Processes holding GPU memory", title_justify="left",
+                      box=box.SIMPLE_HEAD)
         for col in ("GPU", "pid", "name", "GiB"):
             table.add_column(col, justify="right" if col == "GiB" else "left")
         for g, p in procs:
-            table.add_row(str(g["nvml_index"]), str(p["pid"]), p["name"] or "?",
+            table.add_row(label[g["uuid"]], str(p["pid"]), p["name"] or "?",
                           "?" if p["used_bytes"] is None else f"{p['used_bytes'] / GiB:.2f}")
         stdout.print(table)
     if len(data["gpus"]) > 1:
-        label = {g["uuid"]: ("GPU" + str(g["index"]) if g["index"] is not None else f"nvml{g['nvml_index']}")
-                 for g in data["gpus"]}
-        kinds = {(k["a_uuid"], k["b_uuid"]): k["kind"] for k in data["links"]}
-        matrix = Table(title="Links (NVLINK, or the PCIe/host path as nvidia-smi topo -m names it)",
-                       title_justify="left")
-        matrix.add_column("")
+        kinds = {frozenset((k["a_uuid"], k["b_uuid"])): k["kind"] for k in data["links"]}
+        matrix = Table(title="Links (NVLINK, else the PCIe path as `nvidia-smi topo -m` names it)",
+                       title_justify="left", box=box.SIMPLE_HEAD)
+        matrix.add_column("GPU")
         for g in data["gpus"]:
             matrix.add_column(label[g["uuid"]])
         for a in data["gpus"]:
-            cells = ["X" if a is b else kinds.get((a["uuid"], b["uuid"]))
-                     or kinds.get((b["uuid"], a["uuid"])) or "?" for b in data["gpus"]]
+            cells = ["X" if a is b else kinds.get(frozenset((a["uuid"], b["uuid"])), "?")
+                     for b in data["gpus"]]
             matrix.add_row(label[a["uuid"]], *cells)
         stdout.print(matrix)
     for note in data["notes"]:

@@ -65,7 +65,8 @@ def load(name: str) -> "FakePynvml":
 
 
 def _key(call: str, args: list, kwargs: dict) -> str:
-    return json.dumps([call, [_norm(a) for a in args], {k: _norm(v) for k, v in sorted(kwargs.items())}])
+    kwargs = {k: _norm(v) for k, v in sorted(kwargs.items())}
+    return json.dumps([call, [_norm(a) for a in args], kwargs])
 
 
 def _norm(a):
@@ -102,7 +103,8 @@ class FakePynvml:
             if rec.get("error", {}).get("class") == "MissingInPynvml":
                 self._missing.add(rec["call"])
                 continue
-            self._answers.setdefault(_key(rec["call"], rec["args"], rec.get("kwargs", {})), []).append(rec)
+            key = _key(rec["call"], rec["args"], rec.get("kwargs", {}))
+            self._answers.setdefault(key, []).append(rec)
         self.constants = dict(recording.get("constants", {}))
         self.calls: list[str] = []  # what the code under test asked, in order
 
@@ -148,7 +150,8 @@ class FakePynvml:
         rows = self.smi_compute_apps()
         listed = [r for r in rows if r["gpu_uuid"] == uuid]
         if len(listed) != len(result):
-            raise NotRecorded(f"{call}: {len(result)} processes recorded, nvidia-smi listed {len(listed)}")
+            raise NotRecorded(f"{call}: {len(result)} processes recorded, "
+                              f"nvidia-smi listed {len(listed)}")
         return [SimpleNamespace(pid=r["pid"], usedGpuMemory=r["used_bytes"]) for r in listed]
 
     def _answer(self, call: str, *args):

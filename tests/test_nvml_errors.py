@@ -1,12 +1,11 @@
 """NVML failures become one line, a hint and their own exit code (the codes are real NVML codes)."""
 
+import fake_pynvml
 import pytest
 
 from qwdeploy import nvml
 from qwdeploy.cli import app
 from qwdeploy.errors import ExitCode, QwdeployError
-
-import fake_pynvml
 
 
 @pytest.mark.parametrize("nvml_error, exit_code", [
@@ -22,7 +21,8 @@ def test_each_nvml_init_failure_has_its_exit_code(nvml_error, exit_code):
 
 
 def test_driver_mismatch_is_exit_11_with_one_error_line(runner, monkeypatch):
-    monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake_pynvml.failing_init("LIB_RM_VERSION_MISMATCH"))
+    fake = fake_pynvml.failing_init("LIB_RM_VERSION_MISMATCH")
+    monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
     result = runner.invoke(app, ["gpus"])
     assert result.exit_code == 11
     assert result.stderr.startswith("Error: the NVIDIA driver library and the loaded kernel module")
@@ -39,6 +39,7 @@ def test_missing_nvidia_ml_py_is_exit_10(runner, monkeypatch):
 
 
 def test_plan_names_the_gpu_flag_when_nvml_is_missing(runner, monkeypatch):
-    monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake_pynvml.failing_init("DRIVER_NOT_LOADED"))
+    fake = fake_pynvml.failing_init("DRIVER_NOT_LOADED")
+    monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
     result = runner.invoke(app, ["plan", "Qwen/Qwen3-8B"])
     assert result.exit_code == 10 and "qwdeploy plan MODEL --gpu H100" in result.stderr

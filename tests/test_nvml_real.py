@@ -1,4 +1,4 @@
-"""The real nvidia-ml-py on a machine without an NVIDIA driver: one line, the documented exit code."""
+"""The real nvidia-ml-py on a machine without NVIDIA driver: one line, the documented exit code."""
 
 import subprocess
 import sys

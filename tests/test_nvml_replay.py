@@ -1,0 +1,94 @@
+"""NVML answers recorded on a real H100 (tests/data/nvml, capture_nvml.py) replayed by the fake.
+
+Every expected number comes from the same recording: nvidia-smi's own texts and the separate
+torch.cuda.mem_get_info() reading taken in the same session.
+"""
+
+import csv
+import io
+
+import fake_pynvml
+import pytest
+
+from qwdeploy import hardware, nvml
+
+MiB = 1 << 20
+IDLE, HELD = "h100_idle", "h100_30pct_held"
+
+
+def recorded(name: str):
+    return pytest.mark.skipif(not fake_pynvml.path(name).exists(),
+                              reason=f"{name}.json not recorded")
+
+
+def _inventory(name: str):
+    nv = fake_pynvml.load(name)
+    return nv, nvml.inventory(nv, process_name=nv.process_name)
+
+
+def _smi(nv) -> dict:
+    """`nvidia-smi --query-gpu=... --format=csv` of the same session, first GPU."""
+    text = nv.recording["nvidia_smi_query_csv"].split("\n[stderr]")[0]
+    row = next(csv.DictReader(io.StringIO(text), skipinitialspace=True))
+    return {k.split(" [")[0]: v.split(" MiB")[0] for k, v in row.items()}
+
+
+@recorded(IDLE)
+def test_identity_matches_nvidia_smi():
+    nv, inv = _inventory(IDLE)
+    gpu, smi = inv.gpus[0], _smi(nv)
+    assert (gpu.name, gpu.uuid, gpu.pci_bus_id) == (smi["name"], smi["uuid"], smi["pci.bus_id"])
+    assert f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}" == smi["compute_cap"]
+    assert inv.driver_version == smi["driver_version"]
+
+
+@recorded(IDLE)
+def test_memory_matches_nvidia_smi_to_the_mib():
+    nv, inv = _inventory(IDLE)
+    gpu, smi = inv.gpus[0], _smi(nv)
+    assert gpu.memory_total_bytes // MiB == int(smi["memory.total"])
+    assert abs(gpu.memory_reserved_bytes // MiB - int(smi["memory.reserved"])) <= 1
+    assert abs(gpu.memory_used_bytes // MiB - int(smi["memory.used"])) <= 1
+
+
+@recorded(IDLE)
+def test_cuda_version_is_the_one_nvidia_smi_prints():
+    nv, inv = _inventory(IDLE)
+    assert f"CUDA Version                              : {inv.cuda_driver_version_text}" in \
+        (fake_pynvml.DATA / nv.recording["nvidia_smi_q_file"]).read_text()
+
+
+@recorded(IDLE)
+def test_one_gpu_has_an_empty_link_matrix():
+    _, inv = _inventory(IDLE)
+    assert len(inv.gpus) == 1 and inv.links == ()
+
+
+@recorded(IDLE)
+def test_idle_gpu_has_no_other_processes():
+    _, inv = _inventory(IDLE)
+    assert inv.gpus[0].processes == () and hardware.other_processes_bytes(inv.gpus[0]) == 0
+
+
+@recorded(HELD)
+def test_the_holding_process_is_listed_with_its_name_and_bytes():
+    nv, inv = _inventory(HELD)
+    holder = nv.recording["holder"]
+    (proc,) = [p for p in inv.gpus[0].processes if p.pid == holder["holder_pid"]]
+    assert proc.name == nv.process_name(proc.pid)
+    assert proc.used_bytes >= holder["bytes_held_by_torch_empty"]
+
+
+@recorded(HELD)
+def test_other_processes_bytes_cover_what_the_holder_allocated():
+    nv, inv = _inventory(HELD)
+    held = nv.recording["holder"]["bytes_held_by_torch_empty"]
+    assert hardware.other_processes_bytes(inv.gpus[0]) >= held
+
+
+@pytest.mark.parametrize("name", [IDLE, HELD])
+def test_no_call_outside_the_recording(name):
+    if not fake_pynvml.path(name).exists():
+        pytest.skip(f"{name}.json not recorded")
+    nv, _ = _inventory(name)
+    assert nv.calls[0] == "nvmlInit" and nv.calls[-1] == "nvmlShutdown"
