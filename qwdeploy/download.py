@@ -418,7 +418,6 @@ _NETWORK = {
     "ReadTimeout",
     "TimeoutException",
     "RemoteProtocolError",
-    "NetworkError",
     "ProxyError",
     "TransportError",
     "ConnectionError",
@@ -452,9 +451,7 @@ def classify(exc: BaseException) -> ExitCode | None:
             continue
         seen.add(id(e))
         names = {c.__name__ for c in type(e).__mro__}
-        failed = getattr(
-            e, "failed_files", None
-        )  # modelscope_hub's FileDownloadError: per-file causes
+        failed = getattr(e, "failed_files", None)  # modelscope_hub's FileDownloadError
         if isinstance(failed, dict):
             todo.extend(v for v in failed.values() if isinstance(v, BaseException))
         if names & _UNAUTHORIZED:
@@ -822,17 +819,19 @@ def _ms_callback_class(progress: Progress) -> type:
 
 
 def file_digest(
-    path: Path, on_bytes: Callable[[int], None] = lambda n: None
-) -> tuple[int, str, str]:
-    """(size, sha256, git blob sha1) of a file, streamed."""
+    path: Path, git: bool = False, on_bytes: Callable[[int], None] = lambda n: None
+) -> tuple[int, str, str | None]:
+    """(size, sha256, git blob sha1 if `git`) of a file, streamed."""
     size = path.stat().st_size
-    sha256, sha1 = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+    sha256 = hashlib.sha256()
+    sha1 = hashlib.sha1(b"blob %d\0" % size) if git else None
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
             sha256.update(block)
-            sha1.update(block)
+            if sha1 is not None:
+                sha1.update(block)
             on_bytes(len(block))
-    return size, sha256.hexdigest(), sha1.hexdigest()
+    return size, sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else None
 
 
 def verify(
@@ -846,7 +845,9 @@ def verify(
         for f in files:
             path = folder / f.path
             try:
-                size, sha256, git_oid = file_digest(path, lambda n: progress.advance(nbytes=n))
+                size, sha256, git_oid = file_digest(
+                    path, bool(f.git_oid), lambda n: progress.advance(nbytes=n)
+                )
             except FileNotFoundError:
                 bad.append((f.path, "missing"))
                 continue
