@@ -52,6 +52,12 @@ def to_jsonable(obj, depth=0):
         return d
     if isinstance(obj, ctypes._SimpleCData):  # noqa: SLF001
         return to_jsonable(obj.value, depth + 1)
+    if hasattr(obj, "__dict__"):
+        # pynvml >= 12 returns nvmlFriendlyObject (plain attributes, no _fields_) e.g. for
+        # nvmlDeviceGetComputeRunningProcesses; the 2026-11-25 captures predate this branch.
+        d = {"__object__": type(obj).__name__}
+        d.update({k: to_jsonable(v, depth + 1) for k, v in vars(obj).items() if not k.startswith("_")})
+        return d
     return repr(obj)
 
 
@@ -182,7 +188,11 @@ def capture(label: str) -> dict:
                 cval = getattr(nv, cname, None)
                 if cval is None:
                     continue
+                # nvidia-ml-py 13.x defines NVML_P2P_CAPS_INDEX_READ = 0, (a tuple): passing it raises
+                # ctypes.ArgumentError. Record that call as is, then the call with the unwrapped int.
                 r.call("nvmlDeviceGetP2PStatus", hi, hj, cval, const_args={2: cname})
+                if isinstance(cval, tuple) and cval:
+                    r.call("nvmlDeviceGetP2PStatus", hi, hj, cval[0], const_args={2: cname + "[0]"})
     r.call("nvmlShutdown")
     doc["calls"] = r.calls
     doc["constants"] = {k: getattr(nv, k) for k in dir(nv)
