@@ -242,8 +242,13 @@ def kv_capacity(kv_cache_bytes: int, s: ModelSpec, kv_cache_dtype: str, tp: int,
 
 
 def activation_bytes(variant: Variant, tp: int, max_num_batched_tokens: int, max_num_seqs: int,
-                     enforce_eager: bool, cal: Calibration = CALIBRATION) -> int:
-    """Peak torch memory of vLLM's profile run above the loaded weights."""
+                     enforce_eager: bool, cal: Calibration = CALIBRATION,
+                     samples: bool = True) -> int:
+    """Peak torch memory of vLLM's profile run above the loaded weights.
+
+    `samples`: the rank computes logits and samples (the last pipeline stage); earlier stages
+    only run their layers' forward pass.
+    """
     s = variant.spec
     if s.is_moe:
         inter = s.num_experts_per_tok * s.moe_intermediate_size / tp
@@ -253,6 +258,8 @@ def activation_bytes(variant: Variant, tp: int, max_num_batched_tokens: int, max
     forward = max_num_batched_tokens * per_token
     if enforce_eager:
         forward *= cal.eager_activation_factor
+    if not samples:
+        return int(forward)
     rows = min(max_num_seqs, max_num_batched_tokens)
     hidden_alive = max_num_batched_tokens * s.hidden_size * 2
     sampler = rows * _padded_vocab(s) * cal.sampler_bytes_per_logit + hidden_alive
@@ -317,9 +324,8 @@ def breakdown(variant: Variant, total_bytes: int, gpu_memory_utilization: float,
               last_stage: bool = True) -> MemoryBreakdown:
     requested = requested_bytes(total_bytes, gpu_memory_utilization)
     weights = weight_bytes(variant, tp, rope_max_position, layers, first_stage, last_stage)
-    act = activation_bytes(variant, tp, max_num_batched_tokens, max_num_seqs, enforce_eager, cal)
-    if not last_stage:
-        act = int(max_num_batched_tokens * variant.spec.hidden_size * 2 * 2)
+    act = activation_bytes(variant, tp, max_num_batched_tokens, max_num_seqs, enforce_eager, cal,
+                           samples=last_stage)
     non_torch = non_torch_bytes(tp, cal)
     graphs = cudagraph_bytes(variant, max_num_seqs, max_num_batched_tokens, enforce_eager, layers, cal)
     return MemoryBreakdown(

@@ -528,6 +528,7 @@ def _to_plan(
         choices=tuple(_reasons(c, profile, pins, gpus_per_node)),
         notes=tuple(notes),
         alternatives=alternatives,
+        stages=tuple(c.stages),
         meets_profile=c.meets_profile,
     )
 

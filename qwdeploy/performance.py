@@ -49,18 +49,17 @@ EFFICIENCY = Efficiency()
 
 
 def _active_weight_bytes(plan, batch: int) -> float:
-    """Weight bytes one decode step reads on one GPU."""
+    """Weight bytes one decode step reads on one GPU (of the stage that holds the most)."""
     s = plan.variant.spec
     total = plan.memory.weights_bytes
     if not s.is_moe:
         return total
-    layer = memory.layer_weight_bytes(plan.variant, plan.tensor_parallel_size)
-    expert_part = s.num_experts * (layer - memory.layer_weight_bytes(_no_experts(plan.variant),
-                                                                       plan.tensor_parallel_size)) / s.num_experts
-    per_expert_layer = expert_part / s.num_experts
+    tp = plan.tensor_parallel_size
+    experts = memory.layer_weight_bytes(plan.variant, tp) - memory.layer_weight_bytes(_no_experts(plan.variant), tp)
+    per_expert_layer = experts / s.num_experts
     touched = s.num_experts * (1 - (1 - s.num_experts_per_tok / s.num_experts) ** batch)
-    untouched = (s.num_experts - touched) * per_expert_layer * s.num_hidden_layers
-    return total - untouched
+    untouched = (s.num_experts - touched) * per_expert_layer * plan.layers_per_gpu
+    return max(total - untouched, 0.0)
 
 
 def _no_experts(variant):
@@ -82,13 +81,17 @@ def decode_tokens_per_s(plan, batch: int, context: int, eff: Efficiency = EFFICI
         return None
     bw = spec.memory_bandwidth_gbps * GB * (eff.decode_bandwidth if plan.quantization is None
                                             else eff.decode_bandwidth_quantized)
-    kv_per_token = memory.kv_bytes_per_token(plan.variant.spec, plan.kv_cache_dtype, plan.tensor_parallel_size)
+    kv_per_token = memory.kv_bytes_per_token(plan.variant.spec, plan.kv_cache_dtype,
+                                             plan.tensor_parallel_size, plan.layers_per_gpu)
     step_bytes = _active_weight_bytes(plan, batch) + batch * context * kv_per_token
     flops = 2 * _active_params(plan) * batch / plan.tensor_parallel_size
     peak = (spec.fp8_tflops if plan.quantization == "fp8" and spec.fp8_tflops else spec.bf16_tflops) * 1e12
-    step = max(step_bytes / bw, flops / (peak * eff.prefill_compute)) + eff.step_overhead_s
+    stage_share = plan.layers_per_gpu / plan.variant.spec.num_hidden_layers
+    step = max(step_bytes / bw, flops * stage_share / (peak * eff.prefill_compute)) + eff.step_overhead_s
     if plan.enforce_eager:
         step *= eff.eager_slowdown
+    if batch == 1:
+        step *= plan.pipeline_parallel_size  # one sequence passes every stage in turn
     return batch / step
 
 
@@ -97,7 +100,7 @@ def prefill_tokens_per_s(plan, eff: Efficiency = EFFICIENCY) -> float | None:
     if not spec.bf16_tflops:
         return None
     peak = (spec.fp8_tflops if plan.quantization == "fp8" and spec.fp8_tflops else spec.bf16_tflops) * 1e12
-    flops_per_token = 2 * _active_params(plan) / plan.tensor_parallel_size
+    flops_per_token = 2 * _active_params(plan) / plan.tensor_parallel_size / plan.pipeline_parallel_size
     return peak * eff.prefill_compute / flops_per_token
 
 

@@ -95,6 +95,7 @@ class Plan:
     alternatives: tuple[Alternative, ...] = ()
     meets_profile: bool = True
     performance: dict = field(default_factory=dict)
+    stages: tuple = ()  # multinode.Stage per pipeline stage (pipeline_parallel_size > 1)
 
     # ---- derived facts -------------------------------------------------------------------
     @property
@@ -173,6 +174,8 @@ class Plan:
                 "--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching"]
         if self.enforce_eager:
             args.append("--enforce-eager")
+        if self.pipeline_parallel_size > 1:
+            args += ["--distributed-executor-backend", "ray"]  # vLLM's multi-node path
         if self.hf_overrides:
             args += ["--hf-overrides", json.dumps(self.hf_overrides, separators=(",", ":"))]
         if self.reasoning_parser:
@@ -224,7 +227,7 @@ class Plan:
                 "footprint_bytes": m.footprint_bytes,
             },
             "kv_cache_bytes_per_token": memory.kv_bytes_per_token(
-                self.variant.spec, self.kv_cache_dtype, self.tensor_parallel_size),
+                self.variant.spec, self.kv_cache_dtype, self.tensor_parallel_size, self.layers_per_gpu),
             "num_gpu_blocks": self.capacity.num_blocks,
             "kv_cache_tokens": self.capacity.tokens,
             "max_concurrency": round(self.capacity.max_concurrency, 2),
@@ -239,7 +242,16 @@ class Plan:
             "notes": list(self.notes),
             "alternatives": [a.to_json() for a in self.alternatives],
             "performance": self.performance,
+            "stages": [s.to_json() for s in self.stages],
         }
+
+    @property
+    def layers_per_gpu(self) -> int:
+        """Decoder layers on the GPU that sets the KV cache (the tightest pipeline stage)."""
+        if not self.stages:
+            return self.variant.spec.num_hidden_layers
+        tight = min(self.stages, key=lambda s: s.capacity.num_blocks)
+        return tight.layers
 
 
 def _shell_join(args: Sequence[str]) -> str:
