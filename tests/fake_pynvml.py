@@ -10,8 +10,6 @@ raises NotRecorded, so code under test cannot quietly read numbers nobody measur
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -74,8 +72,6 @@ def _norm(a):
         return {"handle": a.index}
     if isinstance(a, dict) and "const" in a:
         a = a["value"]
-    if isinstance(a, (list, tuple)) and len(a) == 1:  # NVML_P2P_CAPS_INDEX_READ = 0, (a tuple)
-        a = a[0]
     if isinstance(a, dict):
         return {k: _norm(v) for k, v in a.items()}
     return a
@@ -84,7 +80,7 @@ def _norm(a):
 def _obj(value):
     """Recorded ctypes structs come back as objects with attributes, like pynvml's."""
     if isinstance(value, dict):
-        return SimpleNamespace(**{k: _obj(v) for k, v in value.items() if k != "__struct__"})
+        return SimpleNamespace(**{k: _obj(v) for k, v in value.items() if not k.startswith("__")})
     if isinstance(value, list):
         return [_obj(v) for v in value]
     return value
@@ -133,40 +129,11 @@ class FakePynvml:
             raise _error_class(err["class"])(err["value"], err.get("str"))
         if call == "nvmlDeviceGetHandleByIndex":
             return Handle(int(args[0]))
-        if call.endswith("RunningProcesses"):
-            return self._processes(call, args[0], rec["result"])
+        if isinstance(rec["result"], list) and any(str(x).startswith("<") for x in rec["result"]):
+            raise NotRecorded(f"{call}: the capture stored only repr() strings: {rec['result']}")
         return _obj(rec["result"])
 
     # ---- things the capture stored beside the calls ------------------------------------------
-    def _processes(self, call: str, handle: Handle, result):
-        """Process lists. pynvml returns nvmlFriendlyObject items, which the capture could only
-        store as repr() strings; then the pids, names and MiB of `nvidia-smi --query-compute-apps`
-        recorded in the same session stand in for them."""
-        if all(isinstance(p, dict) for p in result):
-            return [_obj(p) for p in result]
-        if call != "nvmlDeviceGetComputeRunningProcesses":
-            raise NotRecorded(f"{call}: the recording holds only {result!r}")
-        uuid = self._answer("nvmlDeviceGetUUID", handle)
-        rows = self.smi_compute_apps()
-        listed = [r for r in rows if r["gpu_uuid"] == uuid]
-        if len(listed) != len(result):
-            raise NotRecorded(f"{call}: {len(result)} processes recorded, "
-                              f"nvidia-smi listed {len(listed)}")
-        return [SimpleNamespace(pid=r["pid"], usedGpuMemory=r["used_bytes"]) for r in listed]
-
-    def _answer(self, call: str, *args):
-        return _obj(self._answers[_key(call, list(args), {})][0]["result"])
-
-    def smi_compute_apps(self) -> list[dict]:
-        text = self.recording.get("nvidia_smi_compute_apps_csv") or ""
-        rows = []
-        for row in csv.DictReader(io.StringIO(text.split("\n[stderr]")[0]), skipinitialspace=True):
-            used = row["used_gpu_memory [MiB]"].split()[0]
-            rows.append({"pid": int(row["pid"]), "name": row["process_name"],
-                         "used_bytes": int(used) << 20 if used.isdigit() else None,
-                         "gpu_uuid": row["gpu_uuid"]})
-        return rows
-
     def process_name(self, pid: int) -> str | None:
         """/proc/<pid>/comm as the capture read it on the GPU machine."""
         entry = self.recording.get("process_names", {}).get(str(pid)) or {}

@@ -9,8 +9,6 @@ from qwdeploy import nvml
 from qwdeploy.cli import app
 
 IDLE, HELD = "h100_idle", "h100_30pct_held"
-pytestmark = pytest.mark.skipif(not fake_pynvml.path(IDLE).exists(),
-                                reason="h100_idle.json not recorded")
 
 
 @pytest.fixture

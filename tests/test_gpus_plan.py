@@ -11,11 +11,6 @@ from qwdeploy import catalog, cli, hardware, memory, nvml, planner, profiles
 IDLE, HELD = "h100_idle", "h100_30pct_held"
 
 
-def recorded(name: str):
-    return pytest.mark.skipif(not fake_pynvml.path(name).exists(),
-                              reason=f"{name}.json not recorded")
-
-
 @pytest.fixture
 def on(monkeypatch):
     """Plan as `qwdeploy plan MODEL` would on the machine of a recording."""
@@ -37,7 +32,6 @@ def _nvml_free(fake) -> int:
     return v2["free"]
 
 
-@recorded(HELD)
 def test_30_percent_held_plan_passes_vllms_free_memory_check_with_margin(on):
     fake, plan = on(HELD)
     requested = math.ceil(plan.gpu.total_bytes * plan.gpu_memory_utilization)
@@ -47,7 +41,6 @@ def test_30_percent_held_plan_passes_vllms_free_memory_check_with_margin(on):
     assert requested + plan.memory.cudagraph_bytes + margin <= free_after_context
 
 
-@recorded(HELD)
 def test_30_percent_held_plan_fits_what_cuda_itself_reported_free(on):
     fake, plan = on(HELD)
     torch = fake.torch_mem_get_info  # another process's view, after its own CUDA context
@@ -56,14 +49,12 @@ def test_30_percent_held_plan_fits_what_cuda_itself_reported_free(on):
     assert requested + plan.memory.cudagraph_bytes <= torch["free_bytes"]
 
 
-@recorded(HELD)
 def test_30_percent_held_plan_says_another_process_holds_memory(on):
     _, plan = on(HELD)
     assert any("other processes hold" in n for n in plan.notes)
     assert plan.gpu_memory_utilization <= 0.7
 
 
-@recorded(IDLE)
 def test_idle_plan_keeps_the_profile_utilization_and_pins_the_gpu_by_uuid(on):
     fake, plan = on(IDLE)
     uuid = next(c["result"] for c in fake.recording["calls"] if c["call"] == "nvmlDeviceGetUUID")
@@ -72,7 +63,6 @@ def test_idle_plan_keeps_the_profile_utilization_and_pins_the_gpu_by_uuid(on):
     assert not any("other processes hold" in n for n in plan.notes)
 
 
-@recorded(IDLE)
 def test_cuda_total_of_the_probed_gpu_is_what_cuda_reported(on):
     fake, plan = on(IDLE)
     assert plan.gpu.total_bytes == fake.torch_mem_get_info["total_bytes"]
@@ -114,14 +104,12 @@ def test_a_mixed_group_is_planned_against_the_smaller_gpu():
     assert plan.tensor_parallel_size == 2 and plan.gpu.name == "L40S-48GB"
 
 
-@recorded(HELD)
 def test_the_gpu_with_more_free_memory_wins():
     idle = _probed(IDLE)
     held = replace(_probed(HELD), index=1, uuid="GPU-second")
     assert planner.choose_gpus([held, idle], 1) == (idle,)
 
 
-@recorded(HELD)
 def test_links_do_not_buy_a_group_with_much_less_free_memory():
     idle = _probed(IDLE)
     held = replace(_probed(HELD), index=1, uuid="GPU-b")

@@ -6,6 +6,7 @@ torch.cuda.mem_get_info() reading taken in the same session.
 
 import csv
 import io
+import re
 
 import fake_pynvml
 import pytest
@@ -14,11 +15,6 @@ from qwdeploy import hardware, nvml
 
 MiB = 1 << 20
 IDLE, HELD = "h100_idle", "h100_30pct_held"
-
-
-def recorded(name: str):
-    return pytest.mark.skipif(not fake_pynvml.path(name).exists(),
-                              reason=f"{name}.json not recorded")
 
 
 def _inventory(name: str):
@@ -33,7 +29,6 @@ def _smi(nv) -> dict:
     return {k.split(" [")[0]: v.split(" MiB")[0] for k, v in row.items()}
 
 
-@recorded(IDLE)
 def test_identity_matches_nvidia_smi():
     nv, inv = _inventory(IDLE)
     gpu, smi = inv.gpus[0], _smi(nv)
@@ -42,7 +37,6 @@ def test_identity_matches_nvidia_smi():
     assert inv.driver_version == smi["driver_version"]
 
 
-@recorded(IDLE)
 def test_memory_matches_nvidia_smi_to_the_mib():
     nv, inv = _inventory(IDLE)
     gpu, smi = inv.gpus[0], _smi(nv)
@@ -51,26 +45,22 @@ def test_memory_matches_nvidia_smi_to_the_mib():
     assert abs(gpu.memory_used_bytes // MiB - int(smi["memory.used"])) <= 1
 
 
-@recorded(IDLE)
 def test_cuda_version_is_the_one_nvidia_smi_prints():
     nv, inv = _inventory(IDLE)
-    assert f"CUDA Version                              : {inv.cuda_driver_version_text}" in \
-        (fake_pynvml.DATA / nv.recording["nvidia_smi_q_file"]).read_text()
+    text = (fake_pynvml.DATA / nv.recording["nvidia_smi_q_file"]).read_text()
+    assert re.search(r"CUDA Version\s+: (\S+)", text).group(1) == inv.cuda_driver_version_text
 
 
-@recorded(IDLE)
 def test_one_gpu_has_an_empty_link_matrix():
     _, inv = _inventory(IDLE)
     assert len(inv.gpus) == 1 and inv.links == ()
 
 
-@recorded(IDLE)
 def test_idle_gpu_has_no_other_processes():
     _, inv = _inventory(IDLE)
     assert inv.gpus[0].processes == () and hardware.other_processes_bytes(inv.gpus[0]) == 0
 
 
-@recorded(HELD)
 def test_the_holding_process_is_listed_with_its_name_and_bytes():
     nv, inv = _inventory(HELD)
     holder = nv.recording["holder"]
@@ -79,7 +69,6 @@ def test_the_holding_process_is_listed_with_its_name_and_bytes():
     assert proc.used_bytes >= holder["bytes_held_by_torch_empty"]
 
 
-@recorded(HELD)
 def test_other_processes_bytes_cover_what_the_holder_allocated():
     nv, inv = _inventory(HELD)
     held = nv.recording["holder"]["bytes_held_by_torch_empty"]
@@ -88,7 +77,5 @@ def test_other_processes_bytes_cover_what_the_holder_allocated():
 
 @pytest.mark.parametrize("name", [IDLE, HELD])
 def test_no_call_outside_the_recording(name):
-    if not fake_pynvml.path(name).exists():
-        pytest.skip(f"{name}.json not recorded")
     nv, _ = _inventory(name)
     assert nv.calls[0] == "nvmlInit" and nv.calls[-1] == "nvmlShutdown"
