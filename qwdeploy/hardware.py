@@ -13,7 +13,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Mapping
 
+from qwdeploy import nvml  # imports pynvml only when it probes
 from qwdeploy.errors import ExitCode, QwdeployError, UnknownGpuError
+from qwdeploy.nvml import PLAN_FOR_NAMED
 
 MiB = 1 << 20
 
@@ -129,8 +131,8 @@ class Visible:
     """A device CUDA will enumerate: a whole GPU, or one MIG instance of it."""
 
     cuda_index: int
-    reading: "nvml.GpuReading"  # noqa: F821 (plain data from qwdeploy.nvml)
-    mig: "nvml.MigDevice | None" = None  # noqa: F821
+    reading: nvml.GpuReading
+    mig: nvml.MigDevice | None = None
 
     @property
     def usable(self) -> bool:
@@ -142,7 +144,7 @@ class Visible:
 class LocalGpus:
     """The local inventory under this process's CUDA_VISIBLE_DEVICES / CUDA_DEVICE_ORDER."""
 
-    inventory: "nvml.Inventory"  # noqa: F821
+    inventory: nvml.Inventory
     visible: tuple[Visible, ...]
     cuda_visible_devices: str | None
     cuda_device_order: str
@@ -154,8 +156,8 @@ class LocalGpus:
         if not usable:
             raise QwdeployError(
                 "every visible GPU is in MIG mode and CUDA_VISIBLE_DEVICES names no MIG instance",
-                hint="set CUDA_VISIBLE_DEVICES to one MIG-... uuid from `qwdeploy gpus`; or "
-                     "plan for named GPUs: qwdeploy plan MODEL --gpu H100 --num-gpus 1",
+                hint="set CUDA_VISIBLE_DEVICES to one MIG-... uuid from `qwdeploy gpus`; "
+                     + PLAN_FOR_NAMED,
                 exit_code=ExitCode.NO_GPUS)
         uuids = {r.index: r.uuid for r in self.inventory.gpus}
         links: dict[int, list[tuple[str, str]]] = {}
@@ -224,8 +226,6 @@ def local(env: Mapping[str, str] | None = None) -> LocalGpus:
     """Probe NVML and apply CUDA_DEVICE_ORDER / CUDA_VISIBLE_DEVICES from `env` (os.environ)."""
     import os
 
-    from qwdeploy import nvml
-
     return local_view(nvml.inventory(), os.environ if env is None else env)
 
 
@@ -234,7 +234,7 @@ def local_gpus() -> list[Gpu]:
     return local().gpus()
 
 
-def local_view(inventory, env: Mapping[str, str]) -> LocalGpus:
+def local_view(inventory: nvml.Inventory, env: Mapping[str, str]) -> LocalGpus:
     """Pure: an NVML inventory as CUDA will number it under `env`."""
     order = (env.get("CUDA_DEVICE_ORDER") or ORDER_FASTEST).strip().upper()
     cvd = env.get("CUDA_VISIBLE_DEVICES")
@@ -277,7 +277,8 @@ def resolve_visible_devices(readings, ordered, cvd: str | None, notes: list[str]
     tokens = [t.strip() for t in cvd.split(",")]
     if not cvd.strip() or _is_negative(tokens[0]):
         raise QwdeployError(f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU",
-                            hint=f"unset it, or name GPUs: {valid}", exit_code=ExitCode.NO_GPUS)
+                            hint=f"unset it, or name GPUs: {valid}; {PLAN_FOR_NAMED}",
+                            exit_code=ExitCode.NO_GPUS)
     chosen: list[tuple] = []
     for pos, tok in enumerate(tokens):
         if not tok or _is_negative(tok):
@@ -351,7 +352,7 @@ def _valid_names(ordered) -> str:
 
 
 def _bad(message: str, valid: str) -> QwdeployError:
-    return QwdeployError(message, hint=f"valid here: {valid}; `qwdeploy gpus` lists them",
+    return QwdeployError(message, hint=f"valid here: {valid}; {PLAN_FOR_NAMED}",
                          exit_code=ExitCode.BAD_VISIBLE_DEVICES)
 
 

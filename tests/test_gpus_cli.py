@@ -105,4 +105,4 @@ def test_entries_after_a_negative_index_are_ignored_as_cuda_does(runner, replay)
 def test_plan_exits_13_for_a_missing_gpu_and_hints_the_valid_ones(runner, replay):
     fake = replay(IDLE, visible="3")
     result = runner.invoke(app, ["plan", "Qwen/Qwen3-8B"])
-    assert result.exit_code == 13 and _uuid(fake) in result.stderr
+    assert result.exit_code == 13 and _uuid(fake) in result.stderr and "--gpu H100" in result.stderr
