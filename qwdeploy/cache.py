@@ -40,7 +40,11 @@ KEY_SETTINGS = ("model", "quantization", "dtype", "max_model_len", "max_num_batc
                 "device")
 # Order of DeepGEMM warm-up thoroughness (vllm/envs.py VLLM_DEEP_GEMM_WARMUP choices).
 DEEP_GEMM_MODES = ("skip", "relax", "full")
-DEEP_GEMM_JIT_S = 300.0  # measured: FP8 block checkpoints JIT DeepGEMM ~5 min on first start (H100)
+# Extra seconds of a first FP8-block start on SM90+ with an empty DeepGEMM cache, even with
+# VLLM_DEEP_GEMM_WARMUP=skip: every M shape the start runs is JIT-compiled. Measured on the H100
+# (bench/results/raw g03, Qwen3-8B-FP8, warm-up skip): profiling run 20.3 s (bf16 g02: 0.7 s) and
+# PIECEWISE graph capture 150 s for 51 sizes (bf16: 6 s): 164 s more than bf16.
+DEEP_GEMM_JIT_S = 164.0
 LOADER_MODULES = {"fastsafetensors": "fastsafetensors", "runai_streamer": "runai_model_streamer"}
 
 
@@ -170,20 +174,24 @@ def jit_directory(root: Path, device: str, vllm_version: str) -> Path:
 
 
 def uses_deep_gemm(plan) -> bool:
-    """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (SM90+)."""
+    """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (SM90+)
+    ("Selected DeepGemmFp8BlockScaledMMKernel", g03), JIT-compiling a kernel per new M shape."""
     q = plan.variant.spec.quantization
-    return (q is not None and q.method == "fp8" and not plan.enforce_eager
+    return (q is not None and q.method == "fp8"
             and tuple(plan.gpu.spec.compute_capability) >= (9, 0))
 
 
 def deep_gemm_warmup(plan, override: str | None = None) -> str | None:
-    """VLLM_DEEP_GEMM_WARMUP for this plan, or None where DeepGEMM does not run.
+    """VLLM_DEEP_GEMM_WARMUP for this plan, or None where vLLM runs no DeepGEMM warm-up pass.
 
-    low-latency pays the full warm-up (every GEMM shape up to max_num_batched_tokens JIT-compiled
-    before serving, once, into the cache) so no request meets a JIT stall; the other profiles skip
-    it (vLLM's default "relax" compiles a heuristic subset at every cold start) and JIT lazily.
+    The shapes of the profiling run and of CUDA-graph capture are JIT-compiled on a cold cache
+    whatever this says (g03); the mode decides the rest, up to max_num_batched_tokens.
+    low-latency: "full", every shape before serving (paid once, into the cache: `qwdeploy warm`),
+    so no request meets a JIT stall. Other profiles: "skip" (vLLM's default "relax" adds a
+    heuristic set at start); the remaining prefill sizes JIT on first use, then come from the
+    cache. Eager mode has no warm-up pass (vLLM: "disabling ... JIT kernel warmup").
     """
-    if not uses_deep_gemm(plan):
+    if not uses_deep_gemm(plan) or plan.enforce_eager:
         return None
     if override:
         if override not in DEEP_GEMM_MODES:
@@ -323,18 +331,21 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
                      f"{plan.gpu_memory_utilization:g}: keeps the compile cache; KV memory is "
                      f"profiled again.")
     dg_cold = False
-    if dg is not None:
-        built = (last or {}).get("deep_gemm_warmup")
-        dg_cold = dg != "skip" and (not warm or built is None
-                                    or DEEP_GEMM_MODES.index(built) < DEEP_GEMM_MODES.index(dg))
+    if jit is not None and uses_deep_gemm(plan):
+        dg_dir = jit / "deep_gemm"
+        dg_cold = not (dg_dir.is_dir() and any(dg_dir.iterdir()))
+        where = (f"JIT-compiles its kernels (~{DEEP_GEMM_JIT_S:.0f} s more on the H100 for "
+                 f"Qwen3-8B-FP8), once, into {dg_dir}" if dg_cold else
+                 f"finds its kernels in {dg_dir}")
         if dg == "full":
-            notes.append("DeepGEMM: VLLM_DEEP_GEMM_WARMUP=full (profile low-latency): every GEMM "
-                         "shape JIT-compiled before serving" + (" (~5 min, once; cached in "
-                         f"{jit}/deep_gemm)" if dg_cold else ", from the kernel cache") + ".")
+            mode = ("VLLM_DEEP_GEMM_WARMUP=full (profile low-latency): every GEMM shape up to "
+                    f"max_num_batched_tokens {plan.max_num_batched_tokens} before serving")
+        elif dg is not None:
+            mode = (f"VLLM_DEEP_GEMM_WARMUP={dg} (profile {plan.profile.name}): only the "
+                    "profiling and CUDA-graph shapes at start, other prefill sizes on first use")
         else:
-            notes.append(f"DeepGEMM: VLLM_DEEP_GEMM_WARMUP={dg} (profile {plan.profile.name}): no "
-                         f"~5 min warm-up at start; kernels JIT on first use and are cached in "
-                         f"{jit}/deep_gemm.")
+            mode = "eager: no warm-up pass, every shape on first use"
+        notes.append(f"DeepGEMM (FP8 block weights): {mode}; this start {where}.")
     fmt, why = choose_loader(plan, _installed_loaders(), device)
     notes.append(f"Weights: --load-format {fmt}: {why}.")
     measured = (last or {}).get("ready_s") if warm else None
