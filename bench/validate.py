@@ -37,12 +37,13 @@ def _plan(run: dict) -> dict:
 
 
 def _throughput(run: dict) -> dict:
-    """Measured throughput of a run, in one shape for ground truth and device runs."""
+    """Measured decode benchmarks of a run: {batch: (prompt, output, out tok/s)}."""
     out = {}
-    if run.get("decode_batch1_tok_per_s"):
-        out[1] = run["decode_batch1_tok_per_s"]
-    for item in (run.get("throughput") or {}).get("decode", []) if isinstance(run.get("throughput"), dict) else []:
-        out[int(item["batch"])] = item["tok_per_s"]
+    if run.get("decode_batch1_tok_per_s"):  # ground truth: 512 tokens after a short prompt
+        out[1] = (16, 512, run["decode_batch1_tok_per_s"])
+    for key, item in (run.get("throughput") or {}).items():
+        if key.startswith("decode_b") and isinstance(item, dict):
+            out[int(item["batch"])] = (int(item["in_len"]), int(item["out_len"]), item["out_tok_per_s"])
     return out
 
 
@@ -67,10 +68,16 @@ def compare(run: dict) -> dict:
     row["weights_error"] = _rel(*row["weights_GiB"])
     measured = _throughput(run)
     if measured:
+        p = _run_plan(run)
         row["decode_tok_per_s"] = {}
-        for batch, actual in sorted(measured.items()):
-            predicted = _predict_decode(plan, run, batch)
+        for batch, (prompt, output, actual) in sorted(measured.items()):
+            predicted = round(performance.benchmark_tokens_per_s(p, batch, prompt, output), 1)
             row["decode_tok_per_s"][batch] = [predicted, actual, _rel(predicted, actual)]
+        prefill = (run.get("throughput") or {}).get("prefill_16x1024")
+        if prefill:
+            predicted = round(performance.prefill_tokens_per_s(p))
+            row["prefill_tok_per_s"] = [predicted, prefill["prefill_tok_per_s"],
+                                        _rel(predicted, prefill["prefill_tok_per_s"])]
     return row
 
 
@@ -88,20 +95,6 @@ def _predict_start(run: dict) -> float:
     """Predicted process-start-to-ready seconds; the runs use dummy weights and a cold cache."""
     phases = performance.cold_start_s(_run_plan(run), weights_from_disk=False)
     return performance.start_seconds(phases, warm=bool(run.get("warm_compile_cache")))
-
-
-def _predict_decode(plan_json: dict, run: dict, batch: int) -> float | None:
-    from qwdeploy import catalog, hardware, planner, profiles
-
-    variant = catalog.get(run["repo_id"])
-    pins = planner.Pins(max_model_len=run["max_model_len"], gpu_memory_utilization=run["gpu_memory_utilization"],
-                        max_num_seqs=run["max_num_seqs"], max_num_batched_tokens=run["max_num_batched_tokens"],
-                        enforce_eager=bool(run.get("enforce_eager")))
-    p = planner.plan([variant], profiles.load("chat"), hardware.named("H100", 1), pins)
-    tp = run.get("throughput") or {}
-    context = int(tp.get("in_len", 128)) + int(tp.get("out_len", 256)) // 2 if isinstance(tp, dict) else 640
-    value = performance.decode_tokens_per_s(p, batch, context)
-    return round(value, 1) if value else None
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -16,17 +16,27 @@ GB = 1e9
 
 @dataclass(frozen=True)
 class Efficiency:
-    # Qwen3-8B bf16, batch 1, CUDA graphs: 146.8 tok/s (groundtruth 01) = 16.38 GB per step at
-    # 2.40 TB/s, 0.72 of the H100's 3.35 TB/s datasheet bandwidth.
-    decode_bandwidth: float = 0.72
-    # int4 Marlin / fp8 GEMMs dequantize on the fly and reach less of the bandwidth.
-    decode_bandwidth_quantized: float = 0.60
+    """Efficiency factors, fitted on real vLLM 0.26 decode/prefill on an H100 (bench/results)."""
+
+    # A decode step = bytes / (bandwidth × efficiency) + layers × per_layer + batch × per_seq.
+    # Qwen3-8B and 14B bf16 at batch 1 (146.8 and 86.0 tok/s) fix the bf16 efficiency (0.83 of
+    # 3.35 TB/s) and 25.9 us per layer; 8B and 14B at batch 64 (7,009 and 4,320 tok/s, prefill
+    # included) fix 12 us per running sequence.
+    decode_bandwidth: float = 0.8326
+    step_per_layer_s: float = 25.9e-6
+    step_per_seq_s: float = 12e-6
+    # int4 (Machete/Marlin) dequantizes on the fly: 32B-AWQ at batch 1, 78.4 tok/s -> 0.537.
+    decode_bandwidth_int4: float = 0.537
+    # FP8 block GEMMs: not measured (the FP8 run timed out in DeepGEMM JIT); between the two.
+    decode_bandwidth_fp8: float = 0.70
+    # TP all-reduce, two per layer (custom all-reduce over NVLink): an estimate, unmeasured.
+    allreduce_s: float = 10e-6
     # Eager decode of Qwen3-8B: 37.0 tok/s vs 146.8 with graphs (launch-bound): 4x slower.
     eager_slowdown: float = 146.8 / 37.0
-    # Per-step time outside the GEMMs at batch 1 (scheduling, sampling): fitted with the above.
-    step_overhead_s: float = 0.0
-    # Dense bf16 matmul fraction reached in prefill (8B: 256×1024-token prompts).
-    prefill_compute: float = 0.45
+    # Prefill matmul efficiency: Qwen3-14B, 16 × 1024-token prompts in 0.70 s = 23,416 tok/s,
+    # 0.70 of 989 dense bf16 TFLOP/s. int4 prefill is slower: an estimate.
+    prefill_compute: float = 0.70
+    prefill_compute_int4: float = 0.50
     # Cold start pieces, from the H100 runs (groundtruth 01-13): `import vllm` ~20 s; engine
     # set-up, profiling and KV allocation ~20 s plus 0.75 s per GiB of weights even with dummy
     # weights (ready minus init: 8B 29 s, 32B 57 s; init minus compile and graphs: 21 s, 28 s);
@@ -75,33 +85,68 @@ def _active_params(plan) -> float:
     return p
 
 
-def decode_tokens_per_s(plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -> float | None:
+def _bandwidth(plan, eff: Efficiency) -> float:
+    q = plan.quantization
+    factor = (eff.decode_bandwidth if q is None else eff.decode_bandwidth_fp8 if q == "fp8"
+              else eff.decode_bandwidth_int4)
+    return plan.gpu.spec.memory_bandwidth_gbps * GB * factor
+
+
+def _peak_flops(plan, eff: Efficiency) -> float:
     spec = plan.gpu.spec
-    if not spec.memory_bandwidth_gbps:
+    fp8 = plan.quantization == "fp8" and spec.fp8_tflops
+    peak = (spec.fp8_tflops if fp8 else spec.bf16_tflops) * 1e12
+    return peak * (eff.prefill_compute if plan.quantization in (None, "fp8") else eff.prefill_compute_int4)
+
+
+def step_seconds(plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -> float | None:
+    """One decode step of `batch` sequences holding `context` tokens each, on one stage."""
+    if not plan.gpu.spec.memory_bandwidth_gbps:
         return None
-    bw = spec.memory_bandwidth_gbps * GB * (eff.decode_bandwidth if plan.quantization is None
-                                            else eff.decode_bandwidth_quantized)
+    layers = plan.layers_per_gpu
     kv_per_token = memory.kv_bytes_per_token(plan.variant.spec, plan.kv_cache_dtype,
-                                             plan.tensor_parallel_size, plan.layers_per_gpu)
+                                             plan.tensor_parallel_size, layers)
     step_bytes = _active_weight_bytes(plan, batch) + batch * context * kv_per_token
-    flops = 2 * _active_params(plan) * batch / plan.tensor_parallel_size
-    peak = (spec.fp8_tflops if plan.quantization == "fp8" and spec.fp8_tflops else spec.bf16_tflops) * 1e12
-    stage_share = plan.layers_per_gpu / plan.variant.spec.num_hidden_layers
-    step = max(step_bytes / bw, flops * stage_share / (peak * eff.prefill_compute)) + eff.step_overhead_s
+    stage_share = layers / plan.variant.spec.num_hidden_layers
+    flops = 2 * _active_params(plan) * batch * stage_share / plan.tensor_parallel_size
+    step = max(step_bytes / _bandwidth(plan, eff), flops / _peak_flops(plan, eff))
+    step += layers * eff.step_per_layer_s + batch * eff.step_per_seq_s
+    if plan.tensor_parallel_size > 1:
+        step += 2 * layers * eff.allreduce_s
     if plan.enforce_eager:
         step *= eff.eager_slowdown
+    return step
+
+
+def decode_tokens_per_s(plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -> float | None:
+    """Steady decode rate of `batch` sequences (pipeline stages overlap once batch > 1)."""
+    step = step_seconds(plan, batch, context, eff)
+    if step is None:
+        return None
     if batch == 1:
         step *= plan.pipeline_parallel_size  # one sequence passes every stage in turn
     return batch / step
 
 
 def prefill_tokens_per_s(plan, eff: Efficiency = EFFICIENCY) -> float | None:
-    spec = plan.gpu.spec
-    if not spec.bf16_tflops:
+    if not plan.gpu.spec.bf16_tflops:
         return None
-    peak = (spec.fp8_tflops if plan.quantization == "fp8" and spec.fp8_tflops else spec.bf16_tflops) * 1e12
     flops_per_token = 2 * _active_params(plan) / plan.tensor_parallel_size / plan.pipeline_parallel_size
-    return peak * eff.prefill_compute / flops_per_token
+    return _peak_flops(plan, eff) / flops_per_token
+
+
+def benchmark_tokens_per_s(plan, batch: int, prompt: int, output: int,
+                           eff: Efficiency = EFFICIENCY) -> float | None:
+    """Output tokens/s of `batch` requests of `prompt` + `output` tokens started together
+    (prefill included), the way the validation harness measures decode."""
+    pre = prefill_tokens_per_s(plan, eff)
+    if pre is None:
+        return None
+    total = batch * prompt / pre
+    for i in range(0, output, 16):  # the context grows as the sequences decode
+        step = step_seconds(plan, batch, prompt + i + 8, eff)
+        total += step * min(16, output - i) * (plan.pipeline_parallel_size if batch == 1 else 1)
+    return batch * output / total
 
 
 def cold_start_s(plan, eff: Efficiency = EFFICIENCY, weights_from_disk: bool = True) -> dict:

@@ -34,6 +34,9 @@ def _from_device_run(r: dict) -> dict | None:
     run = {k: v for k, v in r.items() if k not in ("log", "child", "llm_kwargs", "gpu_before_go")}
     run.update({k: v for k, v in log.items() if not isinstance(v, list)})
     run["run"] = r.get("name", "?")
+    run["throughput"] = (r.get("child") or {}).get("throughput") or {}
+    if (r.get("child") or {}).get("proc_start_to_ready_s"):
+        run["proc_start_to_ready_s"] = r["child"]["proc_start_to_ready_s"]
     run["refused"] = refused
     run.setdefault("tp", 1)
     if (r.get("llm_kwargs") or {}).get("hf_overrides"):
