@@ -40,11 +40,13 @@ KEY_SETTINGS = ("model", "quantization", "dtype", "max_model_len", "max_num_batc
                 "device")
 # Order of DeepGEMM warm-up thoroughness (vllm/envs.py VLLM_DEEP_GEMM_WARMUP choices).
 DEEP_GEMM_MODES = ("skip", "relax", "full")
-# Extra seconds of a first FP8-block start on SM90+ with an empty DeepGEMM cache, even with
-# VLLM_DEEP_GEMM_WARMUP=skip: every M shape the start runs is JIT-compiled. Measured on the H100
-# (bench/results/raw g03, Qwen3-8B-FP8, warm-up skip): profiling run 20.3 s (bf16 g02: 0.7 s) and
-# PIECEWISE graph capture 150 s for 51 sizes (bf16: 6 s): 164 s more than bf16.
-DEEP_GEMM_JIT_S = 164.0
+# A first FP8-block start on SM90+ with an empty DeepGEMM cache JIT-compiles a kernel set for
+# every M shape it runs, even with VLLM_DEEP_GEMM_WARMUP=skip. Measured on the H100
+# (bench/results/raw g03, Qwen3-8B-FP8, warm-up skip, 51 capture sizes): the profiling run took
+# 20.3 s (bf16 g02: 0.7 s) and PIECEWISE graph capture 150 s (bf16: 6 s), i.e. 19.6 s plus
+# 2.82 s per CUDA-graph size. "full" adds every other M up to max_num_batched_tokens: unmeasured.
+DEEP_GEMM_PROFILE_JIT_S = 19.6
+DEEP_GEMM_JIT_S_PER_GRAPH_SIZE = (150.0 - 6.0) / 51
 LOADER_MODULES = {"fastsafetensors": "fastsafetensors", "runai_streamer": "runai_model_streamer"}
 
 
@@ -238,6 +240,14 @@ def vllm_env(cache_dir: Path, jit_dir: Path | None, deep_gemm: str | None,
     return env
 
 
+def deep_gemm_jit_s(plan) -> float:
+    """Seconds a start adds JIT-compiling DeepGEMM kernels into an empty cache (0 if none)."""
+    if not uses_deep_gemm(plan):
+        return 0.0
+    sizes = key_fields(plan)["cudagraph_capture_sizes"]
+    return round(DEEP_GEMM_PROFILE_JIT_S + DEEP_GEMM_JIT_S_PER_GRAPH_SIZE * len(sizes), 1)
+
+
 def predicted_start_s(plan, warm: bool, deep_gemm_cold: bool) -> float | None:
     """Seconds to ready from the plan's performance model (+ DeepGEMM JIT when it will run)."""
     perf = plan.performance or {}
@@ -246,7 +256,7 @@ def predicted_start_s(plan, warm: bool, deep_gemm_cold: bool) -> float | None:
         from qwdeploy import performance
 
         base = performance.start_seconds(performance.cold_start_s(plan), warm)
-    return round(base + (DEEP_GEMM_JIT_S if deep_gemm_cold else 0.0), 1)
+    return round(base + (deep_gemm_jit_s(plan) if deep_gemm_cold else 0.0), 1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -334,9 +344,9 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
     if jit is not None and uses_deep_gemm(plan):
         dg_dir = jit / "deep_gemm"
         dg_cold = not (dg_dir.is_dir() and any(dg_dir.iterdir()))
-        where = (f"JIT-compiles its kernels (~{DEEP_GEMM_JIT_S:.0f} s more on the H100 for "
-                 f"Qwen3-8B-FP8), once, into {dg_dir}" if dg_cold else
-                 f"finds its kernels in {dg_dir}")
+        where = (f"JIT-compiles its kernels (~{deep_gemm_jit_s(plan):.0f} s"
+                 f"{' plus the full warm-up' if dg == 'full' else ''}), once, into {dg_dir}"
+                 if dg_cold else f"finds its kernels in {dg_dir}")
         if dg == "full":
             mode = ("VLLM_DEEP_GEMM_WARMUP=full (profile low-latency): every GEMM shape up to "
                     f"max_num_batched_tokens {plan.max_num_batched_tokens} before serving")

@@ -216,12 +216,22 @@ def test_deep_gemm_kernels_are_shared_across_keys_of_one_gpu(tmp_path):
     assert a.env["DG_JIT_CACHE_DIR"] == b.env["DG_JIT_CACHE_DIR"]
 
 
-def test_empty_deep_gemm_cache_adds_the_measured_jit_to_the_expected_start(tmp_path):
-    # g03 (H100, 8B-FP8, warm-up skip): profiling 20.3 s and graph capture 150 s vs bf16 0.7 s
-    # and 6 s: 164 s more, paid whatever VLLM_DEEP_GEMM_WARMUP says
-    p = plan_for("Qwen/Qwen3-8B-FP8", "chat")
+def test_deep_gemm_jit_grows_with_the_graph_sizes():
+    # g03 (H100, 8B-FP8, warm-up skip, 51 sizes): profiling 20.3 s and graph capture 150 s vs
+    # bf16 0.7 s and 6 s: 19.6 + 51 × 144/51 = 163.6 s, paid whatever VLLM_DEEP_GEMM_WARMUP says
+    assert cache.deep_gemm_jit_s(plan_for("Qwen/Qwen3-8B-FP8", "chat", seqs=256)) == 163.6
+    # 4 sequences: sizes 1, 2, 4, 8 -> 19.6 + 4 × 144/51 = 30.89
+    assert cache.deep_gemm_jit_s(plan_for("Qwen/Qwen3-8B-FP8", "chat", seqs=4)) == 30.9
+
+
+def test_bf16_has_no_deep_gemm_jit():
+    assert cache.deep_gemm_jit_s(plan_for()) == 0.0
+
+
+def test_empty_deep_gemm_cache_adds_the_jit_to_the_expected_start(tmp_path):
+    p = plan_for("Qwen/Qwen3-8B-FP8", "chat", seqs=256)
     state = cache.prepare(p, tmp_path, vllm_version="0.26.0")
-    assert state.expected_start_s == round(p.performance["predicted_cold_start_s"] + 164, 1)
+    assert state.expected_start_s == round(p.performance["predicted_cold_start_s"] + 163.6, 1)
 
 
 def test_filled_deep_gemm_cache_adds_nothing(tmp_path):
