@@ -224,6 +224,7 @@ class Plan:
                 "weights_bytes": m.weights_bytes,
                 "activation_bytes": m.activation_bytes,
                 "cudagraph_bytes": m.cudagraph_bytes,
+                "cudagraph_in_budget_bytes": m.cudagraph_in_budget_bytes,
                 "non_torch_bytes": m.non_torch_bytes,
                 "kv_cache_bytes": max(0, m.kv_cache_bytes),
                 "cuda_context_bytes": m.cuda_context_bytes,
@@ -553,8 +554,16 @@ def _to_plan(c: _Candidate, profile: Profile, pins: Pins, local: bool,
     if c.variant.weight_dtype == "fp8" and c.variant.spec.quantization and not c.eager:
         notes.append("FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on first start "
                      "(minutes); later starts reuse the cache.")
-    notes.append(f"CUDA graphs ({_gib(c.memory.cudagraph_bytes)}) are allocated on top of "
-                 f"gpu_memory_utilization × total in vLLM {memory.VLLM_VERSION}.")
+    if c.memory.cudagraph_in_budget_bytes:
+        notes.append(f"Qwen3-MoE runs on vLLM {memory.VLLM_VERSION}'s V1 model runner: its CUDA-graph "
+                     f"estimate ({_gib(c.memory.cudagraph_in_budget_bytes)}) comes out of the KV budget, "
+                     f"the rest of the graph pool ({_gib(c.memory.cudagraph_on_top_bytes)}) on top.")
+    elif c.memory.cudagraph_bytes:
+        notes.append(f"CUDA graphs ({_gib(c.memory.cudagraph_bytes)}) are allocated on top of "
+                     f"gpu_memory_utilization × total in vLLM {memory.VLLM_VERSION}.")
+    if not c.eager and not pins.compile_cache_warm:
+        notes.append("KV figures assume a first start: a restart with a warm compile cache skips "
+                     "torch.compile's memory peak and gets a little more KV cache (--compile-cache warm).")
     return Plan(
         variant=c.variant, profile=profile, gpus=c.gpus, tensor_parallel_size=c.tp,
         max_model_len=c.max_model_len, gpu_memory_utilization=c.gmu,

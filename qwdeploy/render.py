@@ -62,9 +62,13 @@ def plan(p) -> None:
     table.add_row("  peak activation", f"{mem['activation_bytes'] / GiB:.2f}",
                   f"profile run, {data['max_num_batched_tokens']} tokens")
     table.add_row("  non-torch", f"{mem['non_torch_bytes'] / GiB:.2f}", "cuBLAS, NCCL, attention buffers")
+    if mem.get("cudagraph_in_budget_bytes"):
+        table.add_row("  CUDA-graph estimate", f"{mem['cudagraph_in_budget_bytes'] / GiB:.2f}",
+                      "V1 model runner (MoE)")
     table.add_row("  KV cache", f"{mem['kv_cache_bytes'] / GiB:.2f}",
                   f"{data['kv_cache_bytes_per_token']:,} B/token, {data['kv_cache_dtype']}")
-    table.add_row("CUDA graphs (on top)", f"{mem['cudagraph_bytes'] / GiB:.2f}",
+    on_top = mem["cudagraph_bytes"] - mem.get("cudagraph_in_budget_bytes", 0)
+    table.add_row("CUDA graphs (on top)", f"{on_top / GiB:.2f}",
                   "0 with --enforce-eager" if not data["enforce_eager"] else "eager: none")
     table.add_row("CUDA context", f"{mem['cuda_context_bytes'] / GiB:.2f}", "per process")
     stdout.print(table)
