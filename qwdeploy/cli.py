@@ -349,7 +349,7 @@ class _ServeView:
         record = calibration.make_record(
             plan, report, gpu=gpu, device=self.device, vllm_version=self.install.version,
             predicted={**predicted, "start_s": expected}, seconds_to_ready=ready.seconds,
-            extra=extra)
+            extra=extra, compile_cache_warm=bool(self.cache.warm))
         where = calibration.append(record)
         launch.record_cache_start(self.cache, launch.start_phases(report, ready.seconds))
         render.info(f"Recorded in {where}; Ctrl-C stops vLLM.")
