@@ -249,3 +249,41 @@ def test_missing_vllm_hint_names_the_cpu_build_when_there_is_no_gpu():
 
 def test_missing_vllm_hint_on_a_gpu_machine_is_plain_vllm():
     assert launch.missing_vllm(gpu_found=True).hint == "pip install vllm"
+
+
+# ---- weights -------------------------------------------------------------------------------
+
+
+def test_a_local_directory_is_served_in_place_without_download(monkeypatch):
+    monkeypatch.setattr(launch, "_download", lambda *a: pytest.fail("nothing to download"))
+    w = launch.ensure_weights(catalog.get(str(TINY)))
+    assert (w.model, w.env) == (str(TINY.resolve()), {})
+
+
+def test_weights_from_the_hugging_face_cache_are_served_by_repo_id_offline(monkeypatch, tmp_path):
+    monkeypatch.setattr(launch, "_download", lambda repo, progress: (tmp_path / "snap", "hf"))
+    w = launch.ensure_weights(catalog.get("Qwen/Qwen3-8B"))
+    assert w.model == "Qwen/Qwen3-8B" and w.env == {"HF_HUB_OFFLINE": "1",
+                                                    "TRANSFORMERS_OFFLINE": "1"}
+
+
+def test_weights_from_modelscope_are_served_from_their_directory(monkeypatch, tmp_path):
+    monkeypatch.setattr(launch, "_download", lambda repo, progress: (tmp_path / "ms", "modelscope"))
+    w = launch.ensure_weights(catalog.get("Qwen/Qwen3-8B"))
+    assert w.model == str(tmp_path / "ms") and w.env["VLLM_USE_MODELSCOPE"] == "true"
+    assert w.env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_no_download_leaves_the_weights_to_vllm(monkeypatch):
+    monkeypatch.setattr(launch, "_download", lambda *a: pytest.fail("--no-download"))
+    w = launch.ensure_weights(catalog.get("Qwen/Qwen3-8B"), fetch=False)
+    assert (w.model, w.env) == ("Qwen/Qwen3-8B", {})
+
+
+def test_the_download_call_site_matches_download_modules_api():
+    import inspect
+
+    from qwdeploy import download
+
+    params = inspect.signature(download.download).parameters
+    assert list(params)[0] == "model" and "progress" in params
