@@ -220,54 +220,52 @@ def serve(
     from qwdeploy import calibration, launch, progress, render
 
     extra = list(vllm_args or [])
-    with reported_errors():
-        install = launch.detect_vllm()
-        result, device = _serve_plan(install, model, dtype, profile, tensor_parallel_size,
-                                     max_model_len, gpu_memory_utilization, kv_cache_dtype,
-                                     max_num_seqs, max_num_batched_tokens, enforce_eager)
-        if not result.fits:
-            raise QwdeployError(f"{result.model} does not fit: " + next(
-                (n for n in result.notes if n.startswith("Does not fit")), "see the plan"),
-                hint=f"`qwdeploy plan {model} ...` shows why and the alternatives",
-                exit_code=ExitCode.DOES_NOT_FIT)
-        if install is None and not dry_run:
-            raise launch.missing_vllm(gpu_found=device == "cuda")
-        kv = launch.cpu_kv_space(result, launch.read_host_memory(), extra=extra) \
-            if device == "cpu" else None
-        if kv is not None:
-            launch.check_cpu_kv(kv, result.max_model_len)
-        api_key = _read_api_key(api_key_file)
-        weights = (launch.Weights(launch.served_name(result.variant), {}, "not checked (dry run)")
-                   if dry_run and result.variant.local_path is None else
-                   launch.ensure_weights(result.variant, fetch=not no_download,
-                                         progress=progress.RichProgress()))
-        cache = launch.prepare_cache(result, device)
-        cfg = launch.build(result, device=device, weights=weights, host=host, port=port,
-                           api_key=api_key, extra=extra, kv=kv, cache_env=cache.env,
-                           load_format=cache.load_format)
-        if dry_run:
-            if as_json:
-                render.print_json({**cfg.to_json(), "plan": result.to_json()})
-            else:
-                typer.echo(cfg.command_line())
-            return
-        log_path = Path(log_file) if log_file else launch.default_log_path(
-            result, calibration.cache_dir())
-        for note in cfg.notes:
-            render.info(note)
-        if cache.warm is not None:
-            expected = f", expected start ~{cache.expected_start_s:.0f} s" if cache.expected_start_s else ""
-            render.info(f"compile cache: {'warm' if cache.warm else 'cold'}{expected} ({cache.directory})")
-        render.info("Command: " + cfg.command_line())
-        view = _ServeView(result, cfg, kv, cache, install, device)
-        try:
-            stopped = launch.serve(cfg, log_path, api_key=api_key, ready_timeout_s=ready_timeout,
-                                   on_start=view.started, on_phase=view.phase,
-                                   on_ready=view.ready, on_stopping=view.stopping)
-        except launch.StartFailed as e:
-            for line in e.log_tail:
-                render.info("  | " + line)
-            raise
+    try:
+        with reported_errors():
+            install = launch.detect_vllm()
+            result, device = _serve_plan(install, model, dtype, profile, tensor_parallel_size,
+                                         max_model_len, gpu_memory_utilization, kv_cache_dtype,
+                                         max_num_seqs, max_num_batched_tokens, enforce_eager)
+            if not result.fits:
+                raise QwdeployError(f"{result.model} does not fit: " + next(
+                    (n for n in result.notes if n.startswith("Does not fit")), "see the plan"),
+                    hint=f"`qwdeploy plan {model} ...` shows why and the alternatives",
+                    exit_code=ExitCode.DOES_NOT_FIT)
+            if install is None and not dry_run:
+                raise launch.missing_vllm(gpu_found=device == "cuda")
+            api_key = _read_api_key(api_key_file)
+            cfg, kv, cache = launch.prepare(result, device, host=host, port=port, api_key=api_key,
+                                            extra=extra, fetch=not no_download, dry_run=dry_run,
+                                            progress=None if dry_run else progress.RichProgress())
+            if dry_run:
+                if as_json:
+                    render.print_json({**cfg.to_json(), "plan": result.to_json()})
+                else:
+                    typer.echo(cfg.command_line())
+                return
+            log_path = Path(log_file) if log_file else launch.default_log_path(
+                result, calibration.cache_dir())
+            for note in cfg.notes:
+                render.info(note)
+            if cache.warm is not None:
+                expected = (f", expected start ~{cache.expected_start_s:.0f} s"
+                            if cache.expected_start_s else "")
+                render.info(f"compile cache: {'warm' if cache.warm else 'cold'}{expected} "
+                            f"({cache.directory})")
+            render.info("Command: " + cfg.command_line())
+            view = _ServeView(result, cfg, kv, cache, install, device)
+            try:
+                stopped = launch.serve(cfg, log_path, api_key=api_key, ready_timeout_s=ready_timeout,
+                                       on_start=view.started, on_phase=view.phase,
+                                       on_ready=view.ready, on_stopping=view.stopping)
+            except launch.StartFailed as e:
+                for line in e.log_tail:
+                    render.info("  | " + line)
+                raise
+    except KeyboardInterrupt:  # before vLLM started (planning, the download)
+        render.error("interrupted before vLLM started",
+                     "run the same command again: downloaded files are kept, partial ones resume")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     render.info(f"vLLM stopped (exit code {stopped.vllm_exit_code}"
                 f"{', killed after the timeout' if stopped.killed else ''}).")
     if stopped.survivors:
@@ -350,9 +348,14 @@ class _ServeView:
             plan, report, gpu=gpu, device=self.device, vllm_version=self.install.version,
             predicted={**predicted, "start_s": expected}, seconds_to_ready=ready.seconds,
             extra=extra, compile_cache_warm=bool(self.cache.warm))
-        where = calibration.append(record)
-        launch.record_cache_start(self.cache, launch.start_phases(report, ready.seconds))
-        render.info(f"Recorded in {where}; Ctrl-C stops vLLM.")
+        try:  # a read-only cache must not stop a server that works
+            where = calibration.append(record)
+            launch.record_cache_start(self.cache, launch.start_phases(report, ready.seconds))
+        except OSError as e:
+            render.warning(f"start not recorded: {e}")
+        else:
+            render.info(f"Recorded in {where}.")
+        render.info("Ctrl-C stops vLLM.")
 
 
 def _shown(unit, value):

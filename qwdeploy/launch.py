@@ -383,6 +383,29 @@ def build(plan, *, device: str, weights: Weights, host: str = "127.0.0.1", port:
                   notes=tuple(notes), unset_env=unset)
 
 
+def prepare(plan, device: str, *, host: str = "127.0.0.1", port: int = 8000,
+            api_key: str | None = None, extra: Sequence[str] = (), fetch: bool = True,
+            dry_run: bool = False, progress=None,
+            host_memory: HostMemory | None = None) -> tuple[Launch, CpuKv | None, "CacheInfo"]:
+    """Everything before the start: the CPU KV space (refused early when it cannot hold one
+    sequence), the weights (not fetched for a dry run), the compile cache, the command."""
+    kv = None
+    if device == "cpu":
+        kv = cpu_kv_space(plan, host_memory or read_host_memory(), extra=extra)
+        check_cpu_kv(kv, plan.max_model_len)
+    if dry_run and fetch and plan.variant.local_path is None:
+        # the command as it runs once the download landed in the Hugging Face cache
+        weights = Weights(plan.variant.repo_id, dict(OFFLINE_ENV),
+                          "downloaded into the Hugging Face cache first (not by a dry run); "
+                          "from ModelScope, --model names the downloaded directory instead")
+    else:
+        weights = ensure_weights(plan.variant, fetch=fetch, progress=progress)
+    cache = prepare_cache(plan, device)
+    cfg = build(plan, device=device, weights=weights, host=host, port=port, api_key=api_key,
+                extra=extra, kv=kv, cache_env=cache.env, load_format=cache.load_format)
+    return cfg, kv, cache
+
+
 def _kv_note(kv: CpuKv, plan) -> str:
     if kv.source == "env":
         return f"KV cache: VLLM_CPU_KVCACHE_SPACE={kv.space_gib} GiB from your environment."

@@ -152,3 +152,21 @@ def test_a_start_failure_shows_vllms_last_lines_then_one_error(runner, monkeypat
     r = serve(runner, TINY, *SMALL)
     assert r.exit_code == 31 and "  | ValueError: boom" in r.stderr
     assert len(errors(r)) == 1 and r.stderr.index("| ValueError") < r.stderr.index("\nError:")
+
+
+def test_dry_run_of_a_hub_model_downloads_nothing_and_shows_the_offline_command(runner,
+                                                                                monkeypatch):
+    monkeypatch.setattr(launch, "_download", lambda *a: pytest.fail("a dry run downloads nothing"))
+    one_h100(monkeypatch)
+    data = json.loads(serve(runner, "Qwen/Qwen3-8B", "--dry-run", "--json").stdout)
+    assert data["argv"][4] == "Qwen/Qwen3-8B" and data["env"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_ctrl_c_before_vllm_starts_exits_130_without_a_traceback(runner, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(launch, "_download", interrupted)
+    one_h100(monkeypatch)
+    installed(monkeypatch, "vllm", "0.26.0")
+    r = serve(runner, "Qwen/Qwen3-8B")
+    assert r.exit_code == 130 and errors(r) == ["Error: interrupted before vLLM started"]
