@@ -1,6 +1,6 @@
 """Plan -> the vLLM server command (pure), and running it (I/O): weights, readiness, stopping.
 
-Pure part: `detect`-free functions that turn a `Plan` into argv and environment (`build`,
+Pure part: functions that turn a `Plan` into argv and environment (`build`,
 `server_args`, `cpu_kv_space`, `cpu_device`, `predictions`, `compare`). I/O part: finding vLLM
 (`detect_vllm`), reading host memory, making sure the weights are there (`ensure_weights`),
 and `serve`, which supervises vLLM rather than exec-ing it:
