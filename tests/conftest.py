@@ -7,6 +7,12 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+@pytest.fixture(autouse=True)
+def _isolated_user_cache(tmp_path_factory, monkeypatch):
+    """Plans read serve's calibration records from the user cache: keep tests off the real one."""
+    monkeypatch.setenv("QWDEPLOY_CACHE_DIR", str(tmp_path_factory.mktemp("qwdeploy-cache")))
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     try:
