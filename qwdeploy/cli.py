@@ -80,9 +80,21 @@ def make_plan(model, dtype, profile, gpu, num_gpus, tp, mml, gmu, kv, seqs, mnbt
         cal, note = _calibration(gpus, variants[0], local)
         result = planner.plan(variants, prof, gpus, pins, local=local, cal=cal,
                               calibration_note=note)
+        if note:
+            result = _say_if_cache_key_moved(result, planner.plan(variants, prof, gpus, pins, local=local))
     from qwdeploy import performance
 
     return performance.attach(result)
+
+
+def _say_if_cache_key_moved(calibrated, uncorrected):
+    """A recalibrated plan keeps vLLM's compile cache unless a setting in its key moved."""
+    from dataclasses import replace
+
+    from qwdeploy import cache
+
+    change = cache.describe_change(cache.key_change(uncorrected, calibrated))
+    return replace(calibrated, notes=calibrated.notes + (f"Recalibration {change}.",))
 
 
 def _compile_cache_warm(value: str) -> bool:

@@ -163,13 +163,22 @@ def cold_start_s(plan, eff: Efficiency = EFFICIENCY, weights_from_disk: bool = T
             "compile_cold_s": 0.0 if eager else round(eff.compile_cold_base_s + eff.compile_cold_s_per_layer * layers, 1),
             "compile_warm_s": 0.0 if eager else eff.compile_warm_s,
             "graph_capture_s": 0.0 if eager else round(eff.graph_capture_s_per_layer_size * layers * sizes, 1),
+            "deep_gemm_jit_cold_s": round(_deep_gemm_jit_s(plan), 1),
             "disk_bandwidth_gbps_assumed": eff.disk_bandwidth_gbps if weights_from_disk else None}
+
+
+def _deep_gemm_jit_s(plan) -> float:
+    from qwdeploy import cache  # light: no vLLM, no torch
+
+    return cache.deep_gemm_jit_s(plan)
 
 
 def start_seconds(phases: dict, warm: bool) -> float:
     parts = ("import_s", "engine_setup_s", "load_weights_s", "graph_capture_s",
              "compile_warm_s" if warm else "compile_cold_s")
-    return round(sum(phases[p] for p in parts), 1)
+    if not warm:
+        parts += ("deep_gemm_jit_cold_s",)
+    return round(sum(phases.get(p, 0.0) for p in parts), 1)
 
 
 def attach(plan):
@@ -183,7 +192,10 @@ def attach(plan):
     ttft = (prof.typical_prompt_tokens / pre + 1 / d1) if pre and d1 else None
     start = cold_start_s(plan)
     cold, warm = start_seconds(start, warm=False), start_seconds(start, warm=True)
+    from qwdeploy import cache
+
     perf = {
+        "deep_gemm_warmup": cache.deep_gemm_warmup(plan),
         "predicted_decode_tokens_per_s_batch1": round(d1, 1) if d1 else None,
         "predicted_decode_concurrency": concurrent,
         "predicted_decode_tokens_per_s_concurrent": round(dn, 1) if dn else None,

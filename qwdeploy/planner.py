@@ -552,8 +552,9 @@ def _to_plan(c: _Candidate, profile: Profile, pins: Pins, local: bool,
         notes.append(f"{c.gpus[0].name} has no FP8 tensor cores: vLLM runs FP8 weights as "
                      f"w8a16 through Marlin (memory savings, slower prefill).")
     if c.variant.weight_dtype == "fp8" and c.variant.spec.quantization and not c.eager:
-        notes.append("FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on first start "
-                     "(minutes); later starts reuse the cache.")
+        notes.append("FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on a first start "
+                     "(during profiling and CUDA-graph capture, even with VLLM_DEEP_GEMM_WARMUP=skip: "
+                     "minutes); `qwdeploy warm` and serve keep them in a persistent cache.")
     if c.memory.cudagraph_in_budget_bytes:
         notes.append(f"Qwen3-MoE runs on vLLM {memory.VLLM_VERSION}'s V1 model runner: its CUDA-graph "
                      f"estimate ({_gib(c.memory.cudagraph_in_budget_bytes)}) comes out of the KV budget, "

