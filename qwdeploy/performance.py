@@ -157,10 +157,11 @@ def cold_start_s(plan, eff: Efficiency = EFFICIENCY, weights_from_disk: bool = T
     eager = plan.enforce_eager
     sizes = len(memory.cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens))
     setup = eff.engine_setup_s + eff.engine_setup_s_per_gib * total_weight_bytes / (1 << 30)
+    compile_cold = eff.compile_cold_base_s + eff.compile_cold_s_per_layer * layers
     return {"import_s": eff.import_s,
             "engine_setup_s": round(setup, 1),
             "load_weights_s": round(load, 1),
-            "compile_cold_s": 0.0 if eager else round(eff.compile_cold_base_s + eff.compile_cold_s_per_layer * layers, 1),
+            "compile_cold_s": 0.0 if eager else round(compile_cold, 1),
             "compile_warm_s": 0.0 if eager else eff.compile_warm_s,
             "graph_capture_s": 0.0 if eager else round(eff.graph_capture_s_per_layer_size * layers * sizes, 1),
             "deep_gemm_jit_cold_s": round(_deep_gemm_jit_s(plan), 1),
