@@ -210,6 +210,10 @@ def serve(
     max_num_seqs: SeqsOpt = None,
     max_num_batched_tokens: MnbtOpt = None,
     enforce_eager: EagerOpt = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="With --nodes: the GPU model of every node (e.g. H100).")] = None,
+    nodes: NodesOpt = None,
+    num_gpus_per_node: GpusPerNodeOpt = None,
+    head_address: Annotated[str, typer.Option("--head-address", help="With --nodes: this (head) node's address, for the workers' `ray start --address`.")] = "HEAD_IP",
     host: Annotated[str, typer.Option("--host", help="Address vLLM binds (0.0.0.0 for every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")] = 8000,
     api_key_file: Annotated[Optional[str], typer.Option("--api-key-file", help="File holding the API key clients must send (passed to vLLM as VLLM_API_KEY; never printed).")] = None,
@@ -235,9 +239,18 @@ def serve(
     try:
         with reported_errors():
             install = launch.detect_vllm()
-            result, device = _serve_plan(install, model, dtype, profile, tensor_parallel_size,
-                                         max_model_len, gpu_memory_utilization, kv_cache_dtype,
-                                         max_num_seqs, max_num_batched_tokens, enforce_eager)
+            if nodes and nodes > 1:  # vLLM's own multi-node path: Ray, this node is the head
+                from qwdeploy import multinode
+
+                result, device = make_plan(model, dtype, profile, gpu, None, tensor_parallel_size,
+                                           max_model_len, gpu_memory_utilization, kv_cache_dtype,
+                                           max_num_seqs, max_num_batched_tokens, enforce_eager,
+                                           nodes, num_gpus_per_node), "cuda"
+                render.info(multinode.ray_instructions(result, head_address))
+            else:
+                result, device = _serve_plan(install, model, dtype, profile, tensor_parallel_size,
+                                             max_model_len, gpu_memory_utilization, kv_cache_dtype,
+                                             max_num_seqs, max_num_batched_tokens, enforce_eager)
             if not result.fits:
                 raise QwdeployError(f"{result.model} does not fit: " + next(
                     (n for n in result.notes if n.startswith("Does not fit")), "see the plan"),
