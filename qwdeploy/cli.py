@@ -221,6 +221,7 @@ def serve(
     dry_run: ServeDryRunOpt = False,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for vLLM to answer.")] = 1800.0,
     log_file: Annotated[Optional[str], typer.Option("--log-file", help="vLLM's output (default: <cache>/logs/serve-<model>-<time>.log).")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Root of qwdeploy's caches (compile caches, logs, calibration; default $QWDEPLOY_CACHE_DIR, else ~/.cache/qwdeploy).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: the command, environment and plan as JSON.")] = False,
 ) -> None:
     """Serve MODEL with vLLM under the plan: weights, start, wait until it answers, then supervise.
@@ -236,6 +237,10 @@ def serve(
     from qwdeploy import calibration, launch, progress, render
 
     extra = list(vllm_args or [])
+    if cache_dir:  # the same root as `warm --cache-dir`, so serve finds what warm built
+        import os
+
+        os.environ["QWDEPLOY_CACHE_DIR"] = str(Path(cache_dir).expanduser())
     try:
         with reported_errors():
             install = launch.detect_vllm()
