@@ -289,7 +289,7 @@ def _evaluate(
     meets = cap.max_concurrency >= profile.min_concurrency and mml >= min(
         target, profile.max_model_len
     )
-    usable = pins.max_model_len is not None or mml >= profile.min_max_model_len
+    usable = pins.max_model_len is not None or mml >= min(profile.min_max_model_len, ceiling)
     return _Candidate(
         variant,
         kv,

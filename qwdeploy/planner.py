@@ -339,7 +339,8 @@ def _evaluate(variant: Variant, kv: str, tp: int, gpus: tuple[Gpu, ...], profile
         mml = pins.max_model_len
     else:
         by_concurrency = cap.num_blocks // profile.min_concurrency * memory.BLOCK_SIZE
-        mml = min(target, _round_context(by_concurrency))
+        # No KV cache at all: keep the target, so the command shows what was asked for.
+        mml = min(target, _round_context(by_concurrency)) if cap.num_blocks else target
         if mml < target and rope and mml <= variant.spec.max_position_embeddings:
             rope = None  # the reduced context no longer needs YaRN
             mem = budget(None)
@@ -349,7 +350,7 @@ def _evaluate(variant: Variant, kv: str, tp: int, gpus: tuple[Gpu, ...], profile
     cap = replace(cap, max_model_len_limit=min(cap.max_model_len_limit, max(derived, mml)))
     refusal = _refusal(variant, kv, tp, mml, rope, ceiling, pins, mem, cap, gpus, gmu, graphs)
     meets = (cap.max_concurrency >= profile.min_concurrency and mml >= min(target, profile.max_model_len))
-    usable = pins.max_model_len is not None or mml >= profile.min_max_model_len
+    usable = pins.max_model_len is not None or mml >= min(profile.min_max_model_len, ceiling)
     return _Candidate(variant, kv, tp, gpus, gmu, gmu_cap, mnbt, mns, eager, mml, rope, mem, cap,
                       fits=refusal is None and usable, meets_profile=meets and refusal is None,
                       refusal=refusal)
@@ -514,7 +515,7 @@ def _alternatives(best: _Candidate, variants, profile, gpus, pins, cal) -> tuple
                              kv_cache_dtype=c.kv_cache_dtype, max_model_len=c.max_model_len,
                              kv_cache_tokens=c.capacity.tokens,
                              max_concurrency=c.capacity.max_concurrency, fits=c.fits)
-                 for s, c in ranked)
+                 for s, c in ranked if c.capacity.num_blocks)  # leave out what holds no KV at all
 
 
 def _smallest_fitting(variant, kv, gpus, profile, pins, cal) -> _Candidate | None:

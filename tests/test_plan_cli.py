@@ -128,3 +128,19 @@ def test_profile_typo_exits_1_naming_the_key(runner, tmp_path):
 
 def test_bad_option_is_a_usage_error(runner):
     assert runner.invoke(app, ["plan", "Qwen/Qwen3-8B", "--gpu-memory-utilization", "3"]).exit_code == 2
+
+
+def test_a_model_whose_whole_context_is_below_the_profile_minimum_still_fits(runner, tmp_path):
+    config = {"architectures": ["Qwen3ForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 64, "vocab_size": 151936, "tie_word_embeddings": True,
+              "max_position_embeddings": 4096}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    code, plan = _json(runner, str(tmp_path), "--gpu", "L4")
+    assert code == 0 and plan["max_model_len"] == 4096
+
+
+def test_weights_that_do_not_fit_keep_the_target_context_in_the_command(runner):
+    code, plan = _json(runner, "Qwen/Qwen3-32B", "--gpu", "L40S")
+    assert code == 3 and plan["max_model_len"] == 32768
+    assert all(a["kv_cache_tokens"] > 0 for a in plan["alternatives"])
