@@ -52,6 +52,10 @@ class Calibration:
     # Sampler pass: min(max_num_seqs, mnbt) rows of vocab-wide logits (0.6B, 256 rows: 0.32 GiB;
     # bounded above by 4B's 1024 rows at 1.25 GiB).
     sampler_bytes_per_logit: float = 8.1
+    # The V1 runner's dummy sampler sorts the logits for top-k/top-p: fp32 logits, sorted values
+    # and int64 indices, ~16 B a logit. 30B-A3B, 512 rows at mnbt 16384 (m_q30ba3b_throughput):
+    # peak 2.35 GiB = fused-MoE caches 1.14 + 15.5 B × 512 × 151,936.
+    sampler_bytes_per_logit_v1: float = 15.5
     # --enforce-eager runs uncompiled: 8B 1.66 vs 1.58 GiB, 14B 2.25 GiB at 16384.
     eager_activation_factor: float = 1.05
     # Qwen3-MoE runs on vLLM's V1 model runner, whose fused-MoE caches (top_k × (3 × moe
@@ -72,8 +76,12 @@ class Calibration:
     graph_per_size_per_layer: float = 2.6708e-4 * GiB
     graph_per_seq_per_layer: float = 1.488e-5 * GiB
     # The V1 runner (Qwen3-MoE) estimates its graphs and takes the estimate out of the KV budget:
-    # 526,385,152 B for 48 layers × 51 sizes (30B-A3B); the real pool was 0.63-0.65 GiB.
-    moe_graph_estimate_per_layer_size: float = 526_385_152 / (48 * 51)
+    # per layer, a piecewise graph size (capture sizes up to min(2 × max_num_seqs, 512, mnbt))
+    # and a FULL decode graph size (those up to max_num_seqs). 30B-A3B, 48 layers: 526,385,152 B
+    # at 51 + 35 sizes (mns 256), 689,963,008 B at 51 + 51 (mns 512). The real pool came out
+    # 1.25-1.33 × the estimate (0.63-0.80 GiB).
+    moe_graph_estimate_per_layer_full: float = (689_963_008 - 526_385_152) / 48 / 16  # 212,992
+    moe_graph_estimate_per_layer_piecewise: float = (526_385_152 / 48 - 35 * 212_992) / 51
     moe_graph_actual_over_estimate: float = 1.33
     # Per-layer allocations beside the parameters: FP8 (weights or KV) ~1 MiB a layer (8B fp8
     # KV +35.7 MB, 32B-FP8 +68 MB); AWQ/GPTQ through Machete on Hopper ~0.167 × hidden² bytes a
@@ -301,7 +309,8 @@ def activation_bytes(variant: Variant, tp: int, max_num_batched_tokens: int, max
                                       + tokens * cal.compile_per_token))
     if samples:
         rows = min(max_num_seqs, tokens)
-        peaks.append(rows * _padded_vocab(s) * cal.sampler_bytes_per_logit + tokens * s.hidden_size * 2)
+        per_logit = cal.sampler_bytes_per_logit_v1 if runs_v1_model_runner(variant) else cal.sampler_bytes_per_logit
+        peaks.append(rows * _padded_vocab(s) * per_logit + tokens * s.hidden_size * 2)
     peak = max(peaks)
     if s.is_moe:
         mi = s.moe_intermediate_size / tp
@@ -343,8 +352,11 @@ def cudagraph_estimate_bytes(variant: Variant, max_num_seqs: int, max_num_batche
     if enforce_eager or not runs_v1_model_runner(variant):
         return 0
     layers = variant.spec.num_hidden_layers if layers is None else layers
-    n = len(cudagraph_capture_sizes(max_num_seqs, max_num_batched_tokens))
-    return int(layers * n * cal.moe_graph_estimate_per_layer_size)
+    sizes = cudagraph_capture_sizes(max_num_seqs, max_num_batched_tokens)
+    full = [x for x in sizes if x <= max_num_seqs]  # FULL graphs serve uniform decode batches
+    per_layer = (cal.moe_graph_estimate_per_layer_piecewise * len(sizes)
+                 + cal.moe_graph_estimate_per_layer_full * len(full))
+    return int(layers * per_layer)
 
 
 def non_torch_bytes(tp: int, cal: Calibration = CALIBRATION, variant: Variant | None = None) -> int:

@@ -27,8 +27,11 @@ class Efficiency:
     step_per_seq_s: float = 12e-6
     # int4 (Machete/Marlin) dequantizes on the fly: 32B-AWQ at batch 1, 78.4 tok/s -> 0.537.
     decode_bandwidth_int4: float = 0.537
-    # FP8 block GEMMs: not measured (the FP8 run timed out in DeepGEMM JIT); between the two.
-    decode_bandwidth_fp8: float = 0.70
+    # FP8 block GEMMs: Qwen3-8B-FP8 at batch 1, 187.7 tok/s (m_q8bfp8_lowlatency) -> 0.65.
+    decode_bandwidth_fp8: float = 0.65
+    # Qwen3-MoE adds routing and the fused-experts kernels to every layer: 30B-A3B at batch 1,
+    # 195.2 tok/s (m_q30ba3b_throughput) -> 30 us a layer on top of step_per_layer_s.
+    moe_step_per_layer_s: float = 30e-6
     # TP all-reduce, two per layer (custom all-reduce over NVLink): an estimate, unmeasured.
     allreduce_s: float = 10e-6
     # Eager decode of Qwen3-8B: 37.0 tok/s vs 146.8 with graphs (launch-bound): 4x slower.
@@ -113,7 +116,8 @@ def step_seconds(plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -
     stage_share = layers / plan.variant.spec.num_hidden_layers
     flops = 2 * _active_params(plan) * batch * stage_share / plan.tensor_parallel_size
     step = max(step_bytes / _bandwidth(plan, eff), flops / _peak_flops(plan, eff))
-    step += layers * eff.step_per_layer_s + batch * eff.step_per_seq_s
+    per_layer = eff.step_per_layer_s + (eff.moe_step_per_layer_s if plan.variant.spec.is_moe else 0.0)
+    step += layers * per_layer + batch * eff.step_per_seq_s
     if plan.tensor_parallel_size > 1:
         step += 2 * layers * eff.allreduce_s
     if plan.enforce_eager:
