@@ -47,6 +47,11 @@ DEEP_GEMM_MODES = ("skip", "relax", "full")
 # 2.82 s per CUDA-graph size. "full" adds every other M up to max_num_batched_tokens: unmeasured.
 DEEP_GEMM_PROFILE_JIT_S = 19.6
 DEEP_GEMM_JIT_S_PER_GRAPH_SIZE = (150.0 - 6.0) / 51
+# "relax" (vLLM's default) also runs a heuristic M set up to max_num_batched_tokens before serving:
+# Qwen3-8B-FP8 took 236 s more than the skip estimate at mnbt 4096 (m_q8bfp8_lowlatency, LLM
+# class) and 257 s more at 8192 (bench/results/coldstart_gpu fp8-vanilla, 586.6 s vs bf16 165.9 s).
+DEEP_GEMM_RELAX_BASE_S = 236.0 - (257.0 - 236.0)  # 215 s at mnbt 0
+DEEP_GEMM_RELAX_S_PER_TOKEN = (257.0 - 236.0) / 4096
 LOADER_MODULES = {"fastsafetensors": "fastsafetensors", "runai_streamer": "runai_model_streamer"}
 
 
@@ -188,10 +193,11 @@ def deep_gemm_warmup(plan, override: str | None = None) -> str | None:
 
     The shapes of the profiling run and of CUDA-graph capture are JIT-compiled on a cold cache
     whatever this says (g03); the mode decides the rest, up to max_num_batched_tokens.
-    low-latency: "full", every shape before serving (paid once, into the cache: `qwdeploy warm`),
-    so no request meets a JIT stall. Other profiles: "skip" (vLLM's default "relax" adds a
-    heuristic set at start); the remaining prefill sizes JIT on first use, then come from the
-    cache. Eager mode has no warm-up pass (vLLM: "disabling ... JIT kernel warmup").
+    low-latency: "relax", vLLM's heuristic set of prefill shapes before serving (~4-5 min once,
+    into the cache: `qwdeploy warm`), so requests meet few JIT stalls; "full" (every M) is
+    longer still and unmeasured, so it is only used when asked for. Other profiles: "skip";
+    the remaining prefill sizes JIT on first use, then come from the cache. Eager mode has no
+    warm-up pass (vLLM: "disabling ... JIT kernel warmup").
     """
     if not uses_deep_gemm(plan) or plan.enforce_eager:
         return None
@@ -200,7 +206,7 @@ def deep_gemm_warmup(plan, override: str | None = None) -> str | None:
             raise ValueError(f"VLLM_DEEP_GEMM_WARMUP must be one of {DEEP_GEMM_MODES}, "
                              f"not {override!r}")
         return override
-    return "full" if plan.profile.name == "low-latency" else "skip"
+    return "relax" if plan.profile.name == "low-latency" else "skip"
 
 
 def choose_loader(plan, installed: frozenset[str] | set[str], device: str) -> tuple[str, str]:
@@ -219,8 +225,14 @@ def choose_loader(plan, installed: frozenset[str] | set[str], device: str) -> tu
 
 
 def vllm_env(cache_dir: Path, jit_dir: Path | None, deep_gemm: str | None,
-             startup_plan: bool) -> dict[str, str]:
-    """Environment that puts every vLLM/torch cache of this start under the cache directory."""
+             startup_plan: bool, fork_engine: bool = False) -> dict[str, str]:
+    """Environment that puts every vLLM/torch cache of this start under the cache directory.
+
+    `fork_engine`: start vLLM's engine process by fork instead of the CLI's spawn, so it does not
+    import vLLM a second time (20-27 s of every H100 start, bench/results/coldstart_gpu.md).
+    Safe where the API server has not touched CUDA, which vLLM checks itself (it falls back to
+    spawn when CUDA is initialised); Ray (multi-node) starts its own workers.
+    """
     env = {
         "VLLM_CACHE_ROOT": str(cache_dir),
         # vLLM points Inductor and Triton into torch_compile_cache while it compiles; these catch
@@ -233,6 +245,8 @@ def vllm_env(cache_dir: Path, jit_dir: Path | None, deep_gemm: str | None,
         env["FLASHINFER_WORKSPACE_BASE"] = str(jit_dir / "flashinfer")
     if deep_gemm:
         env["VLLM_DEEP_GEMM_WARMUP"] = deep_gemm
+    if fork_engine:
+        env["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
     if startup_plan:
         # vllm/v1/worker/startup_plan.py: reuse the profiled KV memory when the config
         # fingerprint and free memory allow (prepare() drops it when gmu changes).
@@ -240,12 +254,20 @@ def vllm_env(cache_dir: Path, jit_dir: Path | None, deep_gemm: str | None,
     return env
 
 
-def deep_gemm_jit_s(plan) -> float:
-    """Seconds a start adds JIT-compiling DeepGEMM kernels into an empty cache (0 if none)."""
+def deep_gemm_jit_s(plan, mode: str | None = None) -> float:
+    """Seconds a start adds JIT-compiling DeepGEMM kernels into an empty cache (0 if none).
+
+    `mode` is VLLM_DEEP_GEMM_WARMUP (default: the plan's choice). "full" runs every M up to
+    max_num_batched_tokens: unmeasured, so this gives its floor, the "relax" cost.
+    """
     if not uses_deep_gemm(plan):
         return 0.0
+    mode = mode or deep_gemm_warmup(plan) or "skip"
     sizes = key_fields(plan)["cudagraph_capture_sizes"]
-    return round(DEEP_GEMM_PROFILE_JIT_S + DEEP_GEMM_JIT_S_PER_GRAPH_SIZE * len(sizes), 1)
+    seconds = DEEP_GEMM_PROFILE_JIT_S + DEEP_GEMM_JIT_S_PER_GRAPH_SIZE * len(sizes)
+    if mode in ("relax", "full"):
+        seconds += DEEP_GEMM_RELAX_BASE_S + DEEP_GEMM_RELAX_S_PER_TOKEN * plan.max_num_batched_tokens
+    return round(seconds, 1)
 
 
 def predicted_start_s(plan, warm: bool, deep_gemm_cold: bool) -> float | None:
@@ -347,12 +369,16 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
     if jit is not None and uses_deep_gemm(plan):
         dg_dir = jit / "deep_gemm"
         dg_cold = not (dg_dir.is_dir() and any(dg_dir.iterdir()))
-        where = (f"JIT-compiles its kernels (~{deep_gemm_jit_s(plan):.0f} s"
-                 f"{' plus the full warm-up' if dg == 'full' else ''}), once, into {dg_dir}"
+        where = (f"JIT-compiles its kernels (~{deep_gemm_jit_s(plan, dg):.0f} s"
+                 f"{' or more' if dg == 'full' else ''}), once, into {dg_dir}"
                  if dg_cold else f"finds its kernels in {dg_dir}")
         if dg == "full":
-            mode = ("VLLM_DEEP_GEMM_WARMUP=full (profile low-latency): every GEMM shape up to "
+            mode = ("VLLM_DEEP_GEMM_WARMUP=full: every GEMM shape up to "
                     f"max_num_batched_tokens {plan.max_num_batched_tokens} before serving")
+        elif dg == "relax":
+            mode = (f"VLLM_DEEP_GEMM_WARMUP=relax (profile {plan.profile.name}): vLLM's set of "
+                    f"prefill shapes up to max_num_batched_tokens {plan.max_num_batched_tokens} "
+                    "before serving")
         elif dg is not None:
             mode = (f"VLLM_DEEP_GEMM_WARMUP={dg} (profile {plan.profile.name}): only the "
                     "profiling and CUDA-graph shapes at start, other prefill sizes on first use")
@@ -369,7 +395,8 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
     else:
         expected = predicted_start_s(plan, warm, dg_cold)
     return CacheState(key=key, directory=cdir,
-                      env=vllm_env(cdir, jit, dg, startup_plan and device != "cpu"),
+                      env=vllm_env(cdir, jit, dg, startup_plan and device != "cpu",
+                                   fork_engine=device != "cpu" and plan.pipeline_parallel_size == 1),
                       warm=warm, expected_start_s=expected, notes=tuple(notes),
                       key_fields=fields, deep_gemm_warmup=dg, load_format=fmt,
                       jit_directory=jit, last_start=last,
@@ -798,7 +825,7 @@ def _start_with_launch(plan, state, device, extra, env, log_path, timeout_s):
     kv = (launch.cpu_kv_space(plan, launch.read_host_memory(), environ, extra)
           if device == "cpu" else None)
     spec = launch.build(plan, device="cpu" if device == "cpu" else "cuda", weights=weights,
-                        port=_free_port(), extra=extra, kv=kv, cache_env=state.env,
+                        port=_free_port(), extra=extra, kv=kv, cache_env={**state.env, **env},
                         load_format=state.load_format)
     server = launch.Server(spec, log_path, environ=environ)
     ready, error, phases, code = None, None, {}, None
