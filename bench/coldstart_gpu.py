@@ -44,11 +44,35 @@ CASES = {
     "bf16-cold": ("Qwen--Qwen3-8B", "chat", "qwdeploy", None),
     "bf16-restart": ("Qwen--Qwen3-8B", "chat", "qwdeploy", None),
     "bf16-nocache": ("Qwen--Qwen3-8B", "chat", "nocache-bf16", None),
+    "bf16-vanilla": ("Qwen--Qwen3-8B", "chat", "vanilla-bf16", None),
+    "bf16-vanilla-restart": ("Qwen--Qwen3-8B", "chat", "vanilla-bf16", None),
     "fp8-cold": ("Qwen--Qwen3-8B-FP8", "low-latency", "qwdeploy", None),
     "fp8-restart": ("Qwen--Qwen3-8B-FP8", "low-latency", "qwdeploy", None),
     "fp8-nocache": ("Qwen--Qwen3-8B-FP8", "low-latency", "nocache-fp8", "relax"),
     "fp8-chat-cold": ("Qwen--Qwen3-8B-FP8", "chat", "qwdeploy-chat", None),
+    "fp8-chat-restart": ("Qwen--Qwen3-8B-FP8", "chat", "qwdeploy-chat", None),
+    "fp8-vanilla": ("Qwen--Qwen3-8B-FP8", "chat", "vanilla-fp8", None),
+    "fp8-vanilla-restart": ("Qwen--Qwen3-8B-FP8", "chat", "vanilla-fp8", None),
 }
+# Cases whose first run starts from an empty cache (the directory is removed first).
+FRESH = {"bf16-nocache", "bf16-vanilla", "fp8-nocache", "fp8-vanilla"}
+
+
+def vanilla_env(where: Path) -> dict[str, str]:
+    """Plain vLLM in a fresh container: every cache where vLLM/torch/Triton put it by default
+    under an empty home (VLLM_CACHE_ROOT=~/.cache/vllm, DeepGEMM under it, ~/.triton, /tmp
+    inductor), and vLLM's default DeepGEMM warm-up (relax). Nothing of qwdeploy's handling."""
+    home = where / "home"
+    return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+            "VLLM_CACHE_ROOT": str(home / ".cache" / "vllm"),
+            "DG_JIT_CACHE_DIR": str(home / ".cache" / "vllm" / "deep_gemm"),
+            "TRITON_CACHE_DIR": str(home / ".triton" / "cache"),
+            "TORCHINDUCTOR_CACHE_DIR": str(where / "torchinductor_root"),
+            "FLASHINFER_WORKSPACE_BASE": str(home),
+            "VLLM_DEEP_GEMM_WARMUP": "relax",
+            "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}  # what `vllm serve` sets for itself
+
+
 EXTRA = ("--load-format", "dummy", "--skip-tokenizer-init")
 
 
@@ -69,8 +93,9 @@ def main() -> int:
     a = ap.parse_args()
     config, profile, sub, dg = CASES[a.case]
     root = Path(a.cache_root)
-    if sub.startswith("nocache"):
+    if a.case in FRESH:
         shutil.rmtree(root / sub, ignore_errors=True)  # a restart whose cache did not persist
+    env = vanilla_env(root / sub) if sub.startswith("vanilla") else None
     model = model_dir(config, root / "models")
     plan = make_plan(str(model), None, profile, "H100", None, None, a.max_model_len, None, None,
                      None, None, None)
@@ -78,18 +103,24 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"coldstart_{a.case}.log"
     t = time.time()
-    r = cache.warm(plan, root / sub, extra_args=EXTRA, force=True, deep_gemm=dg,
+    r = cache.warm(plan, root / sub, extra_args=EXTRA, force=True, deep_gemm=dg, env=env,
                    device=cache.detect_device(plan), log_path=log, ready_timeout_s=590)
     record = {"case": a.case, "model": config, "profile": profile, "measured":
               time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(time.time() - t, 2),
               **r.to_json()}
     results = json.loads(out.read_text()) if out.exists() else {}
     results[a.case] = record
-    ready = {k: v["phases"].get("ready_s") for k, v in results.items()}
-    for kind in ("bf16", "fp8"):
-        cold, again = ready.get(f"{kind}-cold"), ready.get(f"{kind}-restart")
-        if cold and again:
-            results.setdefault("_ratios", {})[f"{kind}_restart_over_cold"] = round(again / cold, 3)
+    ready = {k: v["phases"].get("ready_s") for k, v in results.items() if "phases" in v}
+    pairs = {"bf16_restart_over_cold": ("bf16-restart", "bf16-cold"),
+             "bf16_restart_over_vanilla_cold": ("bf16-restart", "bf16-vanilla"),
+             "bf16_vanilla_restart_over_vanilla_cold": ("bf16-vanilla-restart", "bf16-vanilla"),
+             "fp8_restart_over_cold": ("fp8-restart", "fp8-cold"),
+             "fp8_chat_restart_over_cold": ("fp8-chat-restart", "fp8-chat-cold"),
+             "fp8_chat_restart_over_vanilla_cold": ("fp8-chat-restart", "fp8-vanilla"),
+             "fp8_vanilla_restart_over_vanilla_cold": ("fp8-vanilla-restart", "fp8-vanilla")}
+    for name, (again, cold) in pairs.items():
+        if ready.get(again) and ready.get(cold):
+            results.setdefault("_ratios", {})[name] = round(ready[again] / ready[cold], 3)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({"case": a.case, "ready": r.ready, "phases": r.phases,
                       "found_cache": r.found_cache, "error": r.error}, indent=2))
