@@ -6,22 +6,18 @@ per invocation so each device call stays under 10 minutes; results accumulate in
 Weights are dummy (`--load-format dummy`, real config.json from qwdeploy/data/configs), so the
 start costs measured are import, engine set-up, compile, JIT kernels, profiling and graphs.
 
-Cases (run them in this order; each pair shares --cache-root):
-  bf16-cold          Qwen3-8B bf16, chat profile, fresh qwdeploy cache          (first start)
-  bf16-restart       the same plan again: qwdeploy's per-plan directory is warm  (restart)
-  bf16-nocache       the same plan, fresh cache root: a restart whose cache did not persist
-  fp8-cold           Qwen3-8B-FP8 (block 128), low-latency profile: VLLM_DEEP_GEMM_WARMUP=full,
-                     DeepGEMM JIT into the shared jit directory                  (first start)
-  fp8-restart        the same plan again                                         (restart)
-  fp8-nocache        the same plan, fresh cache root, vLLM's default warm-up (relax): the ~5 min
-                     DeepGEMM JIT without qwdeploy's handling
-  fp8-chat-cold      Qwen3-8B-FP8, chat profile: VLLM_DEEP_GEMM_WARMUP=skip      (first start)
+Cases (each pair shares its cache sub-root; "vanilla" ones start from an empty one):
+  bf16-cold / bf16-restart          Qwen3-8B bf16, chat profile, qwdeploy's cache handling
+  bf16-vanilla / -vanilla-restart   the same plan as plain vLLM in a fresh container (defaults)
+  fp8-chat-cold / fp8-chat-restart  Qwen3-8B-FP8, chat profile (DeepGEMM warm-up skip)
+  fp8-vanilla / -vanilla-restart    the same as plain vLLM (DeepGEMM warm-up relax)
+  fp8-cold / fp8-restart            Qwen3-8B-FP8, low-latency profile
+  bf16-nocache / fp8-nocache        qwdeploy's handling, but the cache did not persist
 
     python3 bench/coldstart_gpu.py --case bf16-cold --cache-root /root/qwcache \
         --out /root/out/coldstart_gpu.json
 
-NOT RUN YET in this repository (the GPU budget was a colleague's); commit the --out file and the
-logs it names under bench/results/ once run.
+Results: bench/results/coldstart_gpu.md (run by bench/gpu/batch_coldstart.sh on a lent H100).
 """
 
 from __future__ import annotations
