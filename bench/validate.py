@@ -96,7 +96,7 @@ def _predict_start(run: dict) -> float:
     phases = performance.cold_start_s(_run_plan(run), weights_from_disk=False)
     if (run.get("env_overrides") or {}).get("VLLM_USE_DEEP_GEMM") == "0":
         phases["deep_gemm_jit_cold_s"] = 0.0  # the run switched DeepGEMM off
-    return performance.start_seconds(phases, warm=bool(run.get("warm_compile_cache")))
+    return performance.start_seconds(phases, warm=bool(run.get("warm_compile_cache")), via_llm_class=True)
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -82,8 +82,7 @@ def vllm_argv(plan: Plan, opts: ExportOptions) -> list[str]:
 
 def cold_start_s(plan: Plan) -> float:
     """Predicted first start (import, weights from disk, torch.compile, CUDA graphs)."""
-    phases = performance.cold_start_s(plan)
-    return sum(v for k, v in phases.items() if k != "compile_warm_s")
+    return performance.start_seconds(performance.cold_start_s(plan), warm=False)
 
 
 def startup_probe_timing(plan: Plan, period_s: int = PROBE_PERIOD_S) -> tuple[int, int]:

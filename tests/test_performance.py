@@ -1,9 +1,15 @@
 """Throughput and start-time predictions against what real vLLM 0.26 measured on the H100."""
 
+import json
+from pathlib import Path
+
 import pytest
 from vllm_runs import load_runs
 
 from qwdeploy import catalog, hardware, performance, planner, profiles
+from qwdeploy.cli import make_plan
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RUNS = load_runs()
 
@@ -64,5 +70,31 @@ def test_start_seconds_within_25_percent_of_vllm(run):
     phases = performance.cold_start_s(_plan(run), weights_from_disk=False)  # the runs use dummy weights
     if (run.get("env_overrides") or {}).get("VLLM_USE_DEEP_GEMM") == "0":
         phases["deep_gemm_jit_cold_s"] = 0.0  # the run switched DeepGEMM off (CUTLASS FP8 kernels)
-    predicted = performance.start_seconds(phases, warm=bool(run.get("warm_compile_cache")))
+    predicted = performance.start_seconds(phases, warm=bool(run.get("warm_compile_cache")), via_llm_class=True)
     assert predicted == pytest.approx(run["proc_start_to_ready_s"], rel=0.25)
+
+
+# ---- qwdeploy's own starts on the H100 (bench/results/coldstart_gpu.md) -----------------------
+
+COLDSTART = json.loads((ROOT / "bench" / "results" / "coldstart_gpu" / "h100_run2.json").read_text())
+SERVE_CASES = {  # case: (repo, warm cache?)
+    "bf16-cold": ("Qwen/Qwen3-8B", False),
+    "bf16-restart": ("Qwen/Qwen3-8B", True),
+    "fp8-chat-cold": ("Qwen/Qwen3-8B-FP8", False),
+    "fp8-chat-restart": ("Qwen/Qwen3-8B-FP8", True),
+}
+SERVE_MISSES = {
+    # FP8 restarts load and compile slower than bf16 (weights 6.7 s, compile from cache 13.3 s,
+    # import 30.6 s in its log); the model gives FP8 the bf16 warm costs
+    "fp8-chat-restart": "FP8 warm restart: slower load and cached compile than the model's bf16 costs",
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.xfail(reason=SERVE_MISSES[c], strict=True)]
+                                               if c in SERVE_MISSES else []) for c in SERVE_CASES])
+def test_serve_start_seconds_within_25_percent_of_the_h100(case):
+    repo, warm = SERVE_CASES[case]
+    plan = make_plan(repo, None, "chat", "H100", None, None, None, None, None, None, None, None)
+    phases = performance.cold_start_s(plan, weights_from_disk=False)  # dummy weights there too
+    measured = COLDSTART[case]["phases"]["ready_s"]
+    assert performance.start_seconds(phases, warm=warm) == pytest.approx(measured, rel=0.25)
