@@ -367,10 +367,6 @@ class _ServeView:
         expected = self.cache.expected_start_s or (plan.performance or {}).get(
             "predicted_cold_start_s")
         rows = launch.compare(predicted, report, (expected, round(ready.seconds, 1)))
-        typer.echo(f"Plan vs actual (vLLM {report.vllm_version or self.install.version}, "
-                   f"{'CPU' if self.device == 'cpu' else plan.gpu.name}):")
-        for r in rows:
-            typer.echo(f"  {r.label:<18} {_shown(r.unit, r.predicted):>14} {_shown(r.unit, r.actual):>14}")
         gpu = "CPU" if self.device == "cpu" else plan.gpu.name
         extra = ({"kv_cache_space_gib": self.cfg.kv_cache_space_gib,
                   "gpu_memory_utilization": None} if self.device == "cpu" else {})
@@ -378,11 +374,17 @@ class _ServeView:
             plan, report, gpu=gpu, device=self.device, vllm_version=self.install.version,
             predicted={**predicted, "start_s": expected}, seconds_to_ready=ready.seconds,
             extra=extra, compile_cache_warm=bool(self.cache.warm))
+        # Recorded before anything is printed: a stop right after the table loses nothing.
         try:  # a read-only cache must not stop a server that works
-            where = calibration.append(record)
+            where, error = calibration.append(record), None
             launch.record_cache_start(self.cache, launch.start_phases(report, ready.seconds))
         except OSError as e:
-            render.warning(f"start not recorded: {e}")
+            where, error = None, e
+        typer.echo(f"Plan vs actual (vLLM {report.vllm_version or self.install.version}, {gpu}):")
+        for r in rows:
+            typer.echo(f"  {r.label:<18} {_shown(r.unit, r.predicted):>14} {_shown(r.unit, r.actual):>14}")
+        if error is not None:
+            render.warning(f"start not recorded: {error}")
         else:
             render.info(f"Recorded in {where}.")
         render.info("Ctrl-C stops vLLM.")
