@@ -558,6 +558,7 @@ def download(
     24 verification failed, 1 other errors you can fix, 130 interrupted (run again to resume).
     """
     from qwdeploy import download as dl
+    from qwdeploy import hub_files as hub
     from qwdeploy import progress, render
 
     bar = progress.RichProgress(bars=False if as_json else None)
@@ -567,7 +568,7 @@ def download(
             result = (dl.plan_download if dry_run else dl.download)(model, dtype, **args)
             if dry_run:
                 render.print_json(result.to_json()) if as_json else progress.show_plan(result.to_json())
-                dl.check_disk(result.needed_bytes, result.free_bytes, result.path)
+                hub.check_disk(result.needed_bytes, result.free_bytes, result.path)
                 return
     except KeyboardInterrupt:
         bar.stop()

@@ -15,6 +15,7 @@ import pytest
 from hubserver import COMMIT, REPO_ID, HubServer
 
 from qwdeploy import download as dl
+from qwdeploy import hub_files as files
 from qwdeploy.cli import app
 from qwdeploy.errors import ExitCode
 
@@ -193,7 +194,7 @@ def test_rich_progress_draws_bytes_and_files_while_the_clients_run(hub, env):
     out = io.StringIO()
     bar = RichProgress(Console(file=out, force_terminal=True, width=120), bars=True)
     for source in ("hf-mirror", "modelscope"):
-        dl.download(REPO_ID, sources=[dl.Source(source, hub.url)], progress=bar)
+        dl.download(REPO_ID, sources=[files.Source(source, hub.url)], progress=bar)
     assert "9/9 files" in out.getvalue() and "downloading from modelscope" in out.getvalue()
 
 
@@ -325,7 +326,7 @@ def second_hub():
 
 def test_first_source_down_the_next_one_serves(hub, second_hub, env):
     hub.down = True
-    sources = [dl.Source("hf-mirror", hub.url), dl.Source("modelscope", second_hub.url)]
+    sources = [files.Source("hf-mirror", hub.url), files.Source("modelscope", second_hub.url)]
     result = dl.download(REPO_ID, sources=sources)
     assert result.manifest.source.name == "modelscope"
     assert sorted(second_hub.served) == WANTED
@@ -333,7 +334,7 @@ def test_first_source_down_the_next_one_serves(hub, second_hub, env):
 
 def test_a_source_failing_mid_download_hands_over_to_the_next(hub, second_hub, env):
     hub.cut = {SHARD1: 40_000}
-    sources = [dl.Source("hf-mirror", hub.url), dl.Source("modelscope", second_hub.url)]
+    sources = [files.Source("hf-mirror", hub.url), files.Source("modelscope", second_hub.url)]
     result = dl.download(REPO_ID, sources=sources)
     assert (result.manifest.source.name, hub.served[SHARD1] > 0) == ("modelscope", True)
     assert (Path(result.path) / SHARD1).read_bytes() == second_hub.files[SHARD1].data
@@ -341,8 +342,8 @@ def test_a_source_failing_mid_download_hands_over_to_the_next(hub, second_hub, e
 
 def test_when_every_source_fails_the_most_telling_error_is_shown(hub, second_hub, env):
     hub.down, second_hub.gated = True, True
-    sources = [dl.Source("hf-mirror", hub.url), dl.Source("modelscope", second_hub.url)]
-    with pytest.raises(dl.DownloadError) as e:
+    sources = [files.Source("hf-mirror", hub.url), files.Source("modelscope", second_hub.url)]
+    with pytest.raises(files.DownloadError) as e:
         dl.download(REPO_ID, sources=sources)
     assert e.value.exit_code == ExitCode.UNAUTHORIZED
 
@@ -352,7 +353,7 @@ def test_auto_skips_a_source_that_does_not_answer_and_says_who_served(
 ):
     hub.down = True
     order = (("hf", hub.url), ("hf-mirror", hub.url), ("modelscope", second_hub.url))
-    monkeypatch.setattr(dl, "AUTO_ORDER", order)
+    monkeypatch.setattr(files, "AUTO_ORDER", order)  # choose_sources reads it
     result = runner.invoke(app, ["download", REPO_ID])
     assert result.exit_code == 0, result.stderr
     assert "did not answer" in result.stderr and "from modelscope" in result.stderr

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from qwdeploy import download as dl
+from qwdeploy import hub_files as hub
 from qwdeploy.errors import ExitCode
 
 GiB = 1 << 30
-HF = dl.Source("hf", dl.HF_ENDPOINT)
+HF = hub.Source("hf", hub.HF_ENDPOINT)
 
 
 def test_selection_keeps_what_vllm_reads():
@@ -30,7 +31,7 @@ def test_selection_keeps_what_vllm_reads():
         "chat_template.jinja",
         "quantize_config.json",
     ]
-    assert [n for n in names if dl.is_wanted(n)] == names
+    assert [n for n in names if hub.is_wanted(n)] == names
 
 
 @pytest.mark.parametrize(
@@ -52,7 +53,7 @@ def test_selection_keeps_what_vllm_reads():
     ],
 )
 def test_selection_drops_duplicates_subfolders_and_docs(name):
-    assert not dl.is_wanted(name)
+    assert not hub.is_wanted(name)
 
 
 @pytest.mark.parametrize(
@@ -71,63 +72,63 @@ def test_selection_drops_duplicates_subfolders_and_docs(name):
     ],
 )
 def test_names_that_could_escape_the_destination_are_unsafe(name):
-    assert dl.unsafe_reason(name)
+    assert hub.unsafe_reason(name)
 
 
 @pytest.mark.parametrize(
     "name", ["config.json", "original/params.json", "a..b.safetensors", "..hidden"]
 )
 def test_ordinary_names_are_safe(name):
-    assert dl.unsafe_reason(name) is None
+    assert hub.unsafe_reason(name) is None
 
 
-def listing(*extra: dl.RemoteFile) -> list[dl.RemoteFile]:
+def listing(*extra: hub.RemoteFile) -> list[hub.RemoteFile]:
     return [
-        dl.RemoteFile("config.json", 700, git_oid="a" * 40),
-        dl.RemoteFile("model.safetensors", 10 * GiB, sha256="b" * 64),
-        dl.RemoteFile("pytorch_model.bin", 10 * GiB, sha256="c" * 64),
+        hub.RemoteFile("config.json", 700, git_oid="a" * 40),
+        hub.RemoteFile("model.safetensors", 10 * GiB, sha256="b" * 64),
+        hub.RemoteFile("pytorch_model.bin", 10 * GiB, sha256="c" * 64),
         *extra,
     ]
 
 
 def test_manifest_counts_only_the_selected_files():
-    m = dl.build_manifest(HF, "Qwen/Qwen3-8B", "main", "f" * 40, listing())
+    m = hub.build_manifest(HF, "Qwen/Qwen3-8B", "main", "f" * 40, listing())
     assert (m.total_bytes, m.skipped) == (700 + 10 * GiB, ("pytorch_model.bin",))
 
 
 def test_a_hostile_name_anywhere_in_the_listing_refuses_the_whole_repo():
-    with pytest.raises(dl.DownloadError, match="escape"):
-        dl.build_manifest(HF, "Qwen/Qwen3-8B", "main", None, listing(dl.RemoteFile("../x.json", 1)))
+    with pytest.raises(hub.DownloadError, match="escape"):
+        hub.build_manifest(HF, "Qwen/Qwen3-8B", "main", None, listing(hub.RemoteFile("../x.json", 1)))
 
 
 def test_a_repo_without_safetensors_is_not_found():
-    with pytest.raises(dl.DownloadError) as e:
-        dl.build_manifest(HF, "Qwen/Qwen3-8B", "main", None, listing()[:1])
+    with pytest.raises(hub.DownloadError) as e:
+        hub.build_manifest(HF, "Qwen/Qwen3-8B", "main", None, listing()[:1])
     assert e.value.exit_code == ExitCode.NOT_FOUND
 
 
 def test_disk_margin_is_5_percent_plus_1_gib():
-    assert dl.disk_margin_bytes(20 * GiB) == GiB + GiB  # 20 GiB / 20 + 1 GiB
+    assert hub.disk_margin_bytes(20 * GiB) == GiB + GiB  # 20 GiB / 20 + 1 GiB
 
 
 def test_nothing_to_fetch_needs_no_margin():
-    assert dl.disk_margin_bytes(0) == 0
+    assert hub.disk_margin_bytes(0) == 0
 
 
 def test_short_disk_is_refused_with_the_numbers():
-    with pytest.raises(dl.DownloadError, match=r"needs 16\.00 GiB .* 16\.50 GiB free") as e:
-        dl.check_disk(16 * GiB, 16 * GiB + GiB // 2, Path("/data"))
+    with pytest.raises(hub.DownloadError, match=r"needs 16\.00 GiB .* 16\.50 GiB free") as e:
+        hub.check_disk(16 * GiB, 16 * GiB + GiB // 2, Path("/data"))
     assert e.value.exit_code == ExitCode.DISK_FULL
 
 
 def test_enough_disk_passes():
-    dl.check_disk(16 * GiB, 16 * GiB + (16 * GiB) // 20 + GiB, Path("/data"))
+    hub.check_disk(16 * GiB, 16 * GiB + (16 * GiB) // 20 + GiB, Path("/data"))
 
 
 def test_files_already_there_are_not_counted_as_needed(tmp_path):
-    m = dl.build_manifest(HF, "Qwen/Qwen3-8B", "main", None, listing())
+    m = hub.build_manifest(HF, "Qwen/Qwen3-8B", "main", None, listing())
     (tmp_path / "config.json").write_bytes(b"x" * 700)
-    plan = dl.Plan(m, tmp_path, dl.present(m, tmp_path), free_bytes=0)
+    plan = dl.Plan(m, tmp_path, hub.present(m, tmp_path), free_bytes=0)
     assert plan.needed_bytes == 10 * GiB
 
 
@@ -139,7 +140,7 @@ def names(sources):
 
 
 def test_auto_without_settings_probes_hf_then_the_mirror_then_modelscope():
-    sources, probe = dl.choose_sources("auto", None, {})
+    sources, probe = hub.choose_sources("auto", None, {})
     assert probe and names(sources) == [
         ("hf", "https://huggingface.co"),
         ("hf-mirror", "https://hf-mirror.com"),
@@ -148,14 +149,14 @@ def test_auto_without_settings_probes_hf_then_the_mirror_then_modelscope():
 
 
 def test_endpoint_flag_pins_a_mirror():
-    sources, probe = dl.choose_sources(
+    sources, probe = hub.choose_sources(
         "auto", "https://mirror.example/", {"HF_ENDPOINT": "https://other"}
     )
     assert (probe, names(sources)) == (False, [("hf-mirror", "https://mirror.example")])
 
 
 def test_HF_ENDPOINT_pins_a_mirror():
-    sources, probe = dl.choose_sources("auto", None, {"HF_ENDPOINT": "https://hf-mirror.com"})
+    sources, probe = hub.choose_sources("auto", None, {"HF_ENDPOINT": "https://hf-mirror.com"})
     assert (probe, names(sources)) == (False, [("hf-mirror", "https://hf-mirror.com")])
 
 
@@ -168,31 +169,31 @@ def test_HF_ENDPOINT_pins_a_mirror():
     ],
 )
 def test_modelscope_settings_pin_modelscope(env, endpoint):
-    assert dl.choose_sources("auto", None, env) == (
-        [dl.Source("modelscope", endpoint, True)],
+    assert hub.choose_sources("auto", None, env) == (
+        [hub.Source("modelscope", endpoint, True)],
         False,
     )
 
 
 def test_source_flag_beats_the_environment():
-    sources, _ = dl.choose_sources("hf", None, {"MODELSCOPE_ENDPOINT": "https://x"})
+    sources, _ = hub.choose_sources("hf", None, {"MODELSCOPE_ENDPOINT": "https://x"})
     assert names(sources) == [("hf", "https://huggingface.co")]
 
 
 def test_unknown_source_is_a_usage_error():
-    with pytest.raises(dl.DownloadError) as e:
-        dl.choose_sources("github", None, {})
+    with pytest.raises(hub.DownloadError) as e:
+        hub.choose_sources("github", None, {})
     assert e.value.exit_code == ExitCode.USAGE
 
 
 def test_reachable_sources_go_first_and_unreachable_stay_as_a_last_try():
-    sources, _ = dl.choose_sources("auto", None, {})
+    sources, _ = hub.choose_sources("auto", None, {})
     reachable = {
         "https://huggingface.co": False,
         "https://hf-mirror.com": True,
         "https://modelscope.cn": True,
     }
-    assert [s.name for s in dl.order_by_reachability(sources, reachable)] == [
+    assert [s.name for s in hub.order_by_reachability(sources, reachable)] == [
         "hf-mirror",
         "modelscope",
         "hf",
@@ -200,36 +201,36 @@ def test_reachable_sources_go_first_and_unreachable_stay_as_a_last_try():
 
 
 def test_the_users_hf_token_never_goes_to_a_mirror_auto_mode_picked():
-    assert dl._hf_token(dl.Source("hf-mirror", dl.HF_MIRROR_ENDPOINT)) is False
+    assert dl._hf_token(hub.Source("hf-mirror", hub.HF_MIRROR_ENDPOINT)) is False
 
 
 def test_the_users_hf_token_goes_to_a_mirror_the_user_chose():
-    assert dl._hf_token(dl.Source("hf-mirror", "https://mirror.corp", explicit=True)) is None
+    assert dl._hf_token(hub.Source("hf-mirror", "https://mirror.corp", explicit=True)) is None
 
 
 # ---- destinations --------------------------------------------------------------------------------
 
 
 def test_hf_destination_is_the_hub_cache_snapshot(tmp_path):
-    m = dl.build_manifest(HF, "Qwen/Qwen3-8B", "main", "f" * 40, listing())
-    assert dl.destination(
+    m = hub.build_manifest(HF, "Qwen/Qwen3-8B", "main", "f" * 40, listing())
+    assert hub.destination(
         m, None, {"HF_HOME": str(tmp_path)}
     ) == tmp_path / "hub" / "models--Qwen--Qwen3-8B" / "snapshots" / ("f" * 40)
 
 
 def test_modelscope_destination_is_its_cache_snapshot(tmp_path):
-    m = dl.build_manifest(
-        dl.Source("modelscope", dl.MODELSCOPE_ENDPOINT), "Qwen/Qwen3-8B", "master", None, listing()
+    m = hub.build_manifest(
+        hub.Source("modelscope", hub.MODELSCOPE_ENDPOINT), "Qwen/Qwen3-8B", "master", None, listing()
     )
     assert (
-        dl.destination(m, None, {"MODELSCOPE_CACHE": str(tmp_path)})
+        hub.destination(m, None, {"MODELSCOPE_CACHE": str(tmp_path)})
         == tmp_path / "models" / "Qwen--Qwen3-8B" / "snapshots" / "master"
     )
 
 
 def test_HF_HUB_CACHE_beats_HF_HOME(tmp_path):
     assert (
-        dl.hf_cache_dir({"HF_HUB_CACHE": str(tmp_path / "c"), "HF_HOME": str(tmp_path)})
+        hub.hf_cache_dir({"HF_HUB_CACHE": str(tmp_path / "c"), "HF_HOME": str(tmp_path)})
         == tmp_path / "c"
     )
 
@@ -261,7 +262,7 @@ def test_a_local_model_directory_is_not_downloaded(tmp_path):
             }
         )
     )
-    with pytest.raises(dl.DownloadError, match="local directory"):
+    with pytest.raises(hub.DownloadError, match="local directory"):
         dl.download(str(tmp_path))
 
 
