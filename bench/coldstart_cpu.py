@@ -110,8 +110,7 @@ def uncontended(run, attempts: int = 4) -> dict:
         if not out["other_vllm_seen"]:
             out["attempts"] = i + 1
             return out
-        print(f"another vLLM ran during the start; measuring again ({i + 1}/{attempts})",
-              file=sys.stderr)
+        print(f"another vLLM ran during the start; measuring again ({i + 1}/{attempts})", file=sys.stderr)
         time.sleep(20)
     out["attempts"] = attempts
     return out
@@ -131,27 +130,42 @@ def main() -> int:
         nocache = uncontended(lambda i: start(plan, root / f"not-persisted{i}", force=True))
     result = {
         "what": "vLLM CPU cold start vs restart of the same plan, tiny Qwen3 (2 layers, dummy "
-                "weights), torch.compile on; seconds from process start to /health 200",
+        "weights), torch.compile on; seconds from process start to /health 200",
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "vllm": cache.installed_vllm_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "vllm": cache.installed_vllm_version(),
+        },
         "plan_key_fields": cache.key_fields(plan, cache.installed_vllm_version(), "cpu"),
         "starts": {"cold": cold, "restart_qwdeploy": again, "restart_no_cache": nocache},
-        "ready_s": {"cold": cold["phases"]["ready_s"],
-                    "restart_qwdeploy": again["phases"]["ready_s"],
-                    "restart_no_cache": nocache["phases"]["ready_s"]},
+        "ready_s": {
+            "cold": cold["phases"]["ready_s"],
+            "restart_qwdeploy": again["phases"]["ready_s"],
+            "restart_no_cache": nocache["phases"]["ready_s"],
+        },
     }
     r = result["ready_s"]
-    result["restart_over_cold"] = {"qwdeploy": round(r["restart_qwdeploy"] / r["cold"], 3),
-                                   "no_cache": round(r["restart_no_cache"] / r["cold"], 3)}
+    result["restart_over_cold"] = {
+        "qwdeploy": round(r["restart_qwdeploy"] / r["cold"], 3),
+        "no_cache": round(r["restart_no_cache"] / r["cold"], 3),
+    }
     result["compile_s"] = {k: v["phases"].get("compile_s") for k, v in result["starts"].items()}
     result["found_cache"] = {k: v["found_cache"] for k, v in result["starts"].items()}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"ready_s": r, "restart_over_cold": result["restart_over_cold"],
-                      "compile_s": result["compile_s"], "found_cache": result["found_cache"]},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "ready_s": r,
+                "restart_over_cold": result["restart_over_cold"],
+                "compile_s": result["compile_s"],
+                "found_cache": result["found_cache"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

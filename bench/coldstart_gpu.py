@@ -59,14 +59,17 @@ def vanilla_env(where: Path) -> dict[str, str]:
     under an empty home (VLLM_CACHE_ROOT=~/.cache/vllm, DeepGEMM under it, ~/.triton, /tmp
     inductor), and vLLM's default DeepGEMM warm-up (relax). Nothing of qwdeploy's handling."""
     home = where / "home"
-    return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-            "VLLM_CACHE_ROOT": str(home / ".cache" / "vllm"),
-            "DG_JIT_CACHE_DIR": str(home / ".cache" / "vllm" / "deep_gemm"),
-            "TRITON_CACHE_DIR": str(home / ".triton" / "cache"),
-            "TORCHINDUCTOR_CACHE_DIR": str(where / "torchinductor_root"),
-            "FLASHINFER_WORKSPACE_BASE": str(home),
-            "VLLM_DEEP_GEMM_WARMUP": "relax",
-            "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}  # what `vllm serve` sets for itself
+    return {
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "VLLM_CACHE_ROOT": str(home / ".cache" / "vllm"),
+        "DG_JIT_CACHE_DIR": str(home / ".cache" / "vllm" / "deep_gemm"),
+        "TRITON_CACHE_DIR": str(home / ".triton" / "cache"),
+        "TORCHINDUCTOR_CACHE_DIR": str(where / "torchinductor_root"),
+        "FLASHINFER_WORKSPACE_BASE": str(home),
+        "VLLM_DEEP_GEMM_WARMUP": "relax",
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+    }  # what `vllm serve` sets for itself
 
 
 EXTRA = ("--load-format", "dummy", "--skip-tokenizer-init")
@@ -93,33 +96,52 @@ def main() -> int:
         shutil.rmtree(root / sub, ignore_errors=True)  # a restart whose cache did not persist
     env = vanilla_env(root / sub) if sub.startswith("vanilla") else None
     model = model_dir(config, root / "models")
-    plan = make_plan(str(model), None, profile, "H100", None, None, a.max_model_len, None, None,
-                     None, None, None)
+    plan = make_plan(str(model), None, profile, "H100", None, None, a.max_model_len, None, None, None, None, None)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"coldstart_{a.case}.log"
     t = time.time()
-    r = cache.warm(plan, root / sub, extra_args=EXTRA, force=True, deep_gemm=dg, env=env,
-                   device=cache.detect_device(plan), log_path=log, ready_timeout_s=590)
-    record = {"case": a.case, "model": config, "profile": profile, "measured":
-              time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(time.time() - t, 2),
-              **r.to_json()}
+    r = cache.warm(
+        plan,
+        root / sub,
+        extra_args=EXTRA,
+        force=True,
+        deep_gemm=dg,
+        env=env,
+        device=cache.detect_device(plan),
+        log_path=log,
+        ready_timeout_s=590,
+    )
+    record = {
+        "case": a.case,
+        "model": config,
+        "profile": profile,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_s": round(time.time() - t, 2),
+        **r.to_json(),
+    }
     results = json.loads(out.read_text()) if out.exists() else {}
     results[a.case] = record
     ready = {k: v["phases"].get("ready_s") for k, v in results.items() if "phases" in v}
-    pairs = {"bf16_restart_over_cold": ("bf16-restart", "bf16-cold"),
-             "bf16_restart_over_vanilla_cold": ("bf16-restart", "bf16-vanilla"),
-             "bf16_vanilla_restart_over_vanilla_cold": ("bf16-vanilla-restart", "bf16-vanilla"),
-             "fp8_restart_over_cold": ("fp8-restart", "fp8-cold"),
-             "fp8_chat_restart_over_cold": ("fp8-chat-restart", "fp8-chat-cold"),
-             "fp8_chat_restart_over_vanilla_cold": ("fp8-chat-restart", "fp8-vanilla"),
-             "fp8_vanilla_restart_over_vanilla_cold": ("fp8-vanilla-restart", "fp8-vanilla")}
+    pairs = {
+        "bf16_restart_over_cold": ("bf16-restart", "bf16-cold"),
+        "bf16_restart_over_vanilla_cold": ("bf16-restart", "bf16-vanilla"),
+        "bf16_vanilla_restart_over_vanilla_cold": ("bf16-vanilla-restart", "bf16-vanilla"),
+        "fp8_restart_over_cold": ("fp8-restart", "fp8-cold"),
+        "fp8_chat_restart_over_cold": ("fp8-chat-restart", "fp8-chat-cold"),
+        "fp8_chat_restart_over_vanilla_cold": ("fp8-chat-restart", "fp8-vanilla"),
+        "fp8_vanilla_restart_over_vanilla_cold": ("fp8-vanilla-restart", "fp8-vanilla"),
+    }
     for name, (again, cold) in pairs.items():
         if ready.get(again) and ready.get(cold):
             results.setdefault("_ratios", {})[name] = round(ready[again] / ready[cold], 3)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({"case": a.case, "ready": r.ready, "phases": r.phases,
-                      "found_cache": r.found_cache, "error": r.error}, indent=2))
+    print(
+        json.dumps(
+            {"case": a.case, "ready": r.ready, "phases": r.phases, "found_cache": r.found_cache, "error": r.error},
+            indent=2,
+        )
+    )
     return 0 if r.ready else 1
 
 

@@ -38,9 +38,13 @@ def main() -> None:
     rows = [(r, f) for r in runs if (f := features(r))]
     # The forward constants come from runs whose forward pass sets the peak: mnbt 16384 (cold)
     # and warm-cache restarts; the others peak while compiling (see memory.Calibration).
-    dense = [(r, f) for r, f in rows if not catalog.get(r["repo_id"]).spec.is_moe
-             and catalog.get(r["repo_id"]).spec.quantization is None
-             and (r["max_num_batched_tokens"] >= 16384 or r.get("warm_compile_cache"))]
+    dense = [
+        (r, f)
+        for r, f in rows
+        if not catalog.get(r["repo_id"]).spec.is_moe
+        and catalog.get(r["repo_id"]).spec.quantization is None
+        and (r["max_num_batched_tokens"] >= 16384 or r.get("warm_compile_cache"))
+    ]
     x = np.array([f[0] for _, f in dense])
     y = np.array([f[1] for _, f in dense])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
@@ -50,11 +54,21 @@ def main() -> None:
         if not r.get("peak_activation_GiB"):
             continue
         v = catalog.get(r["repo_id"])
-        pred = memory.activation_bytes(v, r.get("tp", 1), r["max_num_batched_tokens"], r["max_num_seqs"],
-                                       bool(r.get("enforce_eager")),
-                                       compile_cache_warm=bool(r.get("warm_compile_cache"))) / GiB
-        print(f"{r['run']:34s} {r['repo_id']:32s} {r['max_num_batched_tokens']:6d} "
-              f"{r['peak_activation_GiB']:7.2f} {pred:7.2f} {pred - r['peak_activation_GiB']:+8.2f}")
+        pred = (
+            memory.activation_bytes(
+                v,
+                r.get("tp", 1),
+                r["max_num_batched_tokens"],
+                r["max_num_seqs"],
+                bool(r.get("enforce_eager")),
+                compile_cache_warm=bool(r.get("warm_compile_cache")),
+            )
+            / GiB
+        )
+        print(
+            f"{r['run']:34s} {r['repo_id']:32s} {r['max_num_batched_tokens']:6d} "
+            f"{r['peak_activation_GiB']:7.2f} {pred:7.2f} {pred - r['peak_activation_GiB']:+8.2f}"
+        )
 
 
 if __name__ == "__main__":

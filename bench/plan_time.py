@@ -18,10 +18,12 @@ CASES = [
     ["Qwen/Qwen3-235B-A22B", "--gpu", "H100", "--num-gpus", "8", "--profile", "cost"],
     ["Qwen/Qwen3-32B", "--gpu", "L40S", "--num-gpus", "1"],
 ]
-PROBE = ("import sys, runpy; sys.argv = ['qwdeploy', 'plan', *sys.argv[1:], '--json'];\n"
-         "import atexit, json\n"
-         "atexit.register(lambda: sys.stderr.write('HEAVY=' + json.dumps(sorted(m for m in {heavy} if m in sys.modules)) + '\\n'))\n"
-         "from qwdeploy.cli import main; main()")
+PROBE = (
+    "import sys, runpy; sys.argv = ['qwdeploy', 'plan', *sys.argv[1:], '--json'];\n"
+    "import atexit, json\n"
+    "atexit.register(lambda: sys.stderr.write('HEAVY=' + json.dumps(sorted(m for m in {heavy} if m in sys.modules)) + '\\n'))\n"
+    "from qwdeploy.cli import main; main()"
+)
 
 
 def run_once(case: list[str]) -> tuple[float, list[str]]:
@@ -46,8 +48,14 @@ def main() -> None:
             times.append(t)
             heavy |= set(h)
         median = statistics.median(times)
-        report.append({"case": " ".join(case), "median_s": round(median, 3),
-                       "ratio_to_goal": round(median / goal, 2), "heavy_imports": sorted(heavy)})
+        report.append(
+            {
+                "case": " ".join(case),
+                "median_s": round(median, 3),
+                "ratio_to_goal": round(median / goal, 2),
+                "heavy_imports": sorted(heavy),
+            }
+        )
     print(json.dumps({"goal_s": goal, "runs": args.runs, "cases": report}, indent=2))
 
 

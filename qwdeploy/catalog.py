@@ -22,8 +22,7 @@ QWEN3_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
 
 # Weight formats a user can ask for (--dtype) and the quant methods that provide them.
 WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int4", "int8")
-_DTYPE_OF_WEIGHTS = {"bf16": "bf16", "fp8": "fp8", "awq": "int4", "gptq-int4": "int4",
-                     "gptq-int8": "int8"}
+_DTYPE_OF_WEIGHTS = {"bf16": "bf16", "fp8": "fp8", "awq": "int4", "gptq-int4": "int4", "gptq-int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -152,8 +151,9 @@ def _quantization(qc: dict | None, source: str) -> Quantization | None:
     if method in ("awq", "awq_marlin"):
         return Quantization("awq", int(qc.get("bits", 4)), int(qc.get("group_size", 128)))
     if method in ("gptq", "gptq_marlin"):
-        return Quantization("gptq", int(qc.get("bits", 4)), int(qc.get("group_size", 128)),
-                            desc_act=bool(qc.get("desc_act", False)))
+        return Quantization(
+            "gptq", int(qc.get("bits", 4)), int(qc.get("group_size", 128)), desc_act=bool(qc.get("desc_act", False))
+        )
     raise UnknownModelError(
         f"{source}: quant_method {method!r} is not supported",
         hint="supported: fp8 (block-128), awq, gptq",
@@ -178,10 +178,15 @@ def variants() -> tuple[Variant, ...]:
     for e in entries:
         file = e["repo_id"].replace("/", "--") + ".json"
         config = json.loads((data / "configs" / file).read_text())
-        out.append(Variant(
-            repo_id=e["repo_id"], base=e["base"], weights=e["weights"],
-            spec=spec_from_config(config, file), config_provenance=e["config_provenance"],
-        ))
+        out.append(
+            Variant(
+                repo_id=e["repo_id"],
+                base=e["base"],
+                weights=e["weights"],
+                spec=spec_from_config(config, file),
+                config_provenance=e["config_provenance"],
+            )
+        )
     return tuple(out)
 
 
@@ -205,7 +210,7 @@ def _normalise(model: str) -> str:
     model = model.strip().rstrip("/")
     for prefix in ("https://huggingface.co/", "https://modelscope.cn/models/", "hf://"):
         if model.startswith(prefix):
-            model = model[len(prefix):]
+            model = model[len(prefix) :]
     if "/" not in model and model.lower().startswith("qwen3"):
         model = "Qwen/" + model
     return model
@@ -235,7 +240,8 @@ def pick_dtype(variant: Variant, dtype: str) -> Variant:
         if dtype != variant.weight_dtype and not {dtype, variant.weight_dtype} <= {"bf16", "fp16"}:
             raise UnknownModelError(
                 f"{variant.name} holds {variant.weight_dtype} weights, not {dtype}",
-                hint="quantize the checkpoint first, or drop --dtype")
+                hint="quantize the checkpoint first, or drop --dtype",
+            )
         return _as_fp16(variant) if dtype == "fp16" else variant
     if dtype in ("bf16", "fp16"):
         base = _by_id()[variant.base.lower()]
@@ -245,12 +251,13 @@ def pick_dtype(variant: Variant, dtype: str) -> Variant:
             return v
     offered = sorted({v.weight_dtype for v in family(variant.base)} | {"fp16"})
     raise UnknownModelError(
-        f"Qwen publishes no {dtype} checkpoint of {variant.base}",
-        hint=f"available: {', '.join(offered)}")
+        f"Qwen publishes no {dtype} checkpoint of {variant.base}", hint=f"available: {', '.join(offered)}"
+    )
 
 
 def _as_fp16(v: Variant) -> Variant:
     from dataclasses import replace
+
     return replace(v, weights="fp16")
 
 
@@ -263,8 +270,14 @@ def _local(path: Path, dtype: str | None) -> Variant:
     except json.JSONDecodeError as e:
         raise UnknownModelError(f"{config_file}: not valid JSON ({e.msg}, line {e.lineno})") from None
     spec = spec_from_config(config, str(config_file))
-    variant = Variant(repo_id=str(path), base=str(path), weights=_weights_of_local(spec),
-                      spec=spec, local_path=path, config_provenance="local")
+    variant = Variant(
+        repo_id=str(path),
+        base=str(path),
+        weights=_weights_of_local(spec),
+        spec=spec,
+        local_path=path,
+        config_provenance="local",
+    )
     return pick_dtype(variant, dtype) if dtype else variant
 
 

@@ -37,25 +37,76 @@ def reported_errors():
 # ---- options shared by plan, serve, export, warm ----------------------------------------------
 
 ModelArg = Annotated[str, typer.Argument(help="Repo id (Qwen/Qwen3-14B-AWQ), base id, or a local model directory.")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights: bf16, fp16, fp8, int4 or int8 (picks Qwen's official variant).")]
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (chat, long-context, throughput, low-latency, cost, agent) or a YAML path.")]
-GpuOpt = Annotated[Optional[str], typer.Option("--gpu", help="Plan for this GPU model instead of the local GPUs (e.g. H100, L40S, A100-40GB).")]
+DtypeOpt = Annotated[
+    Optional[str],
+    typer.Option("--dtype", help="Weights: bf16, fp16, fp8, int4 or int8 (picks Qwen's official variant)."),
+]
+ProfileOpt = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="Profile name (chat, long-context, throughput, low-latency, cost, agent) or a YAML path.",
+    ),
+]
+GpuOpt = Annotated[
+    Optional[str],
+    typer.Option("--gpu", help="Plan for this GPU model instead of the local GPUs (e.g. H100, L40S, A100-40GB)."),
+]
 NumGpusOpt = Annotated[Optional[int], typer.Option("--num-gpus", help="How many of --gpu to plan for (default 1).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
 TpOpt = Annotated[Optional[int], typer.Option("--tensor-parallel-size", "-tp", help="Pin tensor_parallel_size.")]
 MmlOpt = Annotated[Optional[int], typer.Option("--max-model-len", help="Pin max_model_len (tokens).")]
-GmuOpt = Annotated[Optional[float], typer.Option("--gpu-memory-utilization", min=0.01, max=1.0, help="Pin gpu_memory_utilization.")]
+GmuOpt = Annotated[
+    Optional[float], typer.Option("--gpu-memory-utilization", min=0.01, max=1.0, help="Pin gpu_memory_utilization.")
+]
 KvOpt = Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="Pin kv_cache_dtype: auto or fp8.")]
 SeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="Pin max_num_seqs.")]
 MnbtOpt = Annotated[Optional[int], typer.Option("--max-num-batched-tokens", min=1, help="Pin max_num_batched_tokens.")]
-NodesOpt = Annotated[Optional[int], typer.Option("--nodes", min=1, help="Plan across this many nodes (pipeline parallel across nodes, tensor parallel inside; Ray).")]
-GpusPerNodeOpt = Annotated[Optional[int], typer.Option("--num-gpus-per-node", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8).")]
-CompileCacheOpt = Annotated[str, typer.Option("--compile-cache", help="cold (a first start: torch.compile's peak counts) or warm (a restart reusing the compile cache).")]
-EagerOpt = Annotated[Optional[bool], typer.Option("--enforce-eager/--cuda-graphs", help="Pin eager mode (no CUDA graphs) or graphs.", show_default=False)]
+NodesOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--nodes",
+        min=1,
+        help="Plan across this many nodes (pipeline parallel across nodes, tensor parallel inside; Ray).",
+    ),
+]
+GpusPerNodeOpt = Annotated[
+    Optional[int],
+    typer.Option("--num-gpus-per-node", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8)."),
+]
+CompileCacheOpt = Annotated[
+    str,
+    typer.Option(
+        "--compile-cache",
+        help="cold (a first start: torch.compile's peak counts) or warm (a restart reusing the compile cache).",
+    ),
+]
+EagerOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--enforce-eager/--cuda-graphs", help="Pin eager mode (no CUDA graphs) or graphs.", show_default=False
+    ),
+]
 
 
-def make_plan(model, dtype, profile, gpu, num_gpus, tp, mml, gmu, kv, seqs, mnbt, eager,
-              nodes=None, gpus_per_node=None, compile_cache="cold"):
+def make_plan(
+    model,
+    dtype,
+    profile,
+    gpu,
+    num_gpus,
+    tp,
+    mml,
+    gmu,
+    kv,
+    seqs,
+    mnbt,
+    eager,
+    nodes=None,
+    gpus_per_node=None,
+    compile_cache="cold",
+):
     """Everything `plan` does before rendering; serve, export and warm reuse it."""
     from qwdeploy import catalog, planner, profiles
 
@@ -63,23 +114,32 @@ def make_plan(model, dtype, profile, gpu, num_gpus, tp, mml, gmu, kv, seqs, mnbt
         raise QwdeployError(f"--kv-cache-dtype {kv!r} is not supported", hint="use auto or fp8")
     prof = profiles.load(profile)
     variant = catalog.get(model, dtype)
-    variants = [variant] if (dtype or variant.weights != "bf16" or variant.local_path) \
-        else _profile_variants(variant, prof)
-    pins = planner.Pins(tensor_parallel_size=tp, max_model_len=mml, gpu_memory_utilization=gmu,
-                        kv_cache_dtype=kv, max_num_seqs=seqs, max_num_batched_tokens=mnbt,
-                        enforce_eager=eager, compile_cache_warm=_compile_cache_warm(compile_cache))
+    variants = (
+        [variant] if (dtype or variant.weights != "bf16" or variant.local_path) else _profile_variants(variant, prof)
+    )
+    pins = planner.Pins(
+        tensor_parallel_size=tp,
+        max_model_len=mml,
+        gpu_memory_utilization=gmu,
+        kv_cache_dtype=kv,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=mnbt,
+        enforce_eager=eager,
+        compile_cache_warm=_compile_cache_warm(compile_cache),
+    )
     if nodes and nodes > 1:
         from qwdeploy import multinode
 
         if not gpu:
-            raise QwdeployError("--nodes needs --gpu NAME (the GPU of every node)",
-                                hint="e.g. --nodes 2 --gpu H100 --num-gpus-per-node 8")
+            raise QwdeployError(
+                "--nodes needs --gpu NAME (the GPU of every node)",
+                hint="e.g. --nodes 2 --gpu H100 --num-gpus-per-node 8",
+            )
         result = multinode.plan(variants, prof, gpu, nodes, gpus_per_node or num_gpus or 8, pins)
     else:
         gpus, local = _gpus(gpu, num_gpus)
         cal, note = _calibration(gpus, variants[0], local)
-        result = planner.plan(variants, prof, gpus, pins, local=local, cal=cal,
-                              calibration_note=note)
+        result = planner.plan(variants, prof, gpus, pins, local=local, cal=cal, calibration_note=note)
         if note:
             result = _say_if_cache_key_moved(result, planner.plan(variants, prof, gpus, pins, local=local))
     from qwdeploy import performance
@@ -164,10 +224,23 @@ def plan(
     1 an error you can fix, 2 usage.
     """
     with reported_errors():
-        result = make_plan(model, dtype, profile, gpu, num_gpus, tensor_parallel_size,
-                           max_model_len, gpu_memory_utilization, kv_cache_dtype, max_num_seqs,
-                           max_num_batched_tokens, enforce_eager, nodes, num_gpus_per_node,
-                           compile_cache)
+        result = make_plan(
+            model,
+            dtype,
+            profile,
+            gpu,
+            num_gpus,
+            tensor_parallel_size,
+            max_model_len,
+            gpu_memory_utilization,
+            kv_cache_dtype,
+            max_num_seqs,
+            max_num_batched_tokens,
+            enforce_eager,
+            nodes,
+            num_gpus_per_node,
+            compile_cache,
+        )
     from qwdeploy import render
 
     if as_json:
@@ -183,24 +256,41 @@ def models(as_json: JsonOpt = False) -> None:
     """List the Qwen3 models and official quantized variants qwdeploy knows."""
     from qwdeploy import catalog, render
 
-    rows = [{"repo_id": v.repo_id, "weights": v.weight_dtype, "quantization":
-             v.spec.quantization.method if v.spec.quantization else None,
-             "layers": v.spec.num_hidden_layers, "kv_heads": v.spec.num_key_value_heads,
-             "max_position_embeddings": v.spec.max_position_embeddings,
-             "config": v.config_provenance} for v in catalog.variants()]
+    rows = [
+        {
+            "repo_id": v.repo_id,
+            "weights": v.weight_dtype,
+            "quantization": v.spec.quantization.method if v.spec.quantization else None,
+            "layers": v.spec.num_hidden_layers,
+            "kv_heads": v.spec.num_key_value_heads,
+            "max_position_embeddings": v.spec.max_position_embeddings,
+            "config": v.config_provenance,
+        }
+        for v in catalog.variants()
+    ]
     render.print_json(rows) if as_json else render.models(rows)
 
 
 # ---- further commands register below (gpus, download, serve, export, warm) ------------------
 
 
-ServeDryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the exact vLLM command and environment (secrets masked); start nothing.")]
+ServeDryRunOpt = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Print the exact vLLM command and environment (secrets masked); start nothing."),
+]
 
 
 @app.command(context_settings={"allow_interspersed_args": True})
 def serve(
     model: ModelArg,
-    vllm_args: Annotated[Optional[list[str]], typer.Argument(metavar="[-- VLLM_ARGS...]", help="More vLLM arguments after --, passed as they are (last, so they win).", show_default=False)] = None,
+    vllm_args: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="[-- VLLM_ARGS...]",
+            help="More vLLM arguments after --, passed as they are (last, so they win).",
+            show_default=False,
+        ),
+    ] = None,
     dtype: DtypeOpt = None,
     profile: ProfileOpt = "chat",
     tensor_parallel_size: TpOpt = None,
@@ -210,19 +300,49 @@ def serve(
     max_num_seqs: SeqsOpt = None,
     max_num_batched_tokens: MnbtOpt = None,
     enforce_eager: EagerOpt = None,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="With --nodes: the GPU model of every node (e.g. H100).")] = None,
+    gpu: Annotated[
+        Optional[str], typer.Option("--gpu", help="With --nodes: the GPU model of every node (e.g. H100).")
+    ] = None,
     nodes: NodesOpt = None,
     num_gpus_per_node: GpusPerNodeOpt = None,
-    head_address: Annotated[str, typer.Option("--head-address", help="With --nodes: this (head) node's address, for the workers' `ray start --address`.")] = "HEAD_IP",
-    host: Annotated[str, typer.Option("--host", help="Address vLLM binds (0.0.0.0 for every interface).")] = "127.0.0.1",
+    head_address: Annotated[
+        str,
+        typer.Option(
+            "--head-address", help="With --nodes: this (head) node's address, for the workers' `ray start --address`."
+        ),
+    ] = "HEAD_IP",
+    host: Annotated[
+        str, typer.Option("--host", help="Address vLLM binds (0.0.0.0 for every interface).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")] = 8000,
-    api_key_file: Annotated[Optional[str], typer.Option("--api-key-file", help="File holding the API key clients must send (passed to vLLM as VLLM_API_KEY; never printed).")] = None,
-    no_download: Annotated[bool, typer.Option("--no-download", help="Do not fetch the weights; vLLM finds (or fetches) them itself.")] = False,
+    api_key_file: Annotated[
+        Optional[str],
+        typer.Option(
+            "--api-key-file",
+            help="File holding the API key clients must send (passed to vLLM as VLLM_API_KEY; never printed).",
+        ),
+    ] = None,
+    no_download: Annotated[
+        bool, typer.Option("--no-download", help="Do not fetch the weights; vLLM finds (or fetches) them itself.")
+    ] = False,
     dry_run: ServeDryRunOpt = False,
-    ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for vLLM to answer.")] = 1800.0,
-    log_file: Annotated[Optional[str], typer.Option("--log-file", help="vLLM's output (default: <cache>/logs/serve-<model>-<time>.log).")] = None,
-    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Root of qwdeploy's caches (compile caches, logs, calibration; default $QWDEPLOY_CACHE_DIR, else ~/.cache/qwdeploy).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: the command, environment and plan as JSON.")] = False,
+    ready_timeout: Annotated[
+        float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for vLLM to answer.")
+    ] = 1800.0,
+    log_file: Annotated[
+        Optional[str],
+        typer.Option("--log-file", help="vLLM's output (default: <cache>/logs/serve-<model>-<time>.log)."),
+    ] = None,
+    cache_dir: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cache-dir",
+            help="Root of qwdeploy's caches (compile caches, logs, calibration; default $QWDEPLOY_CACHE_DIR, else ~/.cache/qwdeploy).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --dry-run: the command, environment and plan as JSON.")
+    ] = False,
 ) -> None:
     """Serve MODEL with vLLM under the plan: weights, start, wait until it answers, then supervise.
 
@@ -247,57 +367,99 @@ def serve(
             if nodes and nodes > 1:  # vLLM's own multi-node path: Ray, this node is the head
                 from qwdeploy import multinode
 
-                result, device = make_plan(model, dtype, profile, gpu, None, tensor_parallel_size,
-                                           max_model_len, gpu_memory_utilization, kv_cache_dtype,
-                                           max_num_seqs, max_num_batched_tokens, enforce_eager,
-                                           nodes, num_gpus_per_node), "cuda"
+                result, device = (
+                    make_plan(
+                        model,
+                        dtype,
+                        profile,
+                        gpu,
+                        None,
+                        tensor_parallel_size,
+                        max_model_len,
+                        gpu_memory_utilization,
+                        kv_cache_dtype,
+                        max_num_seqs,
+                        max_num_batched_tokens,
+                        enforce_eager,
+                        nodes,
+                        num_gpus_per_node,
+                    ),
+                    "cuda",
+                )
                 render.info(multinode.ray_instructions(result, head_address))
             else:
-                result, device = _serve_plan(install, model, dtype, profile, tensor_parallel_size,
-                                             max_model_len, gpu_memory_utilization, kv_cache_dtype,
-                                             max_num_seqs, max_num_batched_tokens, enforce_eager)
+                result, device = _serve_plan(
+                    install,
+                    model,
+                    dtype,
+                    profile,
+                    tensor_parallel_size,
+                    max_model_len,
+                    gpu_memory_utilization,
+                    kv_cache_dtype,
+                    max_num_seqs,
+                    max_num_batched_tokens,
+                    enforce_eager,
+                )
             if not result.fits:
-                raise QwdeployError(f"{result.model} does not fit: " + next(
-                    (n for n in result.notes if n.startswith("Does not fit")), "see the plan"),
+                raise QwdeployError(
+                    f"{result.model} does not fit: "
+                    + next((n for n in result.notes if n.startswith("Does not fit")), "see the plan"),
                     hint=f"`qwdeploy plan {model} ...` shows why and the alternatives",
-                    exit_code=ExitCode.DOES_NOT_FIT)
+                    exit_code=ExitCode.DOES_NOT_FIT,
+                )
             if install is None and not dry_run:
                 raise launch.missing_vllm(gpu_found=device == "cuda")
             api_key = _read_api_key(api_key_file)
-            cfg, kv, cache = launch.prepare(result, device, host=host, port=port, api_key=api_key,
-                                            extra=extra, fetch=not no_download, dry_run=dry_run,
-                                            progress=None if dry_run else progress.RichProgress())
+            cfg, kv, cache = launch.prepare(
+                result,
+                device,
+                host=host,
+                port=port,
+                api_key=api_key,
+                extra=extra,
+                fetch=not no_download,
+                dry_run=dry_run,
+                progress=None if dry_run else progress.RichProgress(),
+            )
             if dry_run:
                 if as_json:
                     render.print_json({**cfg.to_json(), "plan": result.to_json()})
                 else:
                     typer.echo(cfg.command_line())
                 return
-            log_path = Path(log_file) if log_file else launch.default_log_path(
-                result, calibration.cache_dir())
+            log_path = Path(log_file) if log_file else launch.default_log_path(result, calibration.cache_dir())
             for note in cfg.notes:
                 render.info(note)
             if cache.warm is not None:
-                expected = (f", expected start ~{cache.expected_start_s:.0f} s"
-                            if cache.expected_start_s else "")
-                render.info(f"compile cache: {'warm' if cache.warm else 'cold'}{expected} "
-                            f"({cache.directory})")
+                expected = f", expected start ~{cache.expected_start_s:.0f} s" if cache.expected_start_s else ""
+                render.info(f"compile cache: {'warm' if cache.warm else 'cold'}{expected} ({cache.directory})")
             render.info("Command: " + cfg.command_line())
             view = _ServeView(result, cfg, kv, cache, install, device)
             try:
-                stopped = launch.serve(cfg, log_path, api_key=api_key, ready_timeout_s=ready_timeout,
-                                       on_start=view.started, on_phase=view.phase,
-                                       on_ready=view.ready, on_stopping=view.stopping)
+                stopped = launch.serve(
+                    cfg,
+                    log_path,
+                    api_key=api_key,
+                    ready_timeout_s=ready_timeout,
+                    on_start=view.started,
+                    on_phase=view.phase,
+                    on_ready=view.ready,
+                    on_stopping=view.stopping,
+                )
             except launch.StartFailed as e:
                 for line in e.log_tail:
                     render.info("  | " + line)
                 raise
     except KeyboardInterrupt:  # before vLLM started (planning, the download)
-        render.error("interrupted before vLLM started",
-                     "run the same command again: downloaded files are kept, partial ones resume")
+        render.error(
+            "interrupted before vLLM started",
+            "run the same command again: downloaded files are kept, partial ones resume",
+        )
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-    render.info(f"vLLM stopped (exit code {stopped.vllm_exit_code}"
-                f"{', killed after the timeout' if stopped.killed else ''}).")
+    render.info(
+        f"vLLM stopped (exit code {stopped.vllm_exit_code}{', killed after the timeout' if stopped.killed else ''})."
+    )
     if stopped.survivors:
         render.warning(f"{stopped.survivors} process(es) of vLLM's group are still alive")
     raise typer.Exit(int(ExitCode.INTERRUPTED))
@@ -316,8 +478,9 @@ def _serve_plan(install, model, dtype, profile, tp, mml, gmu, kv, seqs, mnbt, ea
             raise launch.missing_vllm(gpu_found=False) from None
         if not install.cpu:
             raise
-        pins = planner.Pins(max_model_len=mml, kv_cache_dtype=kv, max_num_seqs=seqs,
-                            max_num_batched_tokens=mnbt, enforce_eager=eager)
+        pins = planner.Pins(
+            max_model_len=mml, kv_cache_dtype=kv, max_num_seqs=seqs, max_num_batched_tokens=mnbt, enforce_eager=eager
+        )
         variant = catalog.get(model, dtype)
         return launch.cpu_plan(variant, profiles.load(profile), pins, launch.read_host_memory()), "cpu"
 
@@ -364,16 +527,25 @@ class _ServeView:
         typer.echo(f"Serving {ready.model} at {ready.endpoint} (ready in {ready.seconds:.1f} s)")
         report, plan = ready.report, self.plan
         predicted = launch.predictions(plan, self.device, self.kv)
-        expected = self.cache.expected_start_s or (plan.performance or {}).get(
-            "predicted_cold_start_s")
+        expected = self.cache.expected_start_s or (plan.performance or {}).get("predicted_cold_start_s")
         rows = launch.compare(predicted, report, (expected, round(ready.seconds, 1)))
         gpu = "CPU" if self.device == "cpu" else plan.gpu.name
-        extra = ({"kv_cache_space_gib": self.cfg.kv_cache_space_gib,
-                  "gpu_memory_utilization": None} if self.device == "cpu" else {})
+        extra = (
+            {"kv_cache_space_gib": self.cfg.kv_cache_space_gib, "gpu_memory_utilization": None}
+            if self.device == "cpu"
+            else {}
+        )
         record = calibration.make_record(
-            plan, report, gpu=gpu, device=self.device, vllm_version=self.install.version,
-            predicted={**predicted, "start_s": expected}, seconds_to_ready=ready.seconds,
-            extra=extra, compile_cache_warm=bool(self.cache.warm))
+            plan,
+            report,
+            gpu=gpu,
+            device=self.device,
+            vllm_version=self.install.version,
+            predicted={**predicted, "start_s": expected},
+            seconds_to_ready=ready.seconds,
+            extra=extra,
+            compile_cache_warm=bool(self.cache.warm),
+        )
         # Recorded before anything is printed: a stop right after the table loses nothing.
         try:  # a read-only cache must not stop a server that works
             where, error = calibration.append(record), None
@@ -395,14 +567,25 @@ def _shown(unit, value):
 
     if value is None:
         return "-"
-    return {"bytes": render.gib, "tokens": lambda v: f"{int(v):,}", "x": lambda v: f"{v:.2f}x",
-            "s": lambda v: f"{v:.1f} s"}[unit](value)
+    return {
+        "bytes": render.gib,
+        "tokens": lambda v: f"{int(v):,}",
+        "x": lambda v: f"{v:.2f}x",
+        "s": lambda v: f"{v:.1f} s",
+    }[unit](value)
 
 
 @app.command(context_settings={"allow_interspersed_args": True})
 def warm(
     model: ModelArg,
-    vllm_args: Annotated[Optional[list[str]], typer.Argument(metavar="[-- VLLM_ARGS...]", help="More vLLM arguments after --, as for serve (e.g. -- --load-format dummy).", show_default=False)] = None,
+    vllm_args: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="[-- VLLM_ARGS...]",
+            help="More vLLM arguments after --, as for serve (e.g. -- --load-format dummy).",
+            show_default=False,
+        ),
+    ] = None,
     dtype: DtypeOpt = None,
     profile: ProfileOpt = "chat",
     tensor_parallel_size: TpOpt = None,
@@ -412,9 +595,24 @@ def warm(
     max_num_seqs: SeqsOpt = None,
     max_num_batched_tokens: MnbtOpt = None,
     enforce_eager: EagerOpt = None,
-    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Root of qwdeploy's caches (default $QWDEPLOY_CACHE_DIR, else ~/.cache/qwdeploy); vLLM's go in <root>/vllm/<model>-<key>/.")] = None,
-    deep_gemm_warmup: Annotated[Optional[str], typer.Option("--deep-gemm-warmup", help="FP8 block checkpoints: VLLM_DEEP_GEMM_WARMUP skip, relax or full (default: full for low-latency, else skip).")] = None,
-    verify: Annotated[bool, typer.Option("--verify", help="Start vLLM even when the cache is already warm (measures the warm restart).")] = False,
+    cache_dir: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cache-dir",
+            help="Root of qwdeploy's caches (default $QWDEPLOY_CACHE_DIR, else ~/.cache/qwdeploy); vLLM's go in <root>/vllm/<model>-<key>/.",
+        ),
+    ] = None,
+    deep_gemm_warmup: Annotated[
+        Optional[str],
+        typer.Option(
+            "--deep-gemm-warmup",
+            help="FP8 block checkpoints: VLLM_DEEP_GEMM_WARMUP skip, relax or full (default: full for low-latency, else skip).",
+        ),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Start vLLM even when the cache is already warm (measures the warm restart)."),
+    ] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for vLLM to be ready.")] = 1800.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -433,26 +631,45 @@ def warm(
     root = Path(cache_dir) if cache_dir else None
     with reported_errors():
         if deep_gemm_warmup and deep_gemm_warmup not in cache.DEEP_GEMM_MODES:
-            raise QwdeployError(f"--deep-gemm-warmup {deep_gemm_warmup!r} is not a vLLM mode",
-                                hint="skip, relax or full", exit_code=ExitCode.USAGE)
-        result, _ = _serve_plan(launch.detect_vllm(), model, dtype, profile, tensor_parallel_size,
-                                max_model_len, gpu_memory_utilization, kv_cache_dtype,
-                                max_num_seqs, max_num_batched_tokens, enforce_eager)
+            raise QwdeployError(
+                f"--deep-gemm-warmup {deep_gemm_warmup!r} is not a vLLM mode",
+                hint="skip, relax or full",
+                exit_code=ExitCode.USAGE,
+            )
+        result, _ = _serve_plan(
+            launch.detect_vllm(),
+            model,
+            dtype,
+            profile,
+            tensor_parallel_size,
+            max_model_len,
+            gpu_memory_utilization,
+            kv_cache_dtype,
+            max_num_seqs,
+            max_num_batched_tokens,
+            enforce_eager,
+        )
         if not result.fits:
-            raise QwdeployError(f"{result.model} does not fit this plan; nothing to warm",
-                                hint=f"see `qwdeploy plan {model} ...` for why",
-                                exit_code=ExitCode.DOES_NOT_FIT)
+            raise QwdeployError(
+                f"{result.model} does not fit this plan; nothing to warm",
+                hint=f"see `qwdeploy plan {model} ...` for why",
+                exit_code=ExitCode.DOES_NOT_FIT,
+            )
         if not as_json:
-            state = cache.prepare(result, root, device=cache.detect_device(result),
-                                  deep_gemm=deep_gemm_warmup)
+            state = cache.prepare(result, root, device=cache.detect_device(result), deep_gemm=deep_gemm_warmup)
             for note in state.notes:
                 render.info(note)
             if not state.warm or verify:
-                expected = (f" (expected ~{state.expected_start_s:.0f} s)"
-                            if state.expected_start_s else "")
+                expected = f" (expected ~{state.expected_start_s:.0f} s)" if state.expected_start_s else ""
                 render.info(f"Starting vLLM once to build the cache{expected} ...")
-        outcome = cache.warm(result, root, extra_args=tuple(vllm_args or ()),
-                             ready_timeout_s=timeout, deep_gemm=deep_gemm_warmup, force=verify)
+        outcome = cache.warm(
+            result,
+            root,
+            extra_args=tuple(vllm_args or ()),
+            ready_timeout_s=timeout,
+            deep_gemm=deep_gemm_warmup,
+            force=verify,
+        )
     if as_json:
         render.print_json(outcome.to_json())
     elif outcome.started and outcome.ready:
@@ -460,11 +677,13 @@ def warm(
         parts = ", ".join(f"{k[:-2]} {p[k]:g} s" for k in cache.PHASE_ORDER if k in p)
         render.info(f"Ready in {p.get('ready_s', 0):g} s ({parts}); stopped.")
         if outcome.before.warm:
-            render.info("vLLM reused the compile cache." if outcome.found_cache else
-                        f"vLLM did not report reusing the compile cache; see {outcome.log_path}")
+            render.info(
+                "vLLM reused the compile cache."
+                if outcome.found_cache
+                else f"vLLM did not report reusing the compile cache; see {outcome.log_path}"
+            )
     if not outcome.ready:
-        render.error(outcome.error or "vLLM did not become ready",
-                     f"vLLM's output: {outcome.log_path}")
+        render.error(outcome.error or "vLLM did not become ready", f"vLLM's output: {outcome.log_path}")
         raise typer.Exit(int(ExitCode.SERVE_FAILED))
     if not as_json:
         typer.echo(str(outcome.after.directory))
@@ -487,14 +706,32 @@ def export(
     enforce_eager: EagerOpt = None,
     nodes: NodesOpt = None,
     num_gpus_per_node: GpusPerNodeOpt = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Service / Deployment name (default: from the model, e.g. qwen3-8b).")] = None,
+    output: Annotated[
+        Optional[str], typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option("--name", help="Service / Deployment name (default: from the model, e.g. qwen3-8b)."),
+    ] = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")] = 8000,
-    image: Annotated[Optional[str], typer.Option("--image", help="Container image (compose, k8s; default vllm/vllm-openai of the planned vLLM).")] = None,
-    api_key: Annotated[bool, typer.Option("--api-key/--no-api-key", help="Require an API key, read from a credential / secret at start (never inline).")] = True,
-    cache_pvc: Annotated[str, typer.Option("--cache-pvc", help="k8s: PersistentVolumeClaim holding the Hugging Face cache.")] = "huggingface-cache",
+    image: Annotated[
+        Optional[str],
+        typer.Option("--image", help="Container image (compose, k8s; default vllm/vllm-openai of the planned vLLM)."),
+    ] = None,
+    api_key: Annotated[
+        bool,
+        typer.Option(
+            "--api-key/--no-api-key",
+            help="Require an API key, read from a credential / secret at start (never inline).",
+        ),
+    ] = True,
+    cache_pvc: Annotated[
+        str, typer.Option("--cache-pvc", help="k8s: PersistentVolumeClaim holding the Hugging Face cache.")
+    ] = "huggingface-cache",
     namespace: Annotated[Optional[str], typer.Option("--namespace", help="k8s: namespace of the manifests.")] = None,
-    hpa: Annotated[bool, typer.Option("--hpa", help="k8s: add a HorizontalPodAutoscaler on vllm:num_requests_waiting.")] = False,
+    hpa: Annotated[
+        bool, typer.Option("--hpa", help="k8s: add a HorizontalPodAutoscaler on vllm:num_requests_waiting.")
+    ] = False,
     max_replicas: Annotated[int, typer.Option("--max-replicas", min=1, help="k8s --hpa: most replicas.")] = 4,
 ) -> None:
     """Write MODEL's plan as a systemd unit, a docker compose file or Kubernetes manifests.
@@ -510,18 +747,41 @@ def export(
 
     with reported_errors():
         if fmt not in exports.FORMATS:
-            raise QwdeployError(f"unknown export format {fmt!r}", exit_code=ExitCode.USAGE,
-                                hint="one of: " + ", ".join(exports.FORMATS))
-        result = make_plan(model, dtype, profile, gpu, num_gpus, tensor_parallel_size,
-                           max_model_len, gpu_memory_utilization, kv_cache_dtype, max_num_seqs,
-                           max_num_batched_tokens, enforce_eager, nodes, num_gpus_per_node)
+            raise QwdeployError(
+                f"unknown export format {fmt!r}", exit_code=ExitCode.USAGE, hint="one of: " + ", ".join(exports.FORMATS)
+            )
+        result = make_plan(
+            model,
+            dtype,
+            profile,
+            gpu,
+            num_gpus,
+            tensor_parallel_size,
+            max_model_len,
+            gpu_memory_utilization,
+            kv_cache_dtype,
+            max_num_seqs,
+            max_num_batched_tokens,
+            enforce_eager,
+            nodes,
+            num_gpus_per_node,
+        )
         if not result.fits:
-            raise QwdeployError(f"{result.model} does not fit this plan; nothing exported",
-                                hint=f"see `qwdeploy plan {model} ...` for why and the alternatives",
-                                exit_code=ExitCode.DOES_NOT_FIT)
-        opts = exports.ExportOptions(name=name, port=port, image=image or exports.VLLM_IMAGE,
-                                     api_key=api_key, cache_pvc=cache_pvc, namespace=namespace,
-                                     hpa=hpa, max_replicas=max_replicas)
+            raise QwdeployError(
+                f"{result.model} does not fit this plan; nothing exported",
+                hint=f"see `qwdeploy plan {model} ...` for why and the alternatives",
+                exit_code=ExitCode.DOES_NOT_FIT,
+            )
+        opts = exports.ExportOptions(
+            name=name,
+            port=port,
+            image=image or exports.VLLM_IMAGE,
+            api_key=api_key,
+            cache_pvc=cache_pvc,
+            namespace=namespace,
+            hpa=hpa,
+            max_replicas=max_replicas,
+        )
         text = exports.render(fmt, result, opts)
         if output:
             try:
@@ -533,11 +793,22 @@ def export(
             typer.echo(text, nl=False)
 
 
-SourceOpt = Annotated[str, typer.Option("--source", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope.")]
-EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it.")]
-RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")]
-LocalDirOpt = Annotated[Optional[str], typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the files, sizes and checksums and the total; download nothing.")]
+SourceOpt = Annotated[
+    str, typer.Option("--source", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope.")
+]
+EndpointOpt = Annotated[
+    Optional[str],
+    typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."),
+]
+RevisionOpt = Annotated[
+    Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")
+]
+LocalDirOpt = Annotated[
+    Optional[str], typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="List the files, sizes and checksums and the total; download nothing.")
+]
 
 
 @app.command()
@@ -578,8 +849,10 @@ def download(
         render.print_json(result.to_json())
         return
     m = result.manifest
-    render.info(f"{m.repo_id}: {len(m.files)} files, {render.gib(m.total_bytes)} from {m.source.name} "
-                f"({m.source.endpoint}), size and checksum verified")
+    render.info(
+        f"{m.repo_id}: {len(m.files)} files, {render.gib(m.total_bytes)} from {m.source.name} "
+        f"({m.source.endpoint}), size and checksum verified"
+    )
     if m.source.protocol == "modelscope" and not local_dir:
         render.info(f"serve with: VLLM_USE_MODELSCOPE=true vllm serve {m.repo_id}")
     typer.echo(str(result.path))
@@ -606,8 +879,11 @@ def version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
-                                                help="Show the version and exit.")] = False) -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
     pass
 
 

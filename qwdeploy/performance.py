@@ -99,8 +99,9 @@ def _active_params(plan) -> float:
 
 def _bandwidth(plan, eff: Efficiency) -> float:
     q = plan.quantization
-    factor = (eff.decode_bandwidth if q is None else eff.decode_bandwidth_fp8 if q == "fp8"
-              else eff.decode_bandwidth_int4)
+    factor = (
+        eff.decode_bandwidth if q is None else eff.decode_bandwidth_fp8 if q == "fp8" else eff.decode_bandwidth_int4
+    )
     return plan.gpu.spec.memory_bandwidth_gbps * GB * factor
 
 
@@ -116,8 +117,7 @@ def step_seconds(plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -
     if not plan.gpu.spec.memory_bandwidth_gbps:
         return None
     layers = plan.layers_per_gpu
-    kv_per_token = memory.kv_bytes_per_token(plan.variant.spec, plan.kv_cache_dtype,
-                                             plan.tensor_parallel_size, layers)
+    kv_per_token = memory.kv_bytes_per_token(plan.variant.spec, plan.kv_cache_dtype, plan.tensor_parallel_size, layers)
     step_bytes = _active_weight_bytes(plan, batch) + batch * context * kv_per_token
     stage_share = layers / plan.variant.spec.num_hidden_layers
     flops = 2 * _active_params(plan) * batch * stage_share / plan.tensor_parallel_size
@@ -148,8 +148,7 @@ def prefill_tokens_per_s(plan, eff: Efficiency = EFFICIENCY) -> float | None:
     return _peak_flops(plan, eff) / flops_per_token
 
 
-def benchmark_tokens_per_s(plan, batch: int, prompt: int, output: int,
-                           eff: Efficiency = EFFICIENCY) -> float | None:
+def benchmark_tokens_per_s(plan, batch: int, prompt: int, output: int, eff: Efficiency = EFFICIENCY) -> float | None:
     """Output tokens/s of `batch` requests of `prompt` + `output` tokens started together
     (prefill included), the way the validation harness measures decode."""
     pre = prefill_tokens_per_s(plan, eff)
@@ -169,18 +168,21 @@ def cold_start_s(plan, eff: Efficiency = EFFICIENCY, weights_from_disk: bool = T
     load = total_weight_bytes / (eff.disk_bandwidth_gbps * GB) if weights_from_disk else eff.dummy_load_s
     eager = plan.enforce_eager
     sizes = len(memory.cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens))
-    setup = (eff.eager_setup_s if eager else
-             eff.engine_setup_s + eff.engine_setup_s_per_gib * total_weight_bytes / (1 << 30))
+    setup = (
+        eff.eager_setup_s if eager else eff.engine_setup_s + eff.engine_setup_s_per_gib * total_weight_bytes / (1 << 30)
+    )
     compile_cold = eff.compile_cold_base_s + eff.compile_cold_s_per_layer * layers
-    return {"import_s": eff.import_s,
-            "engine_setup_s": round(setup, 1),
-            "engine_setup_warm_s": round(setup if eager else setup - eff.engine_setup_s, 1),
-            "load_weights_s": round(load, 1),
-            "compile_cold_s": 0.0 if eager else round(compile_cold, 1),
-            "compile_warm_s": 0.0 if eager else eff.compile_warm_s,
-            "graph_capture_s": 0.0 if eager else round(eff.graph_capture_s_per_layer_size * layers * sizes, 1),
-            "deep_gemm_jit_cold_s": round(_deep_gemm_jit_s(plan), 1),
-            "disk_bandwidth_gbps_assumed": eff.disk_bandwidth_gbps if weights_from_disk else None}
+    return {
+        "import_s": eff.import_s,
+        "engine_setup_s": round(setup, 1),
+        "engine_setup_warm_s": round(setup if eager else setup - eff.engine_setup_s, 1),
+        "load_weights_s": round(load, 1),
+        "compile_cold_s": 0.0 if eager else round(compile_cold, 1),
+        "compile_warm_s": 0.0 if eager else eff.compile_warm_s,
+        "graph_capture_s": 0.0 if eager else round(eff.graph_capture_s_per_layer_size * layers * sizes, 1),
+        "deep_gemm_jit_cold_s": round(_deep_gemm_jit_s(plan), 1),
+        "disk_bandwidth_gbps_assumed": eff.disk_bandwidth_gbps if weights_from_disk else None,
+    }
 
 
 def _deep_gemm_jit_s(plan) -> float:
@@ -189,8 +191,7 @@ def _deep_gemm_jit_s(plan) -> float:
     return cache.deep_gemm_jit_s(plan)
 
 
-def start_seconds(phases: dict, warm: bool, via_llm_class: bool = False,
-                  eff: Efficiency = EFFICIENCY) -> float:
+def start_seconds(phases: dict, warm: bool, via_llm_class: bool = False, eff: Efficiency = EFFICIENCY) -> float:
     """Seconds to ready from `cold_start_s` phases; `via_llm_class`: vLLM's LLM class with its
     default caches (the validation harness) instead of qwdeploy's server start."""
     parts = ("import_s", "load_weights_s", "graph_capture_s")

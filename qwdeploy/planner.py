@@ -66,11 +66,14 @@ class Alternative:
 
     def to_json(self) -> dict:
         return {
-            "summary": self.summary, "model": self.model,
+            "summary": self.summary,
+            "model": self.model,
             "tensor_parallel_size": self.tensor_parallel_size,
-            "kv_cache_dtype": self.kv_cache_dtype, "max_model_len": self.max_model_len,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "max_model_len": self.max_model_len,
             "kv_cache_tokens": self.kv_cache_tokens,
-            "max_concurrency": round(self.max_concurrency, 2), "fits": self.fits,
+            "max_concurrency": round(self.max_concurrency, 2),
+            "fits": self.fits,
         }
 
 
@@ -164,17 +167,28 @@ class Plan:
     @property
     def vllm_args(self) -> list[str]:
         """Arguments of `vllm serve`: the model, then every setting explicitly."""
-        args = [self.model,
-                "--tensor-parallel-size", str(self.tensor_parallel_size),
-                "--pipeline-parallel-size", str(self.pipeline_parallel_size),
-                "--max-model-len", str(self.max_model_len),
-                "--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}",
-                "--kv-cache-dtype", self.kv_cache_dtype,
-                "--max-num-seqs", str(self.max_num_seqs),
-                "--max-num-batched-tokens", str(self.max_num_batched_tokens),
-                "--block-size", str(memory.BLOCK_SIZE),
-                "--dtype", self.dtype,
-                "--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching"]
+        args = [
+            self.model,
+            "--tensor-parallel-size",
+            str(self.tensor_parallel_size),
+            "--pipeline-parallel-size",
+            str(self.pipeline_parallel_size),
+            "--max-model-len",
+            str(self.max_model_len),
+            "--gpu-memory-utilization",
+            f"{self.gpu_memory_utilization:g}",
+            "--kv-cache-dtype",
+            self.kv_cache_dtype,
+            "--max-num-seqs",
+            str(self.max_num_seqs),
+            "--max-num-batched-tokens",
+            str(self.max_num_batched_tokens),
+            "--block-size",
+            str(memory.BLOCK_SIZE),
+            "--dtype",
+            self.dtype,
+            "--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching",
+        ]
         if self.enforce_eager:
             args.append("--enforce-eager")
         if self.pipeline_parallel_size > 1:
@@ -215,8 +229,12 @@ class Plan:
             "reasoning_parser": self.reasoning_parser,
             "tool_call_parser": self.profile.tool_call_parser,
             "sampling": self.sampling,
-            "gpu": {"name": self.gpu.name, "total_bytes": self.gpu.total_bytes,
-                    "free_bytes": min(g.free_bytes for g in self.gpus), "count": len(self.gpus)},
+            "gpu": {
+                "name": self.gpu.name,
+                "total_bytes": self.gpu.total_bytes,
+                "free_bytes": min(g.free_bytes for g in self.gpus),
+                "count": len(self.gpus),
+            },
             "cuda_visible_devices": self.cuda_visible_devices,
             "memory_per_gpu": {
                 "total_bytes": m.total_bytes,
@@ -231,7 +249,8 @@ class Plan:
                 "footprint_bytes": m.footprint_bytes,
             },
             "kv_cache_bytes_per_token": memory.kv_bytes_per_token(
-                self.variant.spec, self.kv_cache_dtype, self.tensor_parallel_size, self.layers_per_gpu),
+                self.variant.spec, self.kv_cache_dtype, self.tensor_parallel_size, self.layers_per_gpu
+            ),
             "num_gpu_blocks": self.capacity.num_blocks,
             "kv_cache_tokens": self.capacity.tokens,
             "max_concurrency": round(self.capacity.max_concurrency, 2),
@@ -260,6 +279,7 @@ class Plan:
 
 def _shell_join(args: Sequence[str]) -> str:
     import shlex
+
     return shlex.join(args)
 
 
@@ -292,8 +312,7 @@ def _rope_for(variant: Variant, max_model_len: int) -> dict | None:
     if max_model_len <= variant.spec.max_position_embeddings or variant.is_2507:
         return None
     factor = 2.0 if max_model_len <= 2 * YARN_ORIGINAL_MAX else float(YARN_MAX_FACTOR)
-    return {"rope_type": "yarn", "factor": factor,
-            "original_max_position_embeddings": YARN_ORIGINAL_MAX}
+    return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": YARN_ORIGINAL_MAX}
 
 
 def _context_ceiling(variant: Variant, allow_yarn: bool) -> int:
@@ -310,8 +329,15 @@ def _round_context(tokens: int) -> int:
     return tokens // memory.BLOCK_SIZE * memory.BLOCK_SIZE
 
 
-def _evaluate(variant: Variant, kv: str, tp: int, gpus: tuple[Gpu, ...], profile: Profile,
-              pins: Pins, cal: memory.Calibration = memory.CALIBRATION) -> _Candidate:
+def _evaluate(
+    variant: Variant,
+    kv: str,
+    tp: int,
+    gpus: tuple[Gpu, ...],
+    profile: Profile,
+    pins: Pins,
+    cal: memory.Calibration = memory.CALIBRATION,
+) -> _Candidate:
     mns = pins.max_num_seqs or profile.max_num_seqs
     mnbt = pins.max_num_batched_tokens or max(profile.max_num_batched_tokens, mns)
     eager = profile.enforce_eager if pins.enforce_eager is None else pins.enforce_eager
@@ -320,18 +346,32 @@ def _evaluate(variant: Variant, kv: str, tp: int, gpus: tuple[Gpu, ...], profile
     rope = _rope_for(variant, target)
     smallest = min(gpus, key=lambda g: (g.total_bytes, g.free_bytes))
     total = smallest.total_bytes
-    graphs = (memory.cudagraph_bytes(variant, mns, mnbt, eager, cal=cal)
-              - memory.cudagraph_estimate_bytes(variant, mns, mnbt, eager, cal=cal))
-    gmu_cap = min(memory.max_utilization(g.total_bytes, g.free_bytes, graphs,
-                                         FREE_MEMORY_MARGIN_BYTES, cal) for g in gpus)
+    graphs = memory.cudagraph_bytes(variant, mns, mnbt, eager, cal=cal) - memory.cudagraph_estimate_bytes(
+        variant, mns, mnbt, eager, cal=cal
+    )
+    gmu_cap = min(
+        memory.max_utilization(g.total_bytes, g.free_bytes, graphs, FREE_MEMORY_MARGIN_BYTES, cal) for g in gpus
+    )
     gmu = pins.gpu_memory_utilization or min(profile.gpu_memory_utilization, gmu_cap)
 
     def budget(rope_scaling: dict | None) -> MemoryBreakdown:
-        rope_max = (int(rope_scaling["original_max_position_embeddings"] * rope_scaling["factor"])
-                    if rope_scaling else None)
-        return memory.breakdown(variant, total, gmu, tp, mnbt, mns, eager, rope_max, cal,
-                                kv_cache_dtype=kv, compute_capability=smallest.spec.compute_capability,
-                                compile_cache_warm=pins.compile_cache_warm)
+        rope_max = (
+            int(rope_scaling["original_max_position_embeddings"] * rope_scaling["factor"]) if rope_scaling else None
+        )
+        return memory.breakdown(
+            variant,
+            total,
+            gmu,
+            tp,
+            mnbt,
+            mns,
+            eager,
+            rope_max,
+            cal,
+            kv_cache_dtype=kv,
+            compute_capability=smallest.spec.compute_capability,
+            compile_cache_warm=pins.compile_cache_warm,
+        )
 
     mem = budget(rope)
     cap = memory.kv_capacity(mem.kv_cache_bytes, variant.spec, kv, tp, target)
@@ -349,11 +389,26 @@ def _evaluate(variant: Variant, kv: str, tp: int, gpus: tuple[Gpu, ...], profile
     derived = _derived_context(variant, rope)
     cap = replace(cap, max_model_len_limit=min(cap.max_model_len_limit, max(derived, mml)))
     refusal = _refusal(variant, kv, tp, mml, rope, ceiling, pins, mem, cap, gpus, gmu, graphs)
-    meets = (cap.max_concurrency >= profile.min_concurrency and mml >= min(target, profile.max_model_len))
+    meets = cap.max_concurrency >= profile.min_concurrency and mml >= min(target, profile.max_model_len)
     usable = pins.max_model_len is not None or mml >= min(profile.min_max_model_len, ceiling)
-    return _Candidate(variant, kv, tp, gpus, gmu, gmu_cap, mnbt, mns, eager, mml, rope, mem, cap,
-                      fits=refusal is None and usable, meets_profile=meets and refusal is None,
-                      refusal=refusal)
+    return _Candidate(
+        variant,
+        kv,
+        tp,
+        gpus,
+        gmu,
+        gmu_cap,
+        mnbt,
+        mns,
+        eager,
+        mml,
+        rope,
+        mem,
+        cap,
+        fits=refusal is None and usable,
+        meets_profile=meets and refusal is None,
+        refusal=refusal,
+    )
 
 
 def _derived_context(variant: Variant, rope: dict | None) -> int:
@@ -367,26 +422,36 @@ def _refusal(variant, kv, tp, mml, rope, ceiling, pins, mem, cap, gpus, gmu, gra
     """The reason vLLM would refuse to start (or die while starting), or None."""
     derived = _derived_context(variant, rope)
     if mml > max(derived, ceiling):
-        return (f"max_model_len {mml} is longer than the model's context ({max(derived, ceiling)}"
-                f"{' with YaRN' if rope else ''}); vLLM refuses it")
+        return (
+            f"max_model_len {mml} is longer than the model's context ({max(derived, ceiling)}"
+            f"{' with YaRN' if rope else ''}); vLLM refuses it"
+        )
     if mem.kv_cache_bytes <= 0:
-        return (f"the weights ({_gib(mem.weights_bytes)}) and overheads "
-                f"({_gib(mem.activation_bytes + mem.non_torch_bytes)}) leave no KV cache within "
-                f"gpu_memory_utilization {gmu:g} × {_gib(mem.total_bytes)}")
+        return (
+            f"the weights ({_gib(mem.weights_bytes)}) and overheads "
+            f"({_gib(mem.activation_bytes + mem.non_torch_bytes)}) leave no KV cache within "
+            f"gpu_memory_utilization {gmu:g} × {_gib(mem.total_bytes)}"
+        )
     blocks_needed = math.ceil(mml / memory.BLOCK_SIZE)
     if cap.num_blocks < blocks_needed:
         needed = blocks_needed * memory.BLOCK_SIZE * memory.kv_bytes_per_token(variant.spec, kv, tp)
-        return (f"one {mml}-token sequence needs {_gib(needed)} of KV cache but only "
-                f"{_gib(mem.kv_cache_bytes)} is left; the longest that fits is "
-                f"{cap.max_model_len_limit} (vLLM's estimated maximum model length)")
+        return (
+            f"one {mml}-token sequence needs {_gib(needed)} of KV cache but only "
+            f"{_gib(mem.kv_cache_bytes)} is left; the longest that fits is "
+            f"{cap.max_model_len_limit} (vLLM's estimated maximum model length)"
+        )
     for g in gpus:
         if pins.gpu_memory_utilization and mem.requested_bytes > g.free_bytes - mem.cuda_context_bytes:
-            return (f"gpu_memory_utilization {gmu:g} asks for {_gib(mem.requested_bytes)} but only "
-                    f"{_gib(g.free_bytes - mem.cuda_context_bytes)} is free on GPU {g.index} once "
-                    f"vLLM's CUDA context exists; vLLM refuses to start")
+            return (
+                f"gpu_memory_utilization {gmu:g} asks for {_gib(mem.requested_bytes)} but only "
+                f"{_gib(g.free_bytes - mem.cuda_context_bytes)} is free on GPU {g.index} once "
+                f"vLLM's CUDA context exists; vLLM refuses to start"
+            )
         if mem.requested_bytes + graphs + mem.cuda_context_bytes > g.free_bytes:
-            return (f"gpu_memory_utilization {gmu:g} plus CUDA graphs ({_gib(graphs)}) exceeds the "
-                    f"{_gib(g.free_bytes)} free on GPU {g.index}: out of memory while capturing graphs")
+            return (
+                f"gpu_memory_utilization {gmu:g} plus CUDA graphs ({_gib(graphs)}) exceeds the "
+                f"{_gib(g.free_bytes)} free on GPU {g.index}: out of memory while capturing graphs"
+            )
     return None
 
 
@@ -403,11 +468,15 @@ def _tp_sizes(variant: Variant, gpu_count: int, policy: str, pinned: int | None)
         problem = memory.tp_problem(variant, pinned)
         if problem:
             valid = memory.valid_tp_sizes(variant, 64)
-            raise QwdeployError(f"--tensor-parallel-size {pinned} does not work for {variant.name}: {problem}",
-                                hint=f"valid sizes: {', '.join(map(str, valid))}")
+            raise QwdeployError(
+                f"--tensor-parallel-size {pinned} does not work for {variant.name}: {problem}",
+                hint=f"valid sizes: {', '.join(map(str, valid))}",
+            )
         if pinned > gpu_count:
-            raise QwdeployError(f"--tensor-parallel-size {pinned} needs {pinned} GPUs; {gpu_count} available",
-                                hint="plan for more GPUs with --gpu NAME --num-gpus N")
+            raise QwdeployError(
+                f"--tensor-parallel-size {pinned} needs {pinned} GPUs; {gpu_count} available",
+                hint="plan for more GPUs with --gpu NAME --num-gpus N",
+            )
         return [pinned]
     sizes = memory.valid_tp_sizes(variant, gpu_count)
     return sorted(sizes, reverse=(policy == "most"))
@@ -427,9 +496,15 @@ def _kv_options(profile: Profile, pins: Pins, gpus: Sequence[Gpu]) -> list[str]:
     return [kv for kv in profile.kv_cache_dtype if kv == "auto" or fp8_ok] or ["auto"]
 
 
-def plan(variants: Sequence[Variant], profile: Profile, gpus: Sequence[Gpu], pins: Pins = Pins(),
-         local: bool = False, cal: memory.Calibration = memory.CALIBRATION,
-         calibration_note: str | None = None) -> Plan:
+def plan(
+    variants: Sequence[Variant],
+    profile: Profile,
+    gpus: Sequence[Gpu],
+    pins: Pins = Pins(),
+    local: bool = False,
+    cal: memory.Calibration = memory.CALIBRATION,
+    calibration_note: str | None = None,
+) -> Plan:
     """The configuration to run, chosen among `variants` (in order of preference).
 
     `cal` replaces the default overhead calibration (e.g. corrected by serve's records of what
@@ -438,8 +513,10 @@ def plan(variants: Sequence[Variant], profile: Profile, gpus: Sequence[Gpu], pin
     if not gpus:
         raise QwdeployError("no GPUs to plan for", hint="name them: --gpu H100 --num-gpus 1")
     if pins.max_num_seqs and pins.max_num_batched_tokens and pins.max_num_batched_tokens < pins.max_num_seqs:
-        raise QwdeployError("--max-num-batched-tokens must be at least --max-num-seqs",
-                            hint="vLLM refuses max_num_batched_tokens < max_num_seqs")
+        raise QwdeployError(
+            "--max-num-batched-tokens must be at least --max-num-seqs",
+            hint="vLLM refuses max_num_batched_tokens < max_num_seqs",
+        )
     candidates = []
     for tp_first in _search_order(variants, profile, gpus, pins, cal):
         candidates.append(tp_first)
@@ -458,10 +535,10 @@ def plan(variants: Sequence[Variant], profile: Profile, gpus: Sequence[Gpu], pin
 def _search_order(variants, profile, gpus, pins, cal):
     """Candidates in the order the profile prefers them: GPUs count first, then weights, then KV."""
     kv_options = _kv_options(profile, pins, gpus)
-    tp_lists = {v.repo_id: _tp_sizes(v, len(gpus), profile.tensor_parallel, pins.tensor_parallel_size)
-                for v in variants}
-    all_tps = sorted({tp for tps in tp_lists.values() for tp in tps},
-                     reverse=(profile.tensor_parallel == "most"))
+    tp_lists = {
+        v.repo_id: _tp_sizes(v, len(gpus), profile.tensor_parallel, pins.tensor_parallel_size) for v in variants
+    }
+    all_tps = sorted({tp for tps in tp_lists.values() for tp in tps}, reverse=(profile.tensor_parallel == "most"))
     for tp in all_tps:
         group = choose_gpus(gpus, tp)
         for v in variants:
@@ -473,8 +550,7 @@ def _search_order(variants, profile, gpus, pins, cal):
 
 def _fallback_rank(c: _Candidate):
     """Among candidates that miss the profile: fitting first, then the most context and KV."""
-    return (c.fits, c.max_model_len if c.fits else c.capacity.max_model_len_limit,
-            c.memory.kv_cache_bytes, -c.tp)
+    return (c.fits, c.max_model_len if c.fits else c.capacity.max_model_len_limit, c.memory.kv_cache_bytes, -c.tp)
 
 
 # ------------------------------------------------------------------------------------------
@@ -509,70 +585,116 @@ def _alternatives(best: _Candidate, variants, profile, gpus, pins, cal) -> tuple
         shorter = replace(pins, max_model_len=_round_context(limit) or limit)
         c = _evaluate(best.variant, best.kv_cache_dtype, best.tp, best.gpus, profile, shorter, cal)
         options.append((f"max_model_len {c.max_model_len} (the longest that fits)", c))
-    ranked = sorted(options, key=lambda o: (not o[1].fits, not o[1].meets_profile, o[1].tp,
-                                             WEIGHT_QUALITY.index(o[1].variant.weight_dtype)))
-    return tuple(Alternative(summary=s, model=c.variant.name, tensor_parallel_size=c.tp,
-                             kv_cache_dtype=c.kv_cache_dtype, max_model_len=c.max_model_len,
-                             kv_cache_tokens=c.capacity.tokens,
-                             max_concurrency=c.capacity.max_concurrency, fits=c.fits)
-                 for s, c in ranked if c.capacity.num_blocks)  # leave out what holds no KV at all
+    ranked = sorted(
+        options,
+        key=lambda o: (not o[1].fits, not o[1].meets_profile, o[1].tp, WEIGHT_QUALITY.index(o[1].variant.weight_dtype)),
+    )
+    return tuple(
+        Alternative(
+            summary=s,
+            model=c.variant.name,
+            tensor_parallel_size=c.tp,
+            kv_cache_dtype=c.kv_cache_dtype,
+            max_model_len=c.max_model_len,
+            kv_cache_tokens=c.capacity.tokens,
+            max_concurrency=c.capacity.max_concurrency,
+            fits=c.fits,
+        )
+        for s, c in ranked
+        if c.capacity.num_blocks
+    )  # leave out what holds no KV at all
 
 
 def _smallest_fitting(variant, kv, gpus, profile, pins, cal) -> _Candidate | None:
     """The fewest of these GPUs on which `variant` meets the profile (else fits, else the last)."""
-    tried = [_evaluate(variant, kv, tp, choose_gpus(gpus, tp), profile, pins, cal)
-             for tp in memory.valid_tp_sizes(variant, len(gpus))]
-    return (next((c for c in tried if c.meets_profile), None)
-            or next((c for c in tried if c.fits), None) or (tried[-1] if tried else None))
+    tried = [
+        _evaluate(variant, kv, tp, choose_gpus(gpus, tp), profile, pins, cal)
+        for tp in memory.valid_tp_sizes(variant, len(gpus))
+    ]
+    return (
+        next((c for c in tried if c.meets_profile), None)
+        or next((c for c in tried if c.fits), None)
+        or (tried[-1] if tried else None)
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # Reasons
 
 
-def _to_plan(c: _Candidate, profile: Profile, pins: Pins, local: bool,
-             alternatives: tuple[Alternative, ...]) -> Plan:
+def _to_plan(c: _Candidate, profile: Profile, pins: Pins, local: bool, alternatives: tuple[Alternative, ...]) -> Plan:
     choices = _reasons(c, profile, pins)
     notes = []
     if c.refusal:
         notes.append("Does not fit: " + c.refusal + ".")
     elif not c.fits:
-        notes.append(f"Does not fit: the longest context this leaves is {c.max_model_len} tokens, "
-                     f"below the {profile.name} profile's minimum of {profile.min_max_model_len}.")
+        notes.append(
+            f"Does not fit: the longest context this leaves is {c.max_model_len} tokens, "
+            f"below the {profile.name} profile's minimum of {profile.min_max_model_len}."
+        )
     elif not c.meets_profile:
-        notes.append(f"Below the {profile.name} profile's target ({profile.max_model_len} tokens × "
-                     f"{profile.min_concurrency} sequences); see the alternatives.")
+        notes.append(
+            f"Below the {profile.name} profile's target ({profile.max_model_len} tokens × "
+            f"{profile.min_concurrency} sequences); see the alternatives."
+        )
     others = [g for g in c.gpus if g.other_processes_bytes]
     for g in others:
-        notes.append(f"GPU {g.index}: other processes hold {_gib(g.other_processes_bytes)}; "
-                     f"gpu_memory_utilization is capped at {c.gmu_cap:g} so vLLM's start check passes.")
+        notes.append(
+            f"GPU {g.index}: other processes hold {_gib(g.other_processes_bytes)}; "
+            f"gpu_memory_utilization is capped at {c.gmu_cap:g} so vLLM's start check passes."
+        )
     if c.gpus[0].spec.total_source == "estimated" and not local:
-        notes.append(f"{c.gpus[0].name}: memory total estimated from the datasheet (not measured); "
-                     f"plan on the machine itself for exact figures.")
+        notes.append(
+            f"{c.gpus[0].name}: memory total estimated from the datasheet (not measured); "
+            f"plan on the machine itself for exact figures."
+        )
     if c.variant.weight_dtype == "fp8" and not c.gpus[0].spec.fp8_native:
-        notes.append(f"{c.gpus[0].name} has no FP8 tensor cores: vLLM runs FP8 weights as "
-                     f"w8a16 through Marlin (memory savings, slower prefill).")
+        notes.append(
+            f"{c.gpus[0].name} has no FP8 tensor cores: vLLM runs FP8 weights as "
+            f"w8a16 through Marlin (memory savings, slower prefill)."
+        )
     if c.variant.weight_dtype == "fp8" and c.variant.spec.quantization and not c.eager:
-        notes.append("FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on a first start "
-                     "(during profiling and CUDA-graph capture, even with VLLM_DEEP_GEMM_WARMUP=skip: "
-                     "minutes); `qwdeploy warm` and serve keep them in a persistent cache.")
+        notes.append(
+            "FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on a first start "
+            "(during profiling and CUDA-graph capture, even with VLLM_DEEP_GEMM_WARMUP=skip: "
+            "minutes); `qwdeploy warm` and serve keep them in a persistent cache."
+        )
     if c.memory.cudagraph_in_budget_bytes:
-        notes.append(f"Qwen3-MoE runs on vLLM {memory.VLLM_VERSION}'s V1 model runner: its CUDA-graph "
-                     f"estimate ({_gib(c.memory.cudagraph_in_budget_bytes)}) comes out of the KV budget, "
-                     f"the rest of the graph pool ({_gib(c.memory.cudagraph_on_top_bytes)}) on top.")
+        notes.append(
+            f"Qwen3-MoE runs on vLLM {memory.VLLM_VERSION}'s V1 model runner: its CUDA-graph "
+            f"estimate ({_gib(c.memory.cudagraph_in_budget_bytes)}) comes out of the KV budget, "
+            f"the rest of the graph pool ({_gib(c.memory.cudagraph_on_top_bytes)}) on top."
+        )
     elif c.memory.cudagraph_bytes:
-        notes.append(f"CUDA graphs ({_gib(c.memory.cudagraph_bytes)}) are allocated on top of "
-                     f"gpu_memory_utilization × total in vLLM {memory.VLLM_VERSION}.")
+        notes.append(
+            f"CUDA graphs ({_gib(c.memory.cudagraph_bytes)}) are allocated on top of "
+            f"gpu_memory_utilization × total in vLLM {memory.VLLM_VERSION}."
+        )
     if not c.eager and not pins.compile_cache_warm:
-        notes.append("KV figures assume a first start: a restart with a warm compile cache skips "
-                     "torch.compile's memory peak and gets a little more KV cache (--compile-cache warm).")
+        notes.append(
+            "KV figures assume a first start: a restart with a warm compile cache skips "
+            "torch.compile's memory peak and gets a little more KV cache (--compile-cache warm)."
+        )
     return Plan(
-        variant=c.variant, profile=profile, gpus=c.gpus, tensor_parallel_size=c.tp,
-        max_model_len=c.max_model_len, gpu_memory_utilization=c.gmu,
-        kv_cache_dtype=c.kv_cache_dtype, max_num_seqs=c.mns, max_num_batched_tokens=c.mnbt,
-        enforce_eager=c.eager, enable_prefix_caching=profile.enable_prefix_caching,
-        rope_scaling=c.rope_scaling, memory=c.memory, capacity=c.capacity, fits=c.fits,
-        local=local, choices=tuple(choices), notes=tuple(notes), alternatives=alternatives,
+        variant=c.variant,
+        profile=profile,
+        gpus=c.gpus,
+        tensor_parallel_size=c.tp,
+        max_model_len=c.max_model_len,
+        gpu_memory_utilization=c.gmu,
+        kv_cache_dtype=c.kv_cache_dtype,
+        max_num_seqs=c.mns,
+        max_num_batched_tokens=c.mnbt,
+        enforce_eager=c.eager,
+        enable_prefix_caching=profile.enable_prefix_caching,
+        rope_scaling=c.rope_scaling,
+        memory=c.memory,
+        capacity=c.capacity,
+        fits=c.fits,
+        local=local,
+        choices=tuple(choices),
+        notes=tuple(notes),
+        alternatives=alternatives,
         meets_profile=c.meets_profile,
     )
 
@@ -580,46 +702,104 @@ def _to_plan(c: _Candidate, profile: Profile, pins: Pins, local: bool,
 def _reasons(c: _Candidate, profile: Profile, pins: Pins) -> list[Choice]:
     v, m, cap = c.variant, c.memory, c.capacity
     p = profile.name
-    out = [Choice("model", v.name, f"{v.weight_dtype} weights ({_gib(m.weights_bytes)} per GPU at TP "
-                                   f"{c.tp}); profile {p} prefers {', '.join(profile.weights)}")]
+    out = [
+        Choice(
+            "model",
+            v.name,
+            f"{v.weight_dtype} weights ({_gib(m.weights_bytes)} per GPU at TP "
+            f"{c.tp}); profile {p} prefers {', '.join(profile.weights)}",
+        )
+    ]
     if pins.tensor_parallel_size:
         out.append(Choice("tensor_parallel_size", c.tp, "set on the command line"))
     else:
-        policy = ("every suitable GPU: decode speed grows with the bandwidth of more GPUs"
-                  if profile.tensor_parallel == "most" else "the fewest GPUs that meet the profile")
-        out.append(Choice("tensor_parallel_size", c.tp, f"{policy}; {v.spec.num_attention_heads} heads "
-                                                        f"and {v.spec.num_key_value_heads} KV heads allow it"))
+        policy = (
+            "every suitable GPU: decode speed grows with the bandwidth of more GPUs"
+            if profile.tensor_parallel == "most"
+            else "the fewest GPUs that meet the profile"
+        )
+        out.append(
+            Choice(
+                "tensor_parallel_size",
+                c.tp,
+                f"{policy}; {v.spec.num_attention_heads} heads and {v.spec.num_key_value_heads} KV heads allow it",
+            )
+        )
     if pins.max_model_len:
         out.append(Choice("max_model_len", c.max_model_len, "set on the command line"))
     elif c.max_model_len >= profile.max_model_len or c.max_model_len >= _context_ceiling(v, profile.allow_yarn):
-        out.append(Choice("max_model_len", c.max_model_len,
-                          f"the profile's target; the KV cache holds {cap.max_concurrency:.1f} such "
-                          f"sequences (at least {profile.min_concurrency} wanted)"))
+        out.append(
+            Choice(
+                "max_model_len",
+                c.max_model_len,
+                f"the profile's target; the KV cache holds {cap.max_concurrency:.1f} such "
+                f"sequences (at least {profile.min_concurrency} wanted)",
+            )
+        )
     else:
-        out.append(Choice("max_model_len", c.max_model_len,
-                          f"the longest that keeps {profile.min_concurrency} full-length sequences in "
-                          f"the KV cache (profile target {profile.max_model_len})"))
+        out.append(
+            Choice(
+                "max_model_len",
+                c.max_model_len,
+                f"the longest that keeps {profile.min_concurrency} full-length sequences in "
+                f"the KV cache (profile target {profile.max_model_len})",
+            )
+        )
     if c.rope_scaling:
-        out.append(Choice("hf_overrides", "YaRN factor " + f"{c.rope_scaling['factor']:g}",
-                          f"Qwen's YaRN setting: {c.max_model_len} tokens exceed the native "
-                          f"{v.spec.max_position_embeddings}"))
-    gmu_reason = ("set on the command line" if pins.gpu_memory_utilization else
-                  f"profile {p}; the most these GPUs allow is {c.gmu_cap:g} (free memory, vLLM's "
-                  f"CUDA context and {_gib(m.cudagraph_bytes)} of CUDA graphs on top)")
+        out.append(
+            Choice(
+                "hf_overrides",
+                "YaRN factor " + f"{c.rope_scaling['factor']:g}",
+                f"Qwen's YaRN setting: {c.max_model_len} tokens exceed the native {v.spec.max_position_embeddings}",
+            )
+        )
+    gmu_reason = (
+        "set on the command line"
+        if pins.gpu_memory_utilization
+        else f"profile {p}; the most these GPUs allow is {c.gmu_cap:g} (free memory, vLLM's "
+        f"CUDA context and {_gib(m.cudagraph_bytes)} of CUDA graphs on top)"
+    )
     out.append(Choice("gpu_memory_utilization", c.gmu, gmu_reason))
-    kv_reason = ("set on the command line" if pins.kv_cache_dtype else
-                 "model dtype" if c.kv_cache_dtype == "auto" else
-                 "fp8 halves KV bytes per token (the GPU supports it)")
-    out.append(Choice("kv_cache_dtype", c.kv_cache_dtype,
-                      f"{kv_reason}; {memory.kv_bytes_per_token(v.spec, c.kv_cache_dtype, c.tp):,} "
-                      f"bytes per token per GPU"))
-    out.append(Choice("max_num_seqs", c.mns, "set on the command line" if pins.max_num_seqs
-                      else f"profile {p}; also sets the CUDA-graph sizes"))
-    out.append(Choice("max_num_batched_tokens", c.mnbt, "set on the command line"
-                      if pins.max_num_batched_tokens else
-                      f"profile {p}; prefill chunk size, sets the activation peak ({_gib(m.activation_bytes)})"))
-    out.append(Choice("enforce_eager", c.eager, "set on the command line" if pins.enforce_eager is not None
-                      else "CUDA graphs decode several times faster" if not c.eager
-                      else f"profile {p}"))
+    kv_reason = (
+        "set on the command line"
+        if pins.kv_cache_dtype
+        else "model dtype"
+        if c.kv_cache_dtype == "auto"
+        else "fp8 halves KV bytes per token (the GPU supports it)"
+    )
+    out.append(
+        Choice(
+            "kv_cache_dtype",
+            c.kv_cache_dtype,
+            f"{kv_reason}; {memory.kv_bytes_per_token(v.spec, c.kv_cache_dtype, c.tp):,} bytes per token per GPU",
+        )
+    )
+    out.append(
+        Choice(
+            "max_num_seqs",
+            c.mns,
+            "set on the command line" if pins.max_num_seqs else f"profile {p}; also sets the CUDA-graph sizes",
+        )
+    )
+    out.append(
+        Choice(
+            "max_num_batched_tokens",
+            c.mnbt,
+            "set on the command line"
+            if pins.max_num_batched_tokens
+            else f"profile {p}; prefill chunk size, sets the activation peak ({_gib(m.activation_bytes)})",
+        )
+    )
+    out.append(
+        Choice(
+            "enforce_eager",
+            c.eager,
+            "set on the command line"
+            if pins.enforce_eager is not None
+            else "CUDA graphs decode several times faster"
+            if not c.eager
+            else f"profile {p}",
+        )
+    )
     out.append(Choice("enable_prefix_caching", profile.enable_prefix_caching, f"profile {p}"))
     return out

@@ -47,8 +47,15 @@ class Profile:
     source: str = ""
 
 
-_REQUIRED = ("weights", "kv_cache_dtype", "max_model_len", "min_concurrency",
-             "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens")
+_REQUIRED = (
+    "weights",
+    "kv_cache_dtype",
+    "max_model_len",
+    "min_concurrency",
+    "gpu_memory_utilization",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+)
 _KEYS = [f.name for f in fields(Profile) if f.name not in ("name", "source")]
 
 
@@ -110,12 +117,15 @@ def parse(text: str, source: str, name: str) -> Profile:
         typical_prompt_tokens=check.integer("typical_prompt_tokens", 1, 1_048_576, 1024),
         typical_output_tokens=check.integer("typical_output_tokens", 1, 1_048_576, 512),
     )
-    values["min_max_model_len"] = check.integer("min_max_model_len", 16, values["max_model_len"],
-                                                min(8192, values["max_model_len"]))
+    values["min_max_model_len"] = check.integer(
+        "min_max_model_len", 16, values["max_model_len"], min(8192, values["max_model_len"])
+    )
     if values["max_num_batched_tokens"] < values["max_num_seqs"]:
         raise ProfileError(
             f"{source}: max_num_batched_tokens ({values['max_num_batched_tokens']}) must be at "
-            f"least max_num_seqs ({values['max_num_seqs']})", hint="vLLM refuses that combination")
+            f"least max_num_seqs ({values['max_num_seqs']})",
+            hint="vLLM refuses that combination",
+        )
     return Profile(name=name, source=source, **values)
 
 
@@ -126,8 +136,7 @@ class _Checker:
         self.source, self.data = source, data
 
     def _fail(self, key: str, allowed: str) -> None:
-        raise ProfileError(f"{self.source}: {key}: {self.data[key]!r} is not allowed",
-                           hint=f"allowed: {allowed}")
+        raise ProfileError(f"{self.source}: {key}: {self.data[key]!r} is not allowed", hint=f"allowed: {allowed}")
 
     def text(self, key: str, default: str) -> str:
         value = self.data.get(key, default)
@@ -153,8 +162,7 @@ class _Checker:
             self._fail(key, f"a number from {low} to {high}")
         return float(value)
 
-    def one_of(self, key: str, allowed: tuple[str, ...], default: str | None,
-               nullable: bool = False) -> str | None:
+    def one_of(self, key: str, allowed: tuple[str, ...], default: str | None, nullable: bool = False) -> str | None:
         value = self.data.get(key, default)
         if value is None and nullable:
             return None

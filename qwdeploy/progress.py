@@ -101,9 +101,7 @@ class RichProgress(download.Progress):
 def show_plan(data: dict, console: Console | None = None) -> None:
     """The `--dry-run` listing: every file with its size and checksum, then the total."""
     console = console or Console(highlight=False, soft_wrap=False)
-    table = Table(
-        title=f"{data['repo_id']} @ {data['revision']} from {data['source']}", title_justify="left"
-    )
+    table = Table(title=f"{data['repo_id']} @ {data['revision']} from {data['source']}", title_justify="left")
     table.add_column("file")
     table.add_column("bytes", justify="right")
     table.add_column("sha256")

@@ -45,8 +45,7 @@ def plan(p) -> None:
     data = p.to_json()
     verdict = Text("fits", style="bold green") if data["fits"] else Text("does not fit", style="bold red")
     gpu = data["gpu"]
-    title = Text.assemble(f"{data['model']} on {gpu['count']} × {gpu['name']} "
-                          f"(profile {data['profile']}): ", verdict)
+    title = Text.assemble(f"{data['model']} on {gpu['count']} × {gpu['name']} (profile {data['profile']}): ", verdict)
     stdout.print(title)
 
     mem = data["memory_per_gpu"]
@@ -55,21 +54,33 @@ def plan(p) -> None:
     table.add_column("GiB", justify="right")
     table.add_column("how")
     table.add_row("total (CUDA)", f"{mem['total_bytes'] / GiB:.2f}", f"{gpu['name']}")
-    table.add_row("requested", f"{mem['requested_bytes'] / GiB:.2f}",
-                  f"gpu_memory_utilization {data['gpu_memory_utilization']:g} × total")
-    table.add_row("  weights", f"{mem['weights_bytes'] / GiB:.2f}",
-                  f"{data['weights']}, TP {data['tensor_parallel_size']}")
-    table.add_row("  peak activation", f"{mem['activation_bytes'] / GiB:.2f}",
-                  f"profile run, {data['max_num_batched_tokens']} tokens")
+    table.add_row(
+        "requested",
+        f"{mem['requested_bytes'] / GiB:.2f}",
+        f"gpu_memory_utilization {data['gpu_memory_utilization']:g} × total",
+    )
+    table.add_row(
+        "  weights", f"{mem['weights_bytes'] / GiB:.2f}", f"{data['weights']}, TP {data['tensor_parallel_size']}"
+    )
+    table.add_row(
+        "  peak activation",
+        f"{mem['activation_bytes'] / GiB:.2f}",
+        f"profile run, {data['max_num_batched_tokens']} tokens",
+    )
     table.add_row("  non-torch", f"{mem['non_torch_bytes'] / GiB:.2f}", "cuBLAS, NCCL, attention buffers")
     if mem.get("cudagraph_in_budget_bytes"):
-        table.add_row("  CUDA-graph estimate", f"{mem['cudagraph_in_budget_bytes'] / GiB:.2f}",
-                      "V1 model runner (MoE)")
-    table.add_row("  KV cache", f"{mem['kv_cache_bytes'] / GiB:.2f}",
-                  f"{data['kv_cache_bytes_per_token']:,} B/token, {data['kv_cache_dtype']}")
+        table.add_row("  CUDA-graph estimate", f"{mem['cudagraph_in_budget_bytes'] / GiB:.2f}", "V1 model runner (MoE)")
+    table.add_row(
+        "  KV cache",
+        f"{mem['kv_cache_bytes'] / GiB:.2f}",
+        f"{data['kv_cache_bytes_per_token']:,} B/token, {data['kv_cache_dtype']}",
+    )
     on_top = mem["cudagraph_bytes"] - mem.get("cudagraph_in_budget_bytes", 0)
-    table.add_row("CUDA graphs (on top)", f"{on_top / GiB:.2f}",
-                  "0 with --enforce-eager" if not data["enforce_eager"] else "eager: none")
+    table.add_row(
+        "CUDA graphs (on top)",
+        f"{on_top / GiB:.2f}",
+        "0 with --enforce-eager" if not data["enforce_eager"] else "eager: none",
+    )
     table.add_row("CUDA context", f"{mem['cuda_context_bytes'] / GiB:.2f}", "per process")
     stdout.print(table)
 
@@ -80,11 +91,13 @@ def plan(p) -> None:
     cap.add_row(f"max concurrency at {data['max_model_len']:,} tokens", f"{data['max_concurrency']:.2f}x")
     cap.add_row("longest max_model_len that fits", f"{data['max_model_len_limit']:,}")
     perf = data.get("performance") or {}
-    for key, label in (("predicted_decode_tokens_per_s_batch1", "decode tok/s, 1 sequence"),
-                       ("predicted_decode_tokens_per_s_concurrent", "decode tok/s, all sequences"),
-                       ("predicted_prefill_tokens_per_s", "prefill tok/s"),
-                       ("predicted_ttft_s", "time to first token (s)"),
-                       ("predicted_cold_start_s", "cold start (s)")):
+    for key, label in (
+        ("predicted_decode_tokens_per_s_batch1", "decode tok/s, 1 sequence"),
+        ("predicted_decode_tokens_per_s_concurrent", "decode tok/s, all sequences"),
+        ("predicted_prefill_tokens_per_s", "prefill tok/s"),
+        ("predicted_ttft_s", "time to first token (s)"),
+        ("predicted_cold_start_s", "cold start (s)"),
+    ):
         if perf.get(key) is not None:
             cap.add_row(label, f"{perf[key]:,.1f}" if perf[key] < 100 else f"{perf[key]:,.0f}")
     stdout.print(cap)
@@ -104,9 +117,14 @@ def plan(p) -> None:
         for col in ("option", "TP", "max_model_len", "KV tokens", "concurrency", "fits"):
             alt.add_column(col)
         for a in data["alternatives"]:
-            alt.add_row(a["summary"], str(a["tensor_parallel_size"]), f"{a['max_model_len']:,}",
-                        f"{a['kv_cache_tokens']:,}", f"{a['max_concurrency']:.2f}x",
-                        "yes" if a["fits"] else "no")
+            alt.add_row(
+                a["summary"],
+                str(a["tensor_parallel_size"]),
+                f"{a['max_model_len']:,}",
+                f"{a['kv_cache_tokens']:,}",
+                f"{a['max_concurrency']:.2f}x",
+                "yes" if a["fits"] else "no",
+            )
         stdout.print(alt)
     env = " ".join(f"{k}={v}" for k, v in data["env"].items())
     stdout.print(Text("Command:", style="bold"))
@@ -118,8 +136,14 @@ def models(rows: list[dict]) -> None:
     for col in ("repo id", "weights", "layers", "KV heads", "context", "config"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["repo_id"], r["weights"], str(r["layers"]), str(r["kv_heads"]),
-                      f"{r['max_position_embeddings']:,}", r["config"])
+        table.add_row(
+            r["repo_id"],
+            r["weights"],
+            str(r["layers"]),
+            str(r["kv_heads"]),
+            f"{r['max_position_embeddings']:,}",
+            r["config"],
+        )
     stdout.print(table)
 
 
@@ -129,21 +153,31 @@ def gpus(data: dict) -> None:
 
     visible = data["cuda_visible_devices"]
     stdout.print(Text(f"Driver {data['driver_version']}, CUDA {data['cuda_driver_version'] or '?'}"))
-    stdout.print(Text(f"CUDA_VISIBLE_DEVICES={'(unset)' if visible is None else repr(visible)}, "
-                      f"CUDA_DEVICE_ORDER={data['cuda_device_order']}"))
-    label = {g["uuid"]: f"hidden (nvml {g['nvml_index']})" if g["index"] is None else str(g["index"])
-             for g in data["gpus"]}
+    stdout.print(
+        Text(
+            f"CUDA_VISIBLE_DEVICES={'(unset)' if visible is None else repr(visible)}, "
+            f"CUDA_DEVICE_ORDER={data['cuda_device_order']}"
+        )
+    )
+    label = {
+        g["uuid"]: f"hidden (nvml {g['nvml_index']})" if g["index"] is None else str(g["index"]) for g in data["gpus"]
+    }
     table = Table(title="GPUs (GiB)", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("GPU", "name", "cc", "used", "free", "total", "CUDA total", "MIG", "W", "°C"):
-        table.add_column(col, justify="left" if col in ("GPU", "name", "MIG") else "right",
-                         no_wrap=col == "name")
+        table.add_column(col, justify="left" if col in ("GPU", "name", "MIG") else "right", no_wrap=col == "name")
     for g in data["gpus"]:
-        table.add_row(label[g["uuid"]], g["name"].removeprefix("NVIDIA "), g["compute_capability"],
-                      f"{g['memory_used_bytes'] / GiB:.2f}", f"{g['memory_free_bytes'] / GiB:.2f}",
-                      f"{g['memory_total_bytes'] / GiB:.2f}", f"{g['cuda_total_bytes'] / GiB:.2f}",
-                      {"enabled": "on", "disabled": "off"}.get(g["mig_mode"], "n/a"),
-                      "" if g["power_watts"] is None else f"{g['power_watts']:.0f}",
-                      "" if g["temperature_c"] is None else str(g["temperature_c"]))
+        table.add_row(
+            label[g["uuid"]],
+            g["name"].removeprefix("NVIDIA "),
+            g["compute_capability"],
+            f"{g['memory_used_bytes'] / GiB:.2f}",
+            f"{g['memory_free_bytes'] / GiB:.2f}",
+            f"{g['memory_total_bytes'] / GiB:.2f}",
+            f"{g['cuda_total_bytes'] / GiB:.2f}",
+            {"enabled": "on", "disabled": "off"}.get(g["mig_mode"], "n/a"),
+            "" if g["power_watts"] is None else f"{g['power_watts']:.0f}",
+            "" if g["temperature_c"] is None else str(g["temperature_c"]),
+        )
     stdout.print(table)
     ids = Table(box=box.SIMPLE_HEAD)
     for col in ("GPU", "uuid", "PCI bus id", "nvml"):
@@ -157,32 +191,41 @@ def gpus(data: dict) -> None:
         for col in ("GPU", "uuid", "name", "GI/CI", "total", "free", "visible"):
             mig.add_column(col)
         for g, m in migs:
-            mig.add_row(label[g["uuid"]], m["uuid"], m["name"].removeprefix("NVIDIA "),
-                        f"{m['gpu_instance_id']}/{m['compute_instance_id']}",
-                        f"{m['memory_total_bytes'] / GiB:.2f}",
-                        f"{m['memory_free_bytes'] / GiB:.2f}",
-                        "yes" if m["visible"] else "no")
+            mig.add_row(
+                label[g["uuid"]],
+                m["uuid"],
+                m["name"].removeprefix("NVIDIA "),
+                f"{m['gpu_instance_id']}/{m['compute_instance_id']}",
+                f"{m['memory_total_bytes'] / GiB:.2f}",
+                f"{m['memory_free_bytes'] / GiB:.2f}",
+                "yes" if m["visible"] else "no",
+            )
         stdout.print(mig)
     procs = [(g, p) for g in data["gpus"] for p in g["processes"]]
     if procs:
-        table = Table(title="Processes holding GPU memory", title_justify="left",
-                      box=box.SIMPLE_HEAD)
+        table = Table(title="Processes holding GPU memory", title_justify="left", box=box.SIMPLE_HEAD)
         for col in ("GPU", "pid", "name", "GiB"):
             table.add_column(col, justify="right" if col == "GiB" else "left")
         for g, p in procs:
-            table.add_row(label[g["uuid"]], str(p["pid"]), p["name"] or "?",
-                          "?" if p["used_bytes"] is None else f"{p['used_bytes'] / GiB:.2f}")
+            table.add_row(
+                label[g["uuid"]],
+                str(p["pid"]),
+                p["name"] or "?",
+                "?" if p["used_bytes"] is None else f"{p['used_bytes'] / GiB:.2f}",
+            )
         stdout.print(table)
     if len(data["gpus"]) > 1:
         kinds = {frozenset((k["a_uuid"], k["b_uuid"])): k["kind"] for k in data["links"]}
-        matrix = Table(title="Links (NVLINK, else the PCIe path as `nvidia-smi topo -m` names it)",
-                       title_justify="left", box=box.SIMPLE_HEAD)
+        matrix = Table(
+            title="Links (NVLINK, else the PCIe path as `nvidia-smi topo -m` names it)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
         matrix.add_column("GPU")
         for g in data["gpus"]:
             matrix.add_column(label[g["uuid"]])
         for a in data["gpus"]:
-            cells = ["X" if a is b else kinds.get(frozenset((a["uuid"], b["uuid"])), "?")
-                     for b in data["gpus"]]
+            cells = ["X" if a is b else kinds.get(frozenset((a["uuid"], b["uuid"])), "?") for b in data["gpus"]]
             matrix.add_row(label[a["uuid"]], *cells)
         stdout.print(matrix)
     for note in data["notes"]:

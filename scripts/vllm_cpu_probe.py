@@ -39,9 +39,7 @@ def free_port() -> int:
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 5.0):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode()
@@ -63,11 +61,7 @@ def group_pids(pgid: int) -> list[str]:
 
 def group_rss_mib(pgid: int) -> float:
     out = subprocess.run(["ps", "-eo", "pgid,rss"], capture_output=True, text=True).stdout
-    kib = sum(
-        int(r.split()[1])
-        for r in out.splitlines()[1:]
-        if len(r.split()) == 2 and r.split()[0] == str(pgid)
-    )
+    kib = sum(int(r.split()[1]) for r in out.splitlines()[1:] if len(r.split()) == 2 and r.split()[0] == str(pgid))
     return round(kib / 1024, 1)
 
 

@@ -149,8 +149,10 @@ class FakePynvml:
 def failing_init(error_name: str) -> FakePynvml:
     """A pynvml whose nvmlInit fails with the real library's NVML_ERROR_<error_name> code."""
     value = getattr(_real, "NVML_ERROR_" + error_name)
-    fake = FakePynvml({"calls": [{"call": "nvmlInit", "args": [],
-                                  "error": {"class": "NVMLError", "value": value}}],
-                       "constants": {k: getattr(_real, k) for k in dir(_real)
-                                     if k.startswith("NVML_ERROR_")}})
+    fake = FakePynvml(
+        {
+            "calls": [{"call": "nvmlInit", "args": [], "error": {"class": "NVMLError", "value": value}}],
+            "constants": {k: getattr(_real, k) for k in dir(_real) if k.startswith("NVML_ERROR_")},
+        }
+    )
     return fake

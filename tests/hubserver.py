@@ -211,9 +211,7 @@ class HubServer:
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.hub = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -455,23 +453,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._not_found("EntryNotFound")
         if not self._authorized():
             msg = f"Access to model {self.hub.repo_id} is restricted. You must have access to it."
-            return self._json(
-                {"error": msg}, 401, {"X-Error-Code": "GatedRepo", "X-Error-Message": msg}
-            )
+            return self._json({"error": msg}, 401, {"X-Error-Code": "GatedRepo", "X-Error-Message": msg})
         self._body(f, {"X-Repo-Commit": COMMIT, "ETag": f'"{f.etag}"'})
 
     # ---- ModelScope ------------------------------------------------------------------------------
 
     def _ms_denied(self) -> bool:
         if self.hub.missing:
-            self._json(
-                {"Code": 10010205001, "Message": "Model does not exist.", "Success": False}, 404
-            )
+            self._json({"Code": 10010205001, "Message": "Model does not exist.", "Success": False}, 404)
             return True
         if not self._authorized():
-            self._json(
-                {"Code": 10010101003, "Message": "User not logged in.", "Success": False}, 401
-            )
+            self._json({"Code": 10010101003, "Message": "User not logged in.", "Success": False}, 401)
             return True
         return False
 
@@ -501,9 +493,7 @@ class _Handler(BaseHTTPRequestHandler):
         file = query.get("FilePath", [""])[0]
         f = {x.path: x for x in self.hub.listing()}.get(file)
         if f is None:
-            return self._json(
-                {"Code": 10010205001, "Message": "file not found", "Success": False}, 404
-            )
+            return self._json({"Code": 10010205001, "Message": "file not found", "Success": False}, 404)
         self._body(f, {})
 
     def _ms_revisions(self, query) -> None:

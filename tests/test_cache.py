@@ -13,8 +13,18 @@ from qwdeploy.cli import make_plan
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
 
 
-def plan_for(model="Qwen/Qwen3-8B", profile="chat", dtype=None, gpu="H100", mml=None, gmu=None,
-             kv=None, seqs=None, mnbt=None, eager=None):
+def plan_for(
+    model="Qwen/Qwen3-8B",
+    profile="chat",
+    dtype=None,
+    gpu="H100",
+    mml=None,
+    gmu=None,
+    kv=None,
+    seqs=None,
+    mnbt=None,
+    eager=None,
+):
     return make_plan(model, dtype, profile, gpu, None, None, mml, gmu, kv, seqs, mnbt, eager)
 
 
@@ -24,6 +34,7 @@ def key_of(plan, **kw):
 
 # ---- the key ---------------------------------------------------------------------------------
 
+
 def test_gpu_memory_utilization_is_not_in_the_key():
     assert key_of(plan_for(gmu=0.80)) == key_of(plan_for(gmu=0.92))
 
@@ -32,8 +43,9 @@ def test_max_model_len_is_in_the_key():
     assert key_of(plan_for(mml=8192)) != key_of(plan_for(mml=16384))
 
 
-@pytest.mark.parametrize("pins", [dict(mnbt=4096), dict(kv="fp8"), dict(eager=True),
-                                  dict(dtype="fp8"), dict(model="Qwen/Qwen3-4B")])
+@pytest.mark.parametrize(
+    "pins", [dict(mnbt=4096), dict(kv="fp8"), dict(eager=True), dict(dtype="fp8"), dict(model="Qwen/Qwen3-4B")]
+)
 def test_each_compile_setting_changes_the_key(pins):
     assert key_of(plan_for(mml=8192)) != key_of(plan_for(mml=8192, **pins))
 
@@ -67,11 +79,11 @@ def test_key_change_is_empty_when_only_gpu_memory_utilization_moves():
 
 def test_describe_change_says_keeps_or_cold():
     assert cache.describe_change([]).startswith("keeps the compile cache")
-    assert cache.describe_change(["max_model_len"]) == \
-        "changes max_model_len: cold compile expected on the next start"
+    assert cache.describe_change(["max_model_len"]) == "changes max_model_len: cold compile expected on the next start"
 
 
 # ---- the directory -----------------------------------------------------------------------------
+
 
 def test_directory_is_model_slug_and_twelve_key_characters(tmp_path):
     state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
@@ -97,6 +109,7 @@ def test_default_root_is_under_xdg_cache_home(monkeypatch, tmp_path):
 
 
 # ---- warm or cold ------------------------------------------------------------------------------
+
 
 def _fake_compile(state):
     f = state.directory / cache.COMPILE_DIR / "torch_aot_compile" / "abc" / "rank_0_0" / "model"
@@ -186,6 +199,7 @@ def test_cache_state_is_frozen(tmp_path):
 
 # ---- DeepGEMM --------------------------------------------------------------------------------
 
+
 def test_bf16_plans_leave_deep_gemm_alone():
     assert cache.deep_gemm_warmup(plan_for()) is None
 
@@ -208,11 +222,9 @@ def test_fp8_eager_has_no_jit_warmup():
 
 
 def test_deep_gemm_choice_is_in_env_and_notes(tmp_path):
-    state = cache.prepare(plan_for("Qwen/Qwen3-8B-FP8", "low-latency", mml=8192), tmp_path,
-                          vllm_version="0.26.0")
+    state = cache.prepare(plan_for("Qwen/Qwen3-8B-FP8", "low-latency", mml=8192), tmp_path, vllm_version="0.26.0")
     assert state.env["VLLM_DEEP_GEMM_WARMUP"] == "relax"
-    assert any(n.startswith("DeepGEMM (FP8 block weights): VLLM_DEEP_GEMM_WARMUP=relax")
-               for n in state.notes)
+    assert any(n.startswith("DeepGEMM (FP8 block weights): VLLM_DEEP_GEMM_WARMUP=relax") for n in state.notes)
 
 
 def test_deep_gemm_kernels_are_shared_across_keys_of_one_gpu(tmp_path):
@@ -262,8 +274,7 @@ def test_filled_deep_gemm_cache_adds_nothing(tmp_path):
 
 
 def test_fp8_eager_still_caches_deep_gemm_kernels(tmp_path):
-    state = cache.prepare(plan_for("Qwen/Qwen3-8B-FP8", eager=True), tmp_path,
-                          vllm_version="0.26.0")
+    state = cache.prepare(plan_for("Qwen/Qwen3-8B-FP8", eager=True), tmp_path, vllm_version="0.26.0")
     assert "DG_JIT_CACHE_DIR" in state.env and "VLLM_DEEP_GEMM_WARMUP" not in state.env
 
 
@@ -273,6 +284,7 @@ def test_bad_deep_gemm_override_is_refused():
 
 
 # ---- loader ------------------------------------------------------------------------------------
+
 
 def test_loader_defaults_to_safetensors_mmap():
     assert cache.choose_loader(plan_for(), set(), "H100")[0] == "auto"
@@ -292,6 +304,7 @@ def test_cpu_keeps_the_default_loader():
 
 # ---- local models ------------------------------------------------------------------------------
 
+
 def test_local_model_key_uses_the_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(Path(TINY).parent.parent.parent)
     rel = cache.key_fields(plan_for("tests/fixtures/tiny-qwen3"), "0.32.0", "cpu")
@@ -300,6 +313,7 @@ def test_local_model_key_uses_the_absolute_path(tmp_path, monkeypatch):
 
 
 # ---- engine start method ----------------------------------------------------------------------
+
 
 def test_gpu_starts_fork_the_engine_instead_of_importing_vllm_twice(tmp_path):
     # H100, 8B bf16 through the API server: spawn 124.7 s cold / 71.2 s restart, fork 114.2 / 48.2

@@ -60,28 +60,28 @@ def test_gpu_cold_log_compiles_from_scratch():
 
 def test_gpu_warm_lines_count_as_cache_hits():
     log = cache.StartLog()
-    log.feed("(EngineCore pid=1) INFO 11-22 08:26:49 [decorators.py:312] Directly load AOT "
-             "compilation from path /c/torch_compile_cache/torch_aot_compile/ab/rank_0_0/m", 1.0)
+    log.feed(
+        "(EngineCore pid=1) INFO 11-22 08:26:49 [decorators.py:312] Directly load AOT "
+        "compilation from path /c/torch_compile_cache/torch_aot_compile/ab/rank_0_0/m",
+        1.0,
+    )
     assert len(log.cache_hit_lines) == 1
 
 
 def test_server_argv_runs_the_api_server_module_with_the_plan_args(tmp_path):
     from qwdeploy.cli import make_plan
 
-    plan = make_plan("Qwen/Qwen3-8B", None, "chat", "H100", None, None, 8192, None, None, None,
-                     None, None)
+    plan = make_plan("Qwen/Qwen3-8B", None, "chat", "H100", None, None, 8192, None, None, None, None, None)
     state = cache.prepare(plan, tmp_path, vllm_version="0.26.0")
     argv = cache.server_argv(plan, state, 8001, "H100", python="python")
-    assert argv[:5] == ["python", "-m", "vllm.entrypoints.openai.api_server", "--model",
-                        "Qwen/Qwen3-8B"]
+    assert argv[:5] == ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "Qwen/Qwen3-8B"]
     assert argv[argv.index("--max-model-len") + 1] == "8192"
 
 
 def test_cpu_argv_drops_the_gpu_block_size_and_tokenizer_parsers(tmp_path):
     from qwdeploy.cli import make_plan
 
-    plan = make_plan("Qwen/Qwen3-8B", None, "chat", "H100", None, None, 8192, None, None, None,
-                     None, None)
+    plan = make_plan("Qwen/Qwen3-8B", None, "chat", "H100", None, None, 8192, None, None, None, None, None)
     state = cache.prepare(plan, tmp_path, vllm_version="0.32.0", device="cpu")
     argv = cache.server_argv(plan, state, 8001, "cpu", ("--skip-tokenizer-init",))
     assert "--block-size" not in argv and "--reasoning-parser" not in argv

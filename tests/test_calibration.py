@@ -22,15 +22,15 @@ def cache_dir(tmp_path, monkeypatch):
 
 def h100_run01_plan():
     """The settings of groundtruth run 01 (Qwen3-8B, 32768 tokens, gmu 0.9, LLM defaults)."""
-    return make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, 1, 32768, 0.9, "auto", 1024,
-                     16384, False)
+    return make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, 1, 32768, 0.9, "auto", 1024, 16384, False)
 
 
 def h100_record(plan=None, **changes):
     plan = plan or h100_run01_plan()
     report = vllm_log.parse(GPU_LOG.read_text().splitlines())
-    rec = calibration.make_record(plan, report, gpu=plan.gpu.name, device="cuda",
-                                  vllm_version="0.26.0", predicted={}, seconds_to_ready=94.65)
+    rec = calibration.make_record(
+        plan, report, gpu=plan.gpu.name, device="cuda", vllm_version="0.26.0", predicted={}, seconds_to_ready=94.65
+    )
     return {**rec, **changes}
 
 
@@ -42,15 +42,16 @@ def test_cache_dir_honours_qwdeploy_cache_dir_then_xdg():
 def test_record_holds_what_vllm_logged():
     a = h100_record()["actual"]
     assert (a["activation_bytes"], a["non_torch_bytes"], a["cudagraph_bytes"]) == (
-        round(1.58 * GiB), round(0.22 * GiB), round(1.01 * GiB))
-    assert (a["kv_cache_tokens"], a["max_concurrency"], a["seconds_to_ready"]) == (
-        394576, 12.04, 94.65)
+        round(1.58 * GiB),
+        round(0.22 * GiB),
+        round(1.01 * GiB),
+    )
+    assert (a["kv_cache_tokens"], a["max_concurrency"], a["seconds_to_ready"]) == (394576, 12.04, 94.65)
 
 
 def test_record_holds_gpu_version_model_and_settings():
     rec = h100_record()
-    assert (rec["gpu"], rec["vllm_version"], rec["model"]) == (
-        "H100-SXM-80GB", "0.26.0", "Qwen/Qwen3-8B")
+    assert (rec["gpu"], rec["vllm_version"], rec["model"]) == ("H100-SXM-80GB", "0.26.0", "Qwen/Qwen3-8B")
     assert rec["settings"]["max_num_batched_tokens"] == 16384
     assert rec["settings"]["gpu_memory_utilization"] == 0.9
 
@@ -58,7 +59,8 @@ def test_record_holds_gpu_version_model_and_settings():
 def test_record_baseline_is_the_default_memory_model():
     plan = h100_run01_plan()
     assert h100_record(plan)["baseline"]["activation_bytes"] == memory.activation_bytes(
-        plan.variant, 1, 16384, 1024, False)
+        plan.variant, 1, 16384, 1024, False
+    )
 
 
 def test_correction_moves_the_activation_constant_by_the_measured_gap_per_token():
@@ -78,12 +80,10 @@ def test_correction_scales_cuda_graphs_by_the_measured_ratio():
     rec = h100_record()
     ratio = rec["actual"]["cudagraph_bytes"] / rec["baseline"]["cudagraph_bytes"]
     cal, _ = calibration.correction([rec], "H100-SXM-80GB", "0.26.0")
-    assert cal.graph_per_size_per_layer == pytest.approx(
-        memory.CALIBRATION.graph_per_size_per_layer * ratio)
+    assert cal.graph_per_size_per_layer == pytest.approx(memory.CALIBRATION.graph_per_size_per_layer * ratio)
 
 
-@pytest.mark.parametrize("gpu, version", [("A100-SXM-80GB", "0.26.0"),
-                                          ("H100-SXM-80GB", "0.27.1")])
+@pytest.mark.parametrize("gpu, version", [("A100-SXM-80GB", "0.26.0"), ("H100-SXM-80GB", "0.27.1")])
 def test_records_of_another_gpu_or_vllm_version_correct_nothing(gpu, version):
     assert calibration.correction([h100_record()], gpu, version) is None
 
@@ -95,8 +95,7 @@ def test_gpu_names_match_whatever_spelling_nvml_uses():
 
 def test_records_of_the_same_model_win_over_other_models():
     mine = h100_record(actual={**h100_record()["actual"], "non_torch_bytes": int(0.30 * GiB)})
-    other = h100_record(model="Qwen/Qwen3-32B",
-                        actual={**h100_record()["actual"], "non_torch_bytes": int(0.90 * GiB)})
+    other = h100_record(model="Qwen/Qwen3-32B", actual={**h100_record()["actual"], "non_torch_bytes": int(0.90 * GiB)})
     cal, note = calibration.correction([mine, other], "H100-SXM-80GB", "0.26.0", "Qwen/Qwen3-8B")
     assert cal.non_torch_bytes == int(0.30 * GiB) and "this model" in note
 
@@ -140,8 +139,7 @@ def test_plan_without_matching_records_says_nothing_about_calibration(runner):
 def test_a_record_with_more_non_torch_memory_shrinks_the_planned_kv_cache(runner):
     before = plan_json(runner)["memory_per_gpu"]
     rec = h100_record()
-    calibration.append(replace_actual(rec, non_torch_bytes=rec["baseline"]["non_torch_bytes"]
-                                      + GiB))
+    calibration.append(replace_actual(rec, non_torch_bytes=rec["baseline"]["non_torch_bytes"] + GiB))
     after = plan_json(runner)["memory_per_gpu"]
     assert after["non_torch_bytes"] == before["non_torch_bytes"] + GiB
     assert after["kv_cache_bytes"] < before["kv_cache_bytes"]
@@ -165,7 +163,11 @@ def test_the_recorded_run_replanned_predicts_vllms_activation_closer():
 def test_correction_changes_only_the_overhead_terms():
     cal, _ = calibration.correction([h100_record()], "H100-SXM-80GB", "0.26.0")
     d = memory.CALIBRATION
-    same = replace(cal, act_c=d.act_c, non_torch_bytes=d.non_torch_bytes,
-                   graph_per_size_per_layer=d.graph_per_size_per_layer,
-                   graph_per_seq_per_layer=d.graph_per_seq_per_layer)
+    same = replace(
+        cal,
+        act_c=d.act_c,
+        non_torch_bytes=d.non_torch_bytes,
+        graph_per_size_per_layer=d.graph_per_size_per_layer,
+        graph_per_seq_per_layer=d.graph_per_seq_per_layer,
+    )
     assert same == d

@@ -8,13 +8,16 @@ from qwdeploy import catalog
 from qwdeploy.errors import UnknownModelError
 
 
-@pytest.mark.parametrize("base,dtype,repo", [
-    ("Qwen/Qwen3-14B", "int4", "Qwen/Qwen3-14B-AWQ"),
-    ("Qwen/Qwen3-14B", "fp8", "Qwen/Qwen3-14B-FP8"),
-    ("Qwen/Qwen3-30B-A3B", "int4", "Qwen/Qwen3-30B-A3B-GPTQ-Int4"),
-    ("Qwen/Qwen3-0.6B", "int8", "Qwen/Qwen3-0.6B-GPTQ-Int8"),
-    ("Qwen/Qwen3-8B-AWQ", "bf16", "Qwen/Qwen3-8B"),
-])
+@pytest.mark.parametrize(
+    "base,dtype,repo",
+    [
+        ("Qwen/Qwen3-14B", "int4", "Qwen/Qwen3-14B-AWQ"),
+        ("Qwen/Qwen3-14B", "fp8", "Qwen/Qwen3-14B-FP8"),
+        ("Qwen/Qwen3-30B-A3B", "int4", "Qwen/Qwen3-30B-A3B-GPTQ-Int4"),
+        ("Qwen/Qwen3-0.6B", "int8", "Qwen/Qwen3-0.6B-GPTQ-Int8"),
+        ("Qwen/Qwen3-8B-AWQ", "bf16", "Qwen/Qwen3-8B"),
+    ],
+)
 def test_dtype_picks_the_official_variant(base, dtype, repo):
     assert catalog.get(base, dtype).repo_id == repo
 

@@ -73,9 +73,7 @@ def hub():
 
 
 def run(runner, hub, *args, source="hf"):
-    return runner.invoke(
-        app, ["download", REPO_ID, "--source", source, "--endpoint", hub.url, *args]
-    )
+    return runner.invoke(app, ["download", REPO_ID, "--source", source, "--endpoint", hub.url, *args])
 
 
 def files_under(root: Path) -> list[Path]:
@@ -90,18 +88,14 @@ def test_hf_download_lands_in_the_hub_cache_with_vllms_files(runner, hub, env):
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert list(data) == ["source", "repo_id", "revision", "path", "files", "total_bytes"]
-    assert data["path"] == str(
-        env / "hf" / "hub" / "models--Qwen--Qwen3-0.6B" / "snapshots" / COMMIT
-    )
+    assert data["path"] == str(env / "hf" / "hub" / "models--Qwen--Qwen3-0.6B" / "snapshots" / COMMIT)
     assert sorted(f["path"] for f in data["files"]) == WANTED
     assert data["total_bytes"] == sum(hub.files[p].size for p in WANTED)
 
 
 def test_every_file_reported_carries_the_sha256_of_its_content(runner, hub, env):
     data = json.loads(run(runner, hub, "--json").stdout)
-    assert {f["path"]: f["sha256"] for f in data["files"]} == {
-        p: hub.files[p].sha256 for p in WANTED
-    }
+    assert {f["path"]: f["sha256"] for f in data["files"]} == {p: hub.files[p].sha256 for p in WANTED}
 
 
 def test_bin_pt_original_gguf_and_readme_are_never_fetched(runner, hub, env):
@@ -227,9 +221,7 @@ def test_modelscope_resumes_a_cut_file_from_the_byte_it_stopped_at(runner, hub, 
 def test_a_cut_transfer_leaves_no_file_that_looks_complete(runner, hub, env):
     hub.cut = {SHARD1: 40_000}
     run(runner, hub, source="modelscope")
-    assert not (
-        env / "ms" / "models" / "Qwen--Qwen3-0.6B" / "snapshots" / "master" / SHARD1
-    ).exists()
+    assert not (env / "ms" / "models" / "Qwen--Qwen3-0.6B" / "snapshots" / "master" / SHARD1).exists()
 
 
 def test_a_corrupt_file_is_fetched_once_more_and_then_passes(runner, hub, env):
@@ -285,12 +277,8 @@ def test_a_gated_repo_without_token_is_exit_21(runner, hub, env, source):
     assert "TOKEN" in result.stderr
 
 
-@pytest.mark.parametrize(
-    ("source", "var"), [("hf", "HF_TOKEN"), ("modelscope", "MODELSCOPE_API_TOKEN")]
-)
-def test_a_gated_repo_opens_with_the_token_which_is_never_printed(
-    runner, hub, env, monkeypatch, source, var
-):
+@pytest.mark.parametrize(("source", "var"), [("hf", "HF_TOKEN"), ("modelscope", "MODELSCOPE_API_TOKEN")])
+def test_a_gated_repo_opens_with_the_token_which_is_never_printed(runner, hub, env, monkeypatch, source, var):
     hub.gated, hub.token = True, "sekrit-token"
     monkeypatch.setenv(var, "sekrit-token")
     result = run(runner, hub, source=source)
@@ -348,9 +336,7 @@ def test_when_every_source_fails_the_most_telling_error_is_shown(hub, second_hub
     assert e.value.exit_code == ExitCode.UNAUTHORIZED
 
 
-def test_auto_skips_a_source_that_does_not_answer_and_says_who_served(
-    runner, hub, second_hub, env, monkeypatch
-):
+def test_auto_skips_a_source_that_does_not_answer_and_says_who_served(runner, hub, second_hub, env, monkeypatch):
     hub.down = True
     order = (("hf", hub.url), ("hf-mirror", hub.url), ("modelscope", second_hub.url))
     monkeypatch.setattr(files, "AUTO_ORDER", order)  # choose_sources reads it

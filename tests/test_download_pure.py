@@ -75,9 +75,7 @@ def test_names_that_could_escape_the_destination_are_unsafe(name):
     assert hub.unsafe_reason(name)
 
 
-@pytest.mark.parametrize(
-    "name", ["config.json", "original/params.json", "a..b.safetensors", "..hidden"]
-)
+@pytest.mark.parametrize("name", ["config.json", "original/params.json", "a..b.safetensors", "..hidden"])
 def test_ordinary_names_are_safe(name):
     assert hub.unsafe_reason(name) is None
 
@@ -149,9 +147,7 @@ def test_auto_without_settings_probes_hf_then_the_mirror_then_modelscope():
 
 
 def test_endpoint_flag_pins_a_mirror():
-    sources, probe = hub.choose_sources(
-        "auto", "https://mirror.example/", {"HF_ENDPOINT": "https://other"}
-    )
+    sources, probe = hub.choose_sources("auto", "https://mirror.example/", {"HF_ENDPOINT": "https://other"})
     assert (probe, names(sources)) == (False, [("hf-mirror", "https://mirror.example")])
 
 
@@ -229,10 +225,7 @@ def test_modelscope_destination_is_its_cache_snapshot(tmp_path):
 
 
 def test_HF_HUB_CACHE_beats_HF_HOME(tmp_path):
-    assert (
-        hub.hf_cache_dir({"HF_HUB_CACHE": str(tmp_path / "c"), "HF_HOME": str(tmp_path)})
-        == tmp_path / "c"
-    )
+    assert hub.hf_cache_dir({"HF_HUB_CACHE": str(tmp_path / "c"), "HF_HOME": str(tmp_path)}) == tmp_path / "c"
 
 
 def test_free_space_is_read_on_the_nearest_existing_parent(tmp_path):

@@ -95,9 +95,7 @@ def test_export_matches_its_golden(runner, fmt, case, args):
     if os.environ.get("QWDEPLOY_UPDATE_GOLDEN"):
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text)
-        pytest.skip(
-            f"rewrote {golden.name}: review the diff, then run without QWDEPLOY_UPDATE_GOLDEN"
-        )
+        pytest.skip(f"rewrote {golden.name}: review the diff, then run without QWDEPLOY_UPDATE_GOLDEN")
     assert golden.exists(), f"no golden {golden}: run once with QWDEPLOY_UPDATE_GOLDEN=1"
     assert text == golden.read_text()
 
@@ -162,11 +160,7 @@ def test_systemd_unit_passes_systemd_analyze_verify(case, tmp_path):
         ).group(1)
     )
     newer = {"RestartSteps", "RestartMaxDelaySec"} if version < 254 else set()
-    problems = [
-        line
-        for line in result.stderr.splitlines()
-        if not any(f"Unknown key '{k}'" in line for k in newer)
-    ]
+    problems = [line for line in result.stderr.splitlines() if not any(f"Unknown key '{k}'" in line for k in newer)]
     assert result.returncode == 0 and problems == []
 
 
@@ -183,9 +177,7 @@ def test_systemd_unit_restarts_always_with_backoff_and_a_credential(case):
 def _fake_vllm(tmp_path) -> Path:
     """An executable that records its argv and the API key it was given."""
     fake = tmp_path / "vllm"
-    fake.write_text(
-        '#!/bin/sh\nprintf "%s\\n" "$@" > "$0.argv"\nprintf "%s" "$VLLM_API_KEY" > "$0.key"\n'
-    )
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.argv"\nprintf "%s" "$VLLM_API_KEY" > "$0.key"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     return fake
 
@@ -200,9 +192,7 @@ def test_systemd_execstart_hands_vllm_the_plan_argv_and_the_key_from_the_credent
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "api-key").write_text("s3cret")
-    subprocess.run(
-        words, check=True, env={"CREDENTIALS_DIRECTORY": str(creds), "PATH": "/usr/bin:/bin"}
-    )
+    subprocess.run(words, check=True, env={"CREDENTIALS_DIRECTORY": str(creds), "PATH": "/usr/bin:/bin"})
     plan = _plan(CASES[case])
     assert fake.with_suffix(".argv").read_text().splitlines() == [
         "serve",
@@ -270,10 +260,7 @@ def test_compose_file_parses_with_a_strict_compose_spec_parser(case):
 def test_compose_healthcheck_waits_twice_the_predicted_cold_start(case):
     svc = next(iter(_compose(case)["services"].values()))
     plan = _plan(CASES[case])
-    assert (
-        int(svc["healthcheck"]["start_period"].rstrip("s"))
-        >= 2 * plan.performance["predicted_cold_start_s"]
-    )
+    assert int(svc["healthcheck"]["start_period"].rstrip("s")) >= 2 * plan.performance["predicted_cold_start_s"]
 
 
 def test_compose_entrypoint_reads_the_key_from_the_secret_and_runs_the_plan(tmp_path):
@@ -344,9 +331,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(case):
 
 def test_k8s_without_an_api_key_uses_http_probes_and_still_validates():
     plan = _plan(CASES["qwen3-8b-chat-h100"])
-    docs = list(
-        yaml.safe_load_all(export.kubernetes(plan, export.ExportOptions(api_key=False, hpa=True)))
-    )
+    docs = list(yaml.safe_load_all(export.kubernetes(plan, export.ExportOptions(api_key=False, hpa=True))))
     container = docs[0]["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models"
     for doc in docs:
@@ -419,6 +404,5 @@ def test_plan_json_and_export_agree_on_the_vllm_arguments(runner):
     plan = json.loads(runner.invoke(app, ["plan", *args, "--json"]).stdout)
     deployment = next(yaml.safe_load_all(_export(runner, "k8s", args)))
     assert (
-        deployment["spec"]["template"]["spec"]["containers"][0]["args"][: len(plan["vllm_args"])]
-        == plan["vllm_args"]
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"][: len(plan["vllm_args"])] == plan["vllm_args"]
     )

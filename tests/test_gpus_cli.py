@@ -14,6 +14,7 @@ IDLE, HELD = "h100_idle", "h100_30pct_held"
 @pytest.fixture
 def replay(monkeypatch):
     """Make the NVML module replay a recording; returns the fake for its recorded facts."""
+
     def use(name: str, visible: str | None = None, order: str | None = None):
         fake = fake_pynvml.load(name)
         monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
@@ -24,6 +25,7 @@ def replay(monkeypatch):
             else:
                 monkeypatch.setenv(var, value)
         return fake
+
     return use
 
 
@@ -53,11 +55,16 @@ def test_json_lists_the_gpu_under_cuda_index_0(runner, replay):
 
 def test_json_memory_is_the_recorded_bytes(runner, replay):
     fake = replay(IDLE)
-    v2 = next(c["result"] for c in fake.recording["calls"]
-              if c["call"] == "nvmlDeviceGetMemoryInfo" and c.get("kwargs"))
+    v2 = next(
+        c["result"] for c in fake.recording["calls"] if c["call"] == "nvmlDeviceGetMemoryInfo" and c.get("kwargs")
+    )
     gpu = _gpus_json(runner)["gpus"][0]
-    assert (gpu["memory_total_bytes"], gpu["memory_reserved_bytes"], gpu["memory_used_bytes"],
-            gpu["memory_free_bytes"]) == (v2["total"], v2["reserved"], v2["used"], v2["free"])
+    assert (
+        gpu["memory_total_bytes"],
+        gpu["memory_reserved_bytes"],
+        gpu["memory_used_bytes"],
+        gpu["memory_free_bytes"],
+    ) == (v2["total"], v2["reserved"], v2["used"], v2["free"])
 
 
 def test_json_shows_the_process_holding_memory(runner, replay):
@@ -68,8 +75,7 @@ def test_json_shows_the_process_holding_memory(runner, replay):
 
 def test_table_shows_the_gpu_and_the_driver(runner, replay):
     fake = replay(IDLE)
-    driver = next(c["result"] for c in fake.recording["calls"]
-                  if c["call"] == "nvmlSystemGetDriverVersion")
+    driver = next(c["result"] for c in fake.recording["calls"] if c["call"] == "nvmlSystemGetDriverVersion")
     result = runner.invoke(app, ["gpus"])
     assert result.exit_code == 0 and "H100" in result.stdout and f"Driver {driver}" in result.stdout
 

@@ -14,21 +14,23 @@ IDLE, HELD = "h100_idle", "h100_30pct_held"
 @pytest.fixture
 def on(monkeypatch):
     """Plan as `qwdeploy plan MODEL` would on the machine of a recording."""
+
     def use(name: str):
         fake = fake_pynvml.load(name)
         monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
         monkeypatch.setattr(nvml, "_proc_comm", fake.process_name)
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-        plan = cli.make_plan("Qwen/Qwen3-8B", None, "chat", None, None, None, None, None, None,
-                             None, None, None)
+        plan = cli.make_plan("Qwen/Qwen3-8B", None, "chat", None, None, None, None, None, None, None, None, None)
         return fake, plan
+
     return use
 
 
 def _nvml_free(fake) -> int:
-    v2 = next(c["result"] for c in fake.recording["calls"]
-              if c["call"] == "nvmlDeviceGetMemoryInfo" and c.get("kwargs"))
+    v2 = next(
+        c["result"] for c in fake.recording["calls"] if c["call"] == "nvmlDeviceGetMemoryInfo" and c.get("kwargs")
+    )
     return v2["free"]
 
 
@@ -76,8 +78,9 @@ def _named(name: str, count: int, links: dict[tuple[int, int], str] = {}):
     gpus = [replace(g, uuid=f"{name}-{g.index}") for g in hardware.named(name, count)]
     out = []
     for g in gpus:
-        mine = tuple((f"{name}-{b if a == g.index else a}", kind) for (a, b), kind in links.items()
-                     if g.index in (a, b))
+        mine = tuple(
+            (f"{name}-{b if a == g.index else a}", kind) for (a, b), kind in links.items() if g.index in (a, b)
+        )
         out.append(replace(g, links=mine))
     return out
 
@@ -87,14 +90,14 @@ def test_named_gpus_keep_the_lowest_indices():
 
 
 def test_nvlinked_pair_beats_a_pcie_pair():
-    gpus = _named("L40S", 4, {(0, 1): "SYS", (0, 2): "SYS", (0, 3): "SYS", (1, 2): "PHB",
-                              (1, 3): "SYS", (2, 3): "NVLINK"})
+    gpus = _named(
+        "L40S", 4, {(0, 1): "SYS", (0, 2): "SYS", (0, 3): "SYS", (1, 2): "PHB", (1, 3): "SYS", (2, 3): "NVLINK"}
+    )
     assert [g.index for g in planner.choose_gpus(gpus, 2)] == [2, 3]
 
 
 def test_one_kind_of_gpu_is_preferred_to_a_mixed_group():
-    gpus = hardware.named("A100-80GB", 1) + [replace(g, index=g.index + 1)
-                                             for g in hardware.named("H100", 2)]
+    gpus = hardware.named("A100-80GB", 1) + [replace(g, index=g.index + 1) for g in hardware.named("H100", 2)]
     assert {g.name for g in planner.choose_gpus(gpus, 2)} == {"H100-SXM-80GB"}
 
 

@@ -22,8 +22,9 @@ def _two(second_name: str | None = None) -> nvml.Inventory:
     """NVML index 0 sits on the higher PCI bus id than NVML index 1."""
     inv = _recorded()
     a = replace(inv.gpus[0], uuid="GPU-aaaa0000", pci_bus_id="00000000:41:00.0")
-    b = replace(inv.gpus[0], index=1, uuid="GPU-aaaa1111", pci_bus_id="00000000:06:00.0",
-                name=second_name or inv.gpus[0].name)
+    b = replace(
+        inv.gpus[0], index=1, uuid="GPU-aaaa1111", pci_bus_id="00000000:06:00.0", name=second_name or inv.gpus[0].name
+    )
     return replace(inv, gpus=(a, b))
 
 

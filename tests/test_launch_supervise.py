@@ -14,7 +14,7 @@ import pytest
 from qwdeploy import launch, vllm_log
 from qwdeploy.errors import ExitCode, QwdeployError
 
-FAKE_VLLM = r'''
+FAKE_VLLM = r"""
 import json, os, signal, subprocess, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -89,7 +89,7 @@ class Handler(BaseHTTPRequestHandler):
 server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
 log("INFO:     Application startup complete.")
 server.serve_forever()
-'''
+"""
 
 
 def free_port() -> int:
@@ -109,10 +109,15 @@ def fake(tmp_path, monkeypatch):
         port = free_port()
         for k, v in (env or {}).items():
             monkeypatch.setenv(k, v)
-        return launch.Launch(argv=(sys.executable, str(script), mode, str(port), "fake-model",
-                                   str(marks)),
-                             env={}, host="127.0.0.1", port=port, served_model_name="fake-model",
-                             device="cpu")
+        return launch.Launch(
+            argv=(sys.executable, str(script), mode, str(port), "fake-model", str(marks)),
+            env={},
+            host="127.0.0.1",
+            port=port,
+            served_model_name="fake-model",
+            device="cpu",
+        )
+
     make.marks = marks
     make.log = tmp_path / "vllm.log"
     return make
@@ -122,6 +127,7 @@ def signal_self_when_ready(sig, seen):
     def on_ready(ready):
         seen.append(ready)
         threading.Timer(0.2, os.kill, (os.getpid(), sig)).start()
+
     return on_ready
 
 
@@ -140,8 +146,7 @@ def test_sigterm_is_forwarded_as_sigterm(fake):
 
 def test_readiness_waits_until_the_model_is_listed(fake):
     seen = []
-    launch.serve(fake(env={"FAKE_LIST_AFTER": "1.5"}), fake.log,
-                 on_ready=signal_self_when_ready(signal.SIGINT, seen))
+    launch.serve(fake(env={"FAKE_LIST_AFTER": "1.5"}), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen))
     assert seen[0].seconds >= 1.5  # /health answered long before
 
 
@@ -154,23 +159,27 @@ def test_the_report_at_ready_holds_the_logged_figures(fake):
 
 def test_phases_are_shown_as_vllm_enters_them(fake):
     phases = []
-    launch.serve(fake(), fake.log, on_phase=lambda name, t: phases.append(name),
-                 on_ready=signal_self_when_ready(signal.SIGINT, []))
+    launch.serve(
+        fake(),
+        fake.log,
+        on_phase=lambda name, t: phases.append(name),
+        on_ready=signal_self_when_ready(signal.SIGINT, []),
+    )
     assert phases[:2] == [vllm_log.ENGINE, vllm_log.LOADING] and vllm_log.SERVING in phases
 
 
 def test_api_key_is_sent_by_the_readiness_checks(fake):
     cfg = fake()
     cfg = launch.Launch(**{**cfg.__dict__, "env": {"VLLM_API_KEY": "k3y"}})
-    stopped = launch.serve(cfg, fake.log, api_key="k3y",
-                           on_ready=signal_self_when_ready(signal.SIGINT, []))
+    stopped = launch.serve(cfg, fake.log, api_key="k3y", on_ready=signal_self_when_ready(signal.SIGINT, []))
     assert stopped.signal == "SIGINT"
 
 
 def test_a_group_that_ignores_signals_is_killed_after_the_timeout(fake):
     t0 = time.monotonic()
-    stopped = launch.serve(fake("stubborn"), fake.log, stop_timeout_s=1.0,
-                           on_ready=signal_self_when_ready(signal.SIGINT, []))
+    stopped = launch.serve(
+        fake("stubborn"), fake.log, stop_timeout_s=1.0, on_ready=signal_self_when_ready(signal.SIGINT, [])
+    )
     child = int(fake.marks.read_text().split()[1])
     assert stopped.killed and stopped.survivors == 0
     assert not os.path.exists(f"/proc/{child}") or "Z" in open(f"/proc/{child}/stat").read()
@@ -211,8 +220,7 @@ def test_a_port_in_use_fails_before_starting_vllm(fake):
 def test_group_members_sees_a_process_group_and_its_end():
     import subprocess
 
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
-                         start_new_session=True)
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     try:
         assert launch.group_members(p.pid) == [p.pid]
     finally:

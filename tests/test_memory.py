@@ -58,12 +58,15 @@ def test_awq_int4_linear_through_marlin_is_0_5195_bytes_per_weight():
     assert memory._linear_bytes(5120, 17408, v, "down_proj") == pytest.approx(5120 * 17408 * 0.51953125)
 
 
-@pytest.mark.parametrize("repo,tp,problem", [
-    ("Qwen/Qwen3-14B", 5, "KV heads"),
-    ("Qwen/Qwen3-8B", 3, "attention heads"),
-    ("Qwen/Qwen3-30B-A3B-FP8", 4, "block"),
-    ("Qwen/Qwen3-4B-AWQ", 8, "Marlin"),
-])
+@pytest.mark.parametrize(
+    "repo,tp,problem",
+    [
+        ("Qwen/Qwen3-14B", 5, "KV heads"),
+        ("Qwen/Qwen3-8B", 3, "attention heads"),
+        ("Qwen/Qwen3-30B-A3B-FP8", 4, "block"),
+        ("Qwen/Qwen3-4B-AWQ", 8, "Marlin"),
+    ],
+)
 def test_tp_sizes_vllm_refuses_are_explained(repo, tp, problem):
     assert problem in memory.tp_problem(catalog.get(repo), tp)
 

@@ -222,9 +222,7 @@ def test_serve_args_add_the_ray_executor_exactly_once(moe_2x8_h100):
 
 
 def test_single_node_serve_args_are_the_plan_args():
-    p = make_plan(
-        "Qwen/Qwen3-8B", None, "chat", "H100", 1, None, None, None, None, None, None, None
-    )
+    p = make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, None, None, None, None, None, None, None)
     assert multinode.serve_args(p) == p.vllm_args
 
 

@@ -26,9 +26,7 @@ from qwdeploy import catalog, multinode, planner, profiles
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("ray") is None, reason="ray is not installed (pip install ray)"
-    ),
+    pytest.mark.skipif(shutil.which("ray") is None, reason="ray is not installed (pip install ray)"),
 ]
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-qwen3"
@@ -41,9 +39,7 @@ def _free_port() -> int:
 
 
 def _nodes(address: str) -> int:
-    r = subprocess.run(
-        ["ray", "status", f"--address={address}"], capture_output=True, text=True, timeout=60
-    )
+    r = subprocess.run(["ray", "status", f"--address={address}"], capture_output=True, text=True, timeout=60)
     return r.stdout.count(" node_") if r.returncode == 0 else 0
 
 
@@ -146,9 +142,7 @@ def test_the_head_and_worker_argv_come_from_the_plan(tiny_plan):
     importlib.util.find_spec("vllm") is None,
     reason="vLLM is not installed (bash scripts/install-test-deps.sh)",
 )
-def test_vllm_cpu_attaches_to_the_cluster_then_refuses_the_ray_executor(
-    cluster, tiny_plan, tmp_path
-):
+def test_vllm_cpu_attaches_to_the_cluster_then_refuses_the_ray_executor(cluster, tiny_plan, tmp_path):
     launch = multinode.ray_launch(tiny_plan, cluster.split(":")[0], int(cluster.split(":")[1]))
     assert launch.serve[:2] == ("vllm", "serve")
     model, *args = launch.serve[2:]
@@ -180,9 +174,7 @@ def test_vllm_cpu_attaches_to_the_cluster_then_refuses_the_ray_executor(
     log = tmp_path / "vllm.log"
     with open(log, "w") as out, open("/tmp/qwdeploy-vllm.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one vLLM at a time on this machine (serve/warm tests)
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             rc = proc.wait(180)
         finally:

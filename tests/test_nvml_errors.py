@@ -8,12 +8,15 @@ from qwdeploy.cli import app
 from qwdeploy.errors import ExitCode, QwdeployError
 
 
-@pytest.mark.parametrize("nvml_error, exit_code", [
-    ("LIBRARY_NOT_FOUND", ExitCode.NVML_MISSING),
-    ("DRIVER_NOT_LOADED", ExitCode.NVML_MISSING),
-    ("NO_PERMISSION", ExitCode.NVML_MISSING),
-    ("LIB_RM_VERSION_MISMATCH", ExitCode.NVML_DRIVER_MISMATCH),
-])
+@pytest.mark.parametrize(
+    "nvml_error, exit_code",
+    [
+        ("LIBRARY_NOT_FOUND", ExitCode.NVML_MISSING),
+        ("DRIVER_NOT_LOADED", ExitCode.NVML_MISSING),
+        ("NO_PERMISSION", ExitCode.NVML_MISSING),
+        ("LIB_RM_VERSION_MISMATCH", ExitCode.NVML_DRIVER_MISMATCH),
+    ],
+)
 def test_each_nvml_init_failure_has_its_exit_code(nvml_error, exit_code):
     with pytest.raises(QwdeployError) as e:
         nvml.inventory(fake_pynvml.failing_init(nvml_error))

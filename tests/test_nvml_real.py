@@ -23,8 +23,7 @@ pytestmark = pytest.mark.skipif(_driver_present(), reason="an NVIDIA driver is p
 
 
 def _qwdeploy(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qwdeploy", *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "qwdeploy", *args], capture_output=True, text=True, timeout=60)
 
 
 def _one_error_line(stderr: str) -> str:

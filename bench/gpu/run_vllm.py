@@ -22,6 +22,7 @@ Timing fields:
   llm_init_s               `LLM(**kwargs)` wall time, from "go" to ready
   proc_start_to_ready_s    import_s + llm_init_s + python start: what a fresh process would take
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,17 @@ def smi_query() -> dict:
     out: dict = {}
     try:
         r = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used,memory.total,memory.reserved",
-             "--format=csv,noheader,nounits", "-i", "0"],
-            capture_output=True, text=True, timeout=20)
+            [
+                "nvidia-smi",
+                "--query-gpu=memory.used,memory.total,memory.reserved",
+                "--format=csv,noheader,nounits",
+                "-i",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         parts = [p.strip() for p in r.stdout.strip().split(",")]
         out["smi_used_MiB"] = int(parts[0])
         out["smi_total_MiB"] = int(parts[1])
@@ -58,8 +67,11 @@ def smi_query() -> dict:
         out["smi_error"] = repr(e)
     try:
         r = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
-             "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
+            ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         apps = []
         for line in r.stdout.strip().splitlines():
             p = [x.strip() for x in line.split(",")]
@@ -99,15 +111,17 @@ PATTERNS = {
     "available_kv_GiB": (r"Available KV cache memory: " + _F + r" GiB", float),
     "kv_tokens": (r"GPU KV cache size: ([\d,]+) tokens", lambda s: int(s.replace(",", ""))),
     "max_concurrency": (r"Maximum concurrency for [\d,]+ tokens per request: " + _F + r"x", float),
-    "max_concurrency_mml": (r"Maximum concurrency for ([\d,]+) tokens per request",
-                            lambda s: int(s.replace(",", ""))),
+    "max_concurrency_mml": (r"Maximum concurrency for ([\d,]+) tokens per request", lambda s: int(s.replace(",", ""))),
     "graph_capture_s": (r"Graph capturing finished in " + _F + r" secs", float),
     "graph_capture_GiB": (r"Graph capturing finished in [0-9.]+ secs, took " + _F + r" GiB", float),
     "torch_compile_s": (r"torch\.compile took " + _F + r" s in total", float),
     "dynamo_transform_s": (r"Dynamo bytecode transform time: " + _F + r" s", float),
     "init_engine_s": (r"init engine \(profile, create kv cache, warmup model\) took " + _F + " s", float),
-    "init_engine_compilation_s": (r"init engine \(profile, create kv cache, warmup model\) took [0-9.]+ s "
-                                  r"\(compilation: " + _F + " s", float),
+    "init_engine_compilation_s": (
+        r"init engine \(profile, create kv cache, warmup model\) took [0-9.]+ s "
+        r"\(compilation: " + _F + " s",
+        float,
+    ),
     "estimated_cudagraph_GiB": (r"Estimated CUDA graph memory: " + _F + r" GiB total", float),
     "initial_profiling_s": (r"Initial profiling/warmup run took " + _F + " s", float),
     "attention_backend": (r"Using (\S+) attention backend", str),
@@ -118,18 +132,47 @@ PATTERNS = {
 }
 ACTUAL_USAGE = re.compile(
     r"Free memory on device \(" + _F + "/" + _F + r" GiB\) on startup\. Desired GPU memory utilization is "
-    r"\(" + _F + ", " + _F + r" GiB\)\. Actual usage is " + _F + r" GiB for weight, " + _F +
-    r" GiB for peak activation, " + _F + r" GiB for non-torch memory, and " + _F +
-    r" GiB for CUDAGraph memory\. Replace gpu_memory_utilization config with `--kv-cache-memory=(\d+)` "
-    r"\(" + _F + r" GiB\) to fit into requested memory, or `--kv-cache-memory=(\d+)` \(" + _F +
-    r" GiB\) to fully utilize gpu memory\. Current kv cache memory in use is " + _F + " GiB")
-ACTUAL_KEYS = ["startup_free_GiB", "startup_total_GiB", "gmu_logged", "requested_GiB", "weights_GiB",
-               "peak_activation_GiB", "non_torch_GiB", "cudagraph_GiB", "kv_mem_to_requested_bytes",
-               "kv_mem_to_requested_GiB", "kv_mem_to_gpu_bytes", "kv_mem_to_gpu_GiB", "kv_in_use_GiB"]
+    r"\("
+    + _F
+    + ", "
+    + _F
+    + r" GiB\)\. Actual usage is "
+    + _F
+    + r" GiB for weight, "
+    + _F
+    + r" GiB for peak activation, "
+    + _F
+    + r" GiB for non-torch memory, and "
+    + _F
+    + r" GiB for CUDAGraph memory\. Replace gpu_memory_utilization config with `--kv-cache-memory=(\d+)` "
+    r"\("
+    + _F
+    + r" GiB\) to fit into requested memory, or `--kv-cache-memory=(\d+)` \("
+    + _F
+    + r" GiB\) to fully utilize gpu memory\. Current kv cache memory in use is "
+    + _F
+    + " GiB"
+)
+ACTUAL_KEYS = [
+    "startup_free_GiB",
+    "startup_total_GiB",
+    "gmu_logged",
+    "requested_GiB",
+    "weights_GiB",
+    "peak_activation_GiB",
+    "non_torch_GiB",
+    "cudagraph_GiB",
+    "kv_mem_to_requested_bytes",
+    "kv_mem_to_requested_GiB",
+    "kv_mem_to_gpu_bytes",
+    "kv_mem_to_gpu_GiB",
+    "kv_in_use_GiB",
+]
 INTERESTING = re.compile(
     r"(DeepGEMM|deep_gemm|DeepGemm|CUTLASS|Cutlass|Marlin|marlin|AWQ|awq_marlin|Fp8|FP8|fp8|MoE|moe|"
     r"quantization|Triton|kernel|backend|cache directory|Directly load|from the cache|AOT|WARNING|"
-    r"Error|ERROR)")
+    r"Error|ERROR)"
+)
 
 
 def parse_log(text: str) -> dict:
@@ -147,8 +190,11 @@ def parse_log(text: str) -> dict:
         vals = m[-1]
         for k, v in zip(ACTUAL_KEYS, vals):
             res[k] = int(v) if k.endswith("_bytes") else float(v)
-    errs = re.findall(r"(?:ValueError|RuntimeError|AssertionError|NotImplementedError|TypeError|"
-                      r"torch\.OutOfMemoryError|KeyError|ImportError|AttributeError)[^\n]*", text)
+    errs = re.findall(
+        r"(?:ValueError|RuntimeError|AssertionError|NotImplementedError|TypeError|"
+        r"torch\.OutOfMemoryError|KeyError|ImportError|AttributeError)[^\n]*",
+        text,
+    )
     if errs:
         # keep unique, in order, the last few
         seen, uniq = set(), []
@@ -158,7 +204,9 @@ def parse_log(text: str) -> dict:
                 seen.add(e)
                 uniq.append(e)
         res["error_lines"] = uniq[-6:]
-    res["warm_compile_cache"] = bool(re.search(r"Directly load (?:the compiled graph|AOT compilation)|from the cache", text))
+    res["warm_compile_cache"] = bool(
+        re.search(r"Directly load (?:the compiled graph|AOT compilation)|from the cache", text)
+    )
     notes = []
     for line in text.split("\n"):
         if INTERESTING.search(line) and "Traceback" not in line and len(notes) < 60:
@@ -174,15 +222,20 @@ def parse_log(text: str) -> dict:
 
 def _worker_probe(self):  # runs inside the vLLM worker (EngineCore process) via collective_rpc
     import torch
+
     out = {}
-    for a in ("requested_memory", "peak_activation_memory", "non_torch_memory",
-              "cudagraph_memory_estimate", "available_kv_cache_memory_bytes"):
+    for a in (
+        "requested_memory",
+        "peak_activation_memory",
+        "non_torch_memory",
+        "cudagraph_memory_estimate",
+        "available_kv_cache_memory_bytes",
+    ):
         v = getattr(self, a, None)
         out[a] = int(v) if isinstance(v, (int, float)) else None
     snap = getattr(self, "init_snapshot", None)
     if snap is not None:
-        for a in ("free_memory", "total_memory", "cuda_memory", "torch_memory", "non_torch_memory",
-                  "torch_peak"):
+        for a in ("free_memory", "total_memory", "cuda_memory", "torch_memory", "non_torch_memory", "torch_peak"):
             v = getattr(snap, a, None)
             out["init_snapshot_" + a] = int(v) if isinstance(v, (int, float)) else None
     mr = getattr(self, "model_runner", None)
@@ -226,6 +279,7 @@ def child_main(args) -> int:
     import vllm
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
+
     result["import_s"] = round(time.time() - t0, 2)
     result["python_start_to_imported_s"] = round(time.time() - t_start, 2)
     result["vllm_version"] = vllm.__version__
@@ -235,8 +289,9 @@ def child_main(args) -> int:
     line = sys.stdin.readline()
     go = json.loads(line) if line.strip() else {}
     os.environ.update({k: str(v) for k, v in go.get("env", {}).items()})
-    result["env_at_go"] = {k: os.environ.get(k) for k in sorted(os.environ)
-                           if k.startswith(("VLLM_", "DG_", "CUDA_", "PYTORCH_", "TORCH"))}
+    result["env_at_go"] = {
+        k: os.environ.get(k) for k in sorted(os.environ) if k.startswith(("VLLM_", "DG_", "CUDA_", "PYTORCH_", "TORCH"))
+    }
     t_go = time.time()
     kwargs = dict(case["llm_kwargs"])
     print("=== GO", case["name"], time.strftime("%H:%M:%S"), flush=True)
@@ -293,15 +348,16 @@ def child_main(args) -> int:
     bench = case.get("bench") or {}
     if bench:
         import random
+
         rng = random.Random(1234)
 
         def prompts(n, length):
-            return [TokensPrompt(prompt_token_ids=[rng.randrange(1000, 150000) for _ in range(length)])
-                    for _ in range(n)]
+            return [
+                TokensPrompt(prompt_token_ids=[rng.randrange(1000, 150000) for _ in range(length)]) for _ in range(n)
+            ]
 
         def sp(max_tokens):
-            return SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0,
-                                  detokenize=False)
+            return SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0, detokenize=False)
 
         def timed(ps, max_tokens):
             t = time.time()
@@ -311,17 +367,25 @@ def child_main(args) -> int:
             n_in = sum(len(o.prompt_token_ids) for o in outs)
             return s, n_out, n_in
 
-        tp: dict = {"note": "random prompt ids (distinct per request, no prefix-cache hits), "
-                            "ignore_eos, temperature 0, detokenize False, warm-up generate first"}
+        tp: dict = {
+            "note": "random prompt ids (distinct per request, no prefix-cache hits), "
+            "ignore_eos, temperature 0, detokenize False, warm-up generate first"
+        }
         try:
             in_len = int(bench.get("in_len", 128))
             out_len = int(bench.get("out_len", 256))
             for b in bench.get("decode_batches", []):
                 timed(prompts(b, in_len), 16)  # warm-up
                 s, n_out, n_in = timed(prompts(b, in_len), out_len)
-                tp[f"decode_b{b}"] = {"batch": b, "in_len": in_len, "out_len": out_len, "s": round(s, 3),
-                                      "out_tokens": n_out, "out_tok_per_s": round(n_out / s, 1),
-                                      "per_seq_tok_per_s": round(n_out / s / b, 2)}
+                tp[f"decode_b{b}"] = {
+                    "batch": b,
+                    "in_len": in_len,
+                    "out_len": out_len,
+                    "s": round(s, 3),
+                    "out_tokens": n_out,
+                    "out_tok_per_s": round(n_out / s, 1),
+                    "per_seq_tok_per_s": round(n_out / s / b, 2),
+                }
                 result["throughput"] = tp
                 dump()
             pf = bench.get("prefill")
@@ -329,11 +393,15 @@ def child_main(args) -> int:
                 n, length = int(pf[0]), int(pf[1])
                 timed(prompts(n, length), 1)  # warm-up
                 s, n_out, n_in = timed(prompts(n, length), 1)
-                tp[f"prefill_{n}x{length}"] = {"requests": n, "in_len": length, "max_tokens": 1,
-                                               "s": round(s, 3), "in_tokens": n_in,
-                                               "prefill_tok_per_s": round(n_in / s, 1)}
-            result.update({("after_bench_" + k): v for k, v in smi_query().items()
-                           if k == "smi_used_MiB"})
+                tp[f"prefill_{n}x{length}"] = {
+                    "requests": n,
+                    "in_len": length,
+                    "max_tokens": 1,
+                    "s": round(s, 3),
+                    "in_tokens": n_in,
+                    "prefill_tok_per_s": round(n_in / s, 1),
+                }
+            result.update({("after_bench_" + k): v for k, v in smi_query().items() if k == "smi_used_MiB"})
         except Exception as e:  # noqa: BLE001
             tp["error"] = f"{type(e).__name__}: {e}"[:2000]
         result["throughput"] = tp
@@ -393,10 +461,22 @@ class Child:
         self.logf.flush()
         self.t_spawn = time.time()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "child", "--case-json", json.dumps(case),
-             "--result", self.result_path],
-            stdin=subprocess.PIPE, stdout=self.logf, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, text=True)
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "child",
+                "--case-json",
+                json.dumps(case),
+                "--result",
+                self.result_path,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=self.logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            text=True,
+        )
 
     def go(self, env_over: dict):
         self.t_go = time.time()
@@ -450,13 +530,18 @@ def orchestrate(args) -> int:
     base_env = dict(os.environ)
     base_env["PYTHONUNBUFFERED"] = "1"
     base_env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # for collective_rpc(callable) read-back only
-    meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cases": [c["name"] for c in cases],
-            "smi_at_start": smi_query()}
+    meta = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cases": [c["name"] for c in cases],
+        "smi_at_start": smi_query(),
+    }
     try:
         meta["nvidia_smi_L"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
         meta["nvidia_smi_query"] = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,pci.bus_id",
-             "--format=csv"], capture_output=True, text=True).stdout
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,pci.bus_id", "--format=csv"],
+            capture_output=True,
+            text=True,
+        ).stdout
     except Exception as e:  # noqa: BLE001
         meta["smi_error"] = repr(e)
     with open(os.path.join(args.out, "batch_meta.json"), "w") as f:
@@ -480,8 +565,10 @@ def orchestrate(args) -> int:
             env_over.update(case["fp8_fallback_env"])
             fallback_applied = True
         child.go(env_over)
-        note(f"GO {case['name']} (gpu used before {idle.get('smi_used_MiB')} MiB, "
-             f"apps {idle.get('compute_apps')}) env={env_over}")
+        note(
+            f"GO {case['name']} (gpu used before {idle.get('smi_used_MiB')} MiB, "
+            f"apps {idle.get('compute_apps')}) env={env_over}"
+        )
         # pre-spawn the next case: it only imports vLLM, then blocks on stdin
         pending = Child(cases[i + 1], out_raw, base_env) if i + 1 < len(cases) else None
         timeout = float(case.get("timeout_s", args.timeout))
@@ -525,8 +612,9 @@ def orchestrate(args) -> int:
             res["child_result_error"] = repr(e)
         res["log"] = parse_log(trimmed)
         ch = res.get("child") or {}
-        res["refused"] = bool(res["log"].get("estimated_max_model_len") is not None
-                              or "To serve at least one request" in trimmed)
+        res["refused"] = bool(
+            res["log"].get("estimated_max_model_len") is not None or "To serve at least one request" in trimmed
+        )
         res["ok"] = ch.get("llm_init_s") is not None and not timed_out
         with open(os.path.join(out_raw, case["name"] + ".json"), "w") as f:
             json.dump(res, f, indent=1, default=str)
@@ -536,12 +624,14 @@ def orchestrate(args) -> int:
                 fp8_fallback = True
                 note("FP8 start too slow -> later FP8 cases use their fp8_fallback_env")
         lg = res["log"]
-        note(f"DONE {case['name']} rc={rc} ok={res['ok']} refused={res['refused']} timed_out={timed_out} "
-             f"wall={wall_go_to_exit}s import={ch.get('import_s')} init={ch.get('llm_init_s')} "
-             f"W={lg.get('weights_GiB')} A={lg.get('peak_activation_GiB')} N={lg.get('non_torch_GiB')} "
-             f"C={lg.get('cudagraph_GiB')} KV={lg.get('available_kv_GiB')} tok={lg.get('kv_tokens')} "
-             f"blocks={(ch.get('engine') or {}).get('num_gpu_blocks')} est={lg.get('estimated_max_model_len')} "
-             f"tp={json.dumps(ch.get('throughput', {}))[:300]} err={(lg.get('error_lines') or [''])[-1][:200]}")
+        note(
+            f"DONE {case['name']} rc={rc} ok={res['ok']} refused={res['refused']} timed_out={timed_out} "
+            f"wall={wall_go_to_exit}s import={ch.get('import_s')} init={ch.get('llm_init_s')} "
+            f"W={lg.get('weights_GiB')} A={lg.get('peak_activation_GiB')} N={lg.get('non_torch_GiB')} "
+            f"C={lg.get('cudagraph_GiB')} KV={lg.get('available_kv_GiB')} tok={lg.get('kv_tokens')} "
+            f"blocks={(ch.get('engine') or {}).get('num_gpu_blocks')} est={lg.get('estimated_max_model_len')} "
+            f"tp={json.dumps(ch.get('throughput', {}))[:300]} err={(lg.get('error_lines') or [''])[-1][:200]}"
+        )
     if pending is not None:
         pending.kill()
     with open(os.path.join(args.out, "DONE"), "w") as f:

@@ -16,6 +16,7 @@ no CUDA context and does not show up in the process lists) and /proc/<pid>/comm 
     python3 capture_nvml.py --out h100_idle.json
     python3 capture_nvml.py --out h100_30pct_held.json --hold-fraction 0.30   # starts + stops a holder
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,9 +112,11 @@ def run(cmd, timeout=60):
 
 
 def torch_mem_get_info():
-    code = ("import json,torch;f,t=torch.cuda.mem_get_info();"
-            "print(json.dumps({'free_bytes':f,'total_bytes':t,'device_name':torch.cuda.get_device_name(0),"
-            "'torch':torch.__version__,'device_count':torch.cuda.device_count()}))")
+    code = (
+        "import json,torch;f,t=torch.cuda.mem_get_info();"
+        "print(json.dumps({'free_bytes':f,'total_bytes':t,'device_name':torch.cuda.get_device_name(0),"
+        "'torch':torch.__version__,'device_count':torch.cuda.device_count()}))"
+    )
     out = run([sys.executable, "-c", code], timeout=120)
     try:
         return json.loads(out.strip().splitlines()[-1])
@@ -124,10 +127,15 @@ def torch_mem_get_info():
 def capture(label: str) -> dict:
     import pynvml as nv
 
-    doc: dict = {"label": label, "captured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                 "hostname": os.uname().nodename, "python": sys.version.split()[0]}
+    doc: dict = {
+        "label": label,
+        "captured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "hostname": os.uname().nodename,
+        "python": sys.version.split()[0],
+    }
     try:
         from importlib.metadata import version
+
         doc["nvidia_ml_py_version"] = version("nvidia-ml-py")
     except Exception as e:  # noqa: BLE001
         doc["nvidia_ml_py_version"] = repr(e)
@@ -144,27 +152,49 @@ def capture(label: str) -> dict:
         if h is None:
             continue
         r.handles[i] = h
-        for name in ("nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo",
-                     "nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetMemoryInfo"):
+        for name in (
+            "nvmlDeviceGetName",
+            "nvmlDeviceGetUUID",
+            "nvmlDeviceGetPciInfo",
+            "nvmlDeviceGetPciInfo_v3",
+            "nvmlDeviceGetMemoryInfo",
+        ):
             r.call(name, h)
         mv2 = getattr(nv, "nvmlMemory_v2", None)
         if mv2 is not None:
             r.call("nvmlDeviceGetMemoryInfo", h, version=mv2)
         else:
-            r.calls.append({"call": "nvmlDeviceGetMemoryInfo", "args": [{"handle": i}],
-                            "kwargs": {"version": "nvmlMemory_v2"},
-                            "error": {"class": "MissingInPynvml", "value": None,
-                                      "str": "pynvml has no nvmlMemory_v2"}})
-        for name in ("nvmlDeviceGetCudaComputeCapability", "nvmlDeviceGetMigMode",
-                     "nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetComputeRunningProcesses",
-                     "nvmlDeviceGetGraphicsRunningProcesses", "nvmlDeviceGetPowerUsage",
-                     "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetPersistenceMode",
-                     "nvmlDeviceGetMinorNumber", "nvmlDeviceGetBoardPartNumber", "nvmlDeviceGetBrand",
-                     "nvmlDeviceGetSerial", "nvmlDeviceGetIndex", "nvmlDeviceGetArchitecture",
-                     "nvmlDeviceGetNumGpuCores", "nvmlDeviceGetComputeMode",
-                     "nvmlDeviceGetCurrentClocksThrottleReasons", "nvmlDeviceGetUtilizationRates",
-                     "nvmlDeviceGetBAR1MemoryInfo", "nvmlDeviceGetVbiosVersion",
-                     "nvmlDeviceGetNumaNodeId"):
+            r.calls.append(
+                {
+                    "call": "nvmlDeviceGetMemoryInfo",
+                    "args": [{"handle": i}],
+                    "kwargs": {"version": "nvmlMemory_v2"},
+                    "error": {"class": "MissingInPynvml", "value": None, "str": "pynvml has no nvmlMemory_v2"},
+                }
+            )
+        for name in (
+            "nvmlDeviceGetCudaComputeCapability",
+            "nvmlDeviceGetMigMode",
+            "nvmlDeviceGetMaxMigDeviceCount",
+            "nvmlDeviceGetComputeRunningProcesses",
+            "nvmlDeviceGetGraphicsRunningProcesses",
+            "nvmlDeviceGetPowerUsage",
+            "nvmlDeviceGetEnforcedPowerLimit",
+            "nvmlDeviceGetPersistenceMode",
+            "nvmlDeviceGetMinorNumber",
+            "nvmlDeviceGetBoardPartNumber",
+            "nvmlDeviceGetBrand",
+            "nvmlDeviceGetSerial",
+            "nvmlDeviceGetIndex",
+            "nvmlDeviceGetArchitecture",
+            "nvmlDeviceGetNumGpuCores",
+            "nvmlDeviceGetComputeMode",
+            "nvmlDeviceGetCurrentClocksThrottleReasons",
+            "nvmlDeviceGetUtilizationRates",
+            "nvmlDeviceGetBAR1MemoryInfo",
+            "nvmlDeviceGetVbiosVersion",
+            "nvmlDeviceGetNumaNodeId",
+        ):
             res = r.call(name, h)
             if name.endswith("RunningProcesses") and res:
                 for p in res:
@@ -172,8 +202,10 @@ def capture(label: str) -> dict:
                     if pid is not None:
                         pids.add(int(pid))
         r.call("nvmlDeviceGetTemperature", h, nv.NVML_TEMPERATURE_GPU, const_args={1: "NVML_TEMPERATURE_GPU"})
-        for clk, cname in ((getattr(nv, "NVML_CLOCK_SM", 1), "NVML_CLOCK_SM"),
-                           (getattr(nv, "NVML_CLOCK_MEM", 2), "NVML_CLOCK_MEM")):
+        for clk, cname in (
+            (getattr(nv, "NVML_CLOCK_SM", 1), "NVML_CLOCK_SM"),
+            (getattr(nv, "NVML_CLOCK_MEM", 2), "NVML_CLOCK_MEM"),
+        ):
             r.call("nvmlDeviceGetMaxClockInfo", h, clk, const_args={1: cname})
         for link in range(18):
             r.call("nvmlDeviceGetNvLinkState", h, link)
@@ -183,8 +215,12 @@ def capture(label: str) -> dict:
             if hi is None or hj is None:
                 continue
             r.call("nvmlDeviceGetTopologyCommonAncestor", hi, hj)
-            for cname in ("NVML_P2P_CAPS_INDEX_READ", "NVML_P2P_CAPS_INDEX_NVLINK",
-                          "NVML_P2P_CAPS_INDEX_WRITE", "NVML_P2P_CAPS_INDEX_ATOMICS"):
+            for cname in (
+                "NVML_P2P_CAPS_INDEX_READ",
+                "NVML_P2P_CAPS_INDEX_NVLINK",
+                "NVML_P2P_CAPS_INDEX_WRITE",
+                "NVML_P2P_CAPS_INDEX_ATOMICS",
+            ):
                 cval = getattr(nv, cname, None)
                 if cval is None:
                     continue
@@ -195,11 +231,23 @@ def capture(label: str) -> dict:
                     r.call("nvmlDeviceGetP2PStatus", hi, hj, cval[0], const_args={2: cname + "[0]"})
     r.call("nvmlShutdown")
     doc["calls"] = r.calls
-    doc["constants"] = {k: getattr(nv, k) for k in dir(nv)
-                        if k.startswith(("NVML_TOPOLOGY_", "NVML_P2P_STATUS_", "NVML_P2P_CAPS_INDEX_",
-                                         "NVML_TEMPERATURE_GPU", "NVML_DEVICE_MIG_", "NVML_FEATURE_",
-                                         "NVML_ERROR_", "NVML_SUCCESS"))
-                        and isinstance(getattr(nv, k), int)}
+    doc["constants"] = {
+        k: getattr(nv, k)
+        for k in dir(nv)
+        if k.startswith(
+            (
+                "NVML_TOPOLOGY_",
+                "NVML_P2P_STATUS_",
+                "NVML_P2P_CAPS_INDEX_",
+                "NVML_TEMPERATURE_GPU",
+                "NVML_DEVICE_MIG_",
+                "NVML_FEATURE_",
+                "NVML_ERROR_",
+                "NVML_SUCCESS",
+            )
+        )
+        and isinstance(getattr(nv, k), int)
+    }
     doc["process_names"] = {}
     for pid in sorted(pids):
         try:
@@ -216,11 +264,16 @@ def capture(label: str) -> dict:
             cmd = None
         doc["process_names"][str(pid)] = {"comm": comm, "cmdline": cmd}
     doc["nvidia_smi_query_csv"] = run(
-        ["nvidia-smi", "--query-gpu=index,name,uuid,pci.bus_id,driver_version,memory.total,memory.used,"
-         "memory.free,memory.reserved,compute_cap,mig.mode.current,persistence_mode,power.draw,temperature.gpu",
-         "--format=csv"])
+        [
+            "nvidia-smi",
+            "--query-gpu=index,name,uuid,pci.bus_id,driver_version,memory.total,memory.used,"
+            "memory.free,memory.reserved,compute_cap,mig.mode.current,persistence_mode,power.draw,temperature.gpu",
+            "--format=csv",
+        ]
+    )
     doc["nvidia_smi_compute_apps_csv"] = run(
-        ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory,gpu_uuid", "--format=csv"])
+        ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory,gpu_uuid", "--format=csv"]
+    )
     doc["torch_mem_get_info"] = torch_mem_get_info()
     return doc
 
@@ -242,8 +295,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True, help="JSON path; nvidia-smi texts go beside it")
     ap.add_argument("--label", default=None)
-    ap.add_argument("--hold-fraction", type=float, default=0.0,
-                    help="start a torch process holding this fraction of total memory while capturing")
+    ap.add_argument(
+        "--hold-fraction",
+        type=float,
+        default=0.0,
+        help="start a torch process holding this fraction of total memory while capturing",
+    )
     args = ap.parse_args()
     base = args.out[:-5] if args.out.endswith(".json") else args.out
     holder = None
@@ -257,8 +314,11 @@ def main() -> int:
         while not os.path.exists(ready) and time.time() - t < 120 and holder.poll() is None:
             time.sleep(0.2)
         time.sleep(0.5)
-        hold_info = {"holder_pid": holder.pid, "fraction": args.hold_fraction,
-                     "ready_after_s": round(time.time() - t, 1)}
+        hold_info = {
+            "holder_pid": holder.pid,
+            "fraction": args.hold_fraction,
+            "ready_after_s": round(time.time() - t, 1),
+        }
         try:
             with open(ready) as f:
                 n, total = f.read().split()
