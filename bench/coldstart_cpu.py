@@ -32,8 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qwdeploy import cache  # noqa: E402
-from qwdeploy.cli import make_plan  # noqa: E402
+import qwdeploy  # noqa: E402
+from qwdeploy.planning.plan import Pins  # noqa: E402
+from qwdeploy.vllm import cache_key, install  # noqa: E402
+from qwdeploy.vllm.warm import WarmOptions, warm  # noqa: E402
 
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-qwen3")
 EXTRA = ("--load-format", "dummy", "--skip-tokenizer-init", "--served-model-name", "tiny-qwen3")
@@ -44,7 +46,8 @@ MAX_OVERLAP_S = 2.0
 def tiny_plan():
     # The plan is sized for an H100 (the planner needs a GPU); on CPU the compile-relevant
     # settings are what matter: max_model_len 1024, 4 sequences, 1024 batched tokens.
-    return make_plan(TINY, None, "chat", "H100", None, None, 1024, None, None, 4, 1024, None)
+    pins = Pins(max_model_len=1024, max_num_seqs=4, max_num_batched_tokens=1024)
+    return qwdeploy.plan(qwdeploy.PlanRequest(TINY, gpu="H100", pins=pins))
 
 
 def vllm_groups(proc: str = "/proc") -> set[int]:
@@ -90,7 +93,7 @@ class Contention:
 def start(plan, root: Path, force: bool) -> dict:
     t = time.time()
     with Contention() as seen:
-        r = cache.warm(plan, root, extra_args=EXTRA, env=ENV, force=force, ready_timeout_s=600)
+        r = warm(plan, WarmOptions(cache_root=root, extra_args=EXTRA, env=ENV, force=force, ready_timeout_s=600))
     out = r.to_json()
     out["wall_s"] = round(time.time() - t, 2)
     # Another server's last second of shutdown (it released the lock) is not contention.
@@ -136,9 +139,9 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
-            "vllm": cache.installed_vllm_version(),
+            "vllm": install.installed_version(),
         },
-        "plan_key_fields": cache.key_fields(plan, cache.installed_vllm_version(), "cpu"),
+        "plan_key_fields": cache_key.key_fields(plan, install.installed_version(), "cpu"),
         "starts": {"cold": cold, "restart_qwdeploy": again, "restart_no_cache": nocache},
         "ready_s": {
             "cold": cold["phases"]["ready_s"],

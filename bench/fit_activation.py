@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vllm_runs import GiB, load_runs  # noqa: E402
 
-from qwdeploy import catalog, memory  # noqa: E402
+from qwdeploy.planning import catalog, memory  # noqa: E402
+from qwdeploy.planning.engine import Engine  # noqa: E402
 
 
 def features(run: dict) -> tuple[list[float], float] | None:
@@ -37,7 +38,7 @@ def main() -> None:
     runs = load_runs()
     rows = [(r, f) for r in runs if (f := features(r))]
     # The forward constants come from runs whose forward pass sets the peak: mnbt 16384 (cold)
-    # and warm-cache restarts; the others peak while compiling (see memory.Calibration).
+    # and warm-cache restarts; the others peak while compiling (see qwdeploy/planning/calibration.py).
     dense = [
         (r, f)
         for r, f in rows
@@ -57,11 +58,13 @@ def main() -> None:
         pred = (
             memory.activation_bytes(
                 v,
-                r.get("tp", 1),
-                r["max_num_batched_tokens"],
-                r["max_num_seqs"],
-                bool(r.get("enforce_eager")),
-                compile_cache_warm=bool(r.get("warm_compile_cache")),
+                Engine(
+                    tensor_parallel_size=r.get("tp", 1),
+                    max_num_batched_tokens=r["max_num_batched_tokens"],
+                    max_num_seqs=r["max_num_seqs"],
+                    enforce_eager=bool(r.get("enforce_eager")),
+                    compile_cache_warm=bool(r.get("warm_compile_cache")),
+                ),
             )
             / GiB
         )

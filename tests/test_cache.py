@@ -1,4 +1,4 @@
-"""qwdeploy.cache: the key, the directory, warm/cold, DeepGEMM and loader choices (no vLLM)."""
+"""qwdeploy.vllm.cache and cache_key: the key, the directory, warm/cold, DeepGEMM and loader choices (no vLLM)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from qwdeploy import cache
-from qwdeploy.cli import make_plan
+from qwdeploy import PlanRequest, plan
+from qwdeploy.planning import startup
+from qwdeploy.planning.plan import Pins
+from qwdeploy.vllm import cache, cache_key
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
 
@@ -25,11 +27,19 @@ def plan_for(
     mnbt=None,
     eager=None,
 ):
-    return make_plan(model, dtype, profile, gpu, None, None, mml, gmu, kv, seqs, mnbt, eager)
+    pins = Pins(
+        max_model_len=mml,
+        gpu_memory_utilization=gmu,
+        kv_cache_dtype=kv,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=mnbt,
+        enforce_eager=eager,
+    )
+    return plan(PlanRequest(model, dtype=dtype, profile=profile, gpu=gpu, pins=pins))
 
 
 def key_of(plan, **kw):
-    return cache.cache_key(cache.key_fields(plan, "0.26.0", "H100", **kw))
+    return cache_key.cache_key(cache_key.key_fields(plan, "0.26.0", "H100", **kw))
 
 
 # ---- the key ---------------------------------------------------------------------------------
@@ -63,23 +73,25 @@ def test_eager_plans_ignore_max_num_seqs():
 
 def test_vllm_version_and_device_are_in_the_key():
     p = plan_for()
-    base = cache.cache_key(cache.key_fields(p, "0.26.0", "H100"))
-    assert base != cache.cache_key(cache.key_fields(p, "0.27.0", "H100"))
-    assert base != cache.cache_key(cache.key_fields(p, "0.26.0", "H200"))
+    base = cache_key.cache_key(cache_key.key_fields(p, "0.26.0", "H100"))
+    assert base != cache_key.cache_key(cache_key.key_fields(p, "0.27.0", "H100"))
+    assert base != cache_key.cache_key(cache_key.key_fields(p, "0.26.0", "H200"))
 
 
 def test_key_change_names_the_settings_that_differ():
     old, new = plan_for(mml=8192), plan_for(mml=16384, mnbt=4096)
-    assert cache.key_change(old, new) == ["max_model_len", "max_num_batched_tokens"]
+    assert cache_key.key_change(old, new) == ["max_model_len", "max_num_batched_tokens"]
 
 
 def test_key_change_is_empty_when_only_gpu_memory_utilization_moves():
-    assert cache.key_change(plan_for(gmu=0.85), plan_for(gmu=0.92)) == []
+    assert cache_key.key_change(plan_for(gmu=0.85), plan_for(gmu=0.92)) == []
 
 
 def test_describe_change_says_keeps_or_cold():
-    assert cache.describe_change([]).startswith("keeps the compile cache")
-    assert cache.describe_change(["max_model_len"]) == "changes max_model_len: cold compile expected on the next start"
+    assert cache_key.describe_change([]).startswith("keeps the compile cache")
+    assert (
+        cache_key.describe_change(["max_model_len"]) == "changes max_model_len: cold compile expected on the next start"
+    )
 
 
 # ---- the directory -----------------------------------------------------------------------------
@@ -201,24 +213,24 @@ def test_cache_state_is_frozen(tmp_path):
 
 
 def test_bf16_plans_leave_deep_gemm_alone():
-    assert cache.deep_gemm_warmup(plan_for()) is None
+    assert startup.deep_gemm_warmup(plan_for()) is None
 
 
 def test_fp8_low_latency_pays_the_relax_deep_gemm_warmup():
-    assert cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "low-latency", mml=8192)) == "relax"
+    assert startup.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "low-latency", mml=8192)) == "relax"
 
 
 def test_fp8_chat_skips_the_deep_gemm_warmup():
-    assert cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "chat")) == "skip"
+    assert startup.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "chat")) == "skip"
 
 
 def test_fp8_on_ada_has_no_deep_gemm():
     # DeepGEMM needs SM90+; an L40S (SM89) runs FP8 through CUTLASS
-    assert cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "chat", gpu="L40S")) is None
+    assert startup.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "chat", gpu="L40S")) is None
 
 
 def test_fp8_eager_has_no_jit_warmup():
-    assert cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "chat", eager=True)) is None
+    assert startup.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8", "chat", eager=True)) is None
 
 
 def test_deep_gemm_choice_is_in_env_and_notes(tmp_path):
@@ -237,9 +249,9 @@ def test_deep_gemm_kernels_are_shared_across_keys_of_one_gpu(tmp_path):
 def test_deep_gemm_jit_grows_with_the_graph_sizes():
     # g03 (H100, 8B-FP8, warm-up skip, 51 sizes): profiling 20.3 s and graph capture 150 s vs
     # bf16 0.7 s and 6 s: 19.6 + 51 × 144/51 = 163.6 s, paid whatever VLLM_DEEP_GEMM_WARMUP says
-    assert cache.deep_gemm_jit_s(plan_for("Qwen/Qwen3-8B-FP8", "chat", seqs=256)) == 163.6
+    assert startup.deep_gemm_jit_s(plan_for("Qwen/Qwen3-8B-FP8", "chat", seqs=256)) == 163.6
     # 4 sequences: sizes 1, 2, 4, 8 -> 19.6 + 4 × 144/51 = 30.89
-    assert cache.deep_gemm_jit_s(plan_for("Qwen/Qwen3-8B-FP8", "chat", seqs=4)) == 30.9
+    assert startup.deep_gemm_jit_s(plan_for("Qwen/Qwen3-8B-FP8", "chat", seqs=4)) == 30.9
 
 
 def test_relax_warmup_adds_vllms_prefill_shapes():
@@ -247,14 +259,14 @@ def test_relax_warmup_adds_vllms_prefill_shapes():
     # (m_q8bfp8_lowlatency), 257 s at 8192 (fp8-vanilla: 586.6 s ready vs bf16 165.9 s)
     low = plan_for("Qwen/Qwen3-8B-FP8", "low-latency")
     assert low.max_num_batched_tokens == 4096
-    skip = cache.deep_gemm_jit_s(low, "skip")
-    assert cache.deep_gemm_jit_s(low, "relax") - skip == pytest.approx(236, abs=1)
+    skip = startup.deep_gemm_jit_s(low, "skip")
+    assert startup.deep_gemm_jit_s(low, "relax") - skip == pytest.approx(236, abs=1)
     chat = plan_for("Qwen/Qwen3-8B-FP8", "chat", seqs=256)
-    assert cache.deep_gemm_jit_s(chat, "relax") == pytest.approx(586.6 - 165.9, rel=0.05)
+    assert startup.deep_gemm_jit_s(chat, "relax") == pytest.approx(586.6 - 165.9, rel=0.05)
 
 
 def test_bf16_has_no_deep_gemm_jit():
-    assert cache.deep_gemm_jit_s(plan_for()) == 0.0
+    assert startup.deep_gemm_jit_s(plan_for()) == 0.0
 
 
 def test_empty_deep_gemm_cache_adds_the_jit_to_the_expected_start(tmp_path):
@@ -280,26 +292,26 @@ def test_fp8_eager_still_caches_deep_gemm_kernels(tmp_path):
 
 def test_bad_deep_gemm_override_is_refused():
     with pytest.raises(ValueError):
-        cache.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8"), "fast")
+        startup.deep_gemm_warmup(plan_for("Qwen/Qwen3-8B-FP8"), "fast")
 
 
 # ---- loader ------------------------------------------------------------------------------------
 
 
 def test_loader_defaults_to_safetensors_mmap():
-    assert cache.choose_loader(plan_for(), set(), "H100")[0] == "auto"
+    assert cache_key.choose_loader(plan_for(), set(), "H100")[0] == "auto"
 
 
 def test_loader_prefers_fastsafetensors_when_installed():
-    assert cache.choose_loader(plan_for(), {"fastsafetensors"}, "H100")[0] == "fastsafetensors"
+    assert cache_key.choose_loader(plan_for(), {"fastsafetensors"}, "H100")[0] == "fastsafetensors"
 
 
 def test_loader_uses_runai_streamer_when_that_is_installed():
-    assert cache.choose_loader(plan_for(), {"runai_model_streamer"}, "H100")[0] == "runai_streamer"
+    assert cache_key.choose_loader(plan_for(), {"runai_model_streamer"}, "H100")[0] == "runai_streamer"
 
 
 def test_cpu_keeps_the_default_loader():
-    assert cache.choose_loader(plan_for(), {"fastsafetensors"}, "cpu")[0] == "auto"
+    assert cache_key.choose_loader(plan_for(), {"fastsafetensors"}, "cpu")[0] == "auto"
 
 
 # ---- local models ------------------------------------------------------------------------------
@@ -307,8 +319,8 @@ def test_cpu_keeps_the_default_loader():
 
 def test_local_model_key_uses_the_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(Path(TINY).parent.parent.parent)
-    rel = cache.key_fields(plan_for("tests/fixtures/tiny-qwen3"), "0.32.0", "cpu")
-    absolute = cache.key_fields(plan_for(TINY), "0.32.0", "cpu")
+    rel = cache_key.key_fields(plan_for("tests/fixtures/tiny-qwen3"), "0.32.0", "cpu")
+    absolute = cache_key.key_fields(plan_for(TINY), "0.32.0", "cpu")
     assert rel["model"] == absolute["model"] == str(Path(TINY).resolve())
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from qwdeploy import catalog
 from qwdeploy.errors import UnknownModelError
+from qwdeploy.planning import catalog
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from hubserver import COMMIT, REPO_ID, HubServer
 
-from qwdeploy import download as dl
-from qwdeploy import hub_files as files
 from qwdeploy.cli import app
 from qwdeploy.errors import ExitCode
+from qwdeploy.hub import download as dl
+from qwdeploy.hub import files
 
 SHARD1 = "model-00001-of-00002.safetensors"
 SHARD2 = "model-00002-of-00002.safetensors"
@@ -183,7 +183,7 @@ def test_rich_progress_draws_bytes_and_files_while_the_clients_run(hub, env):
 
     from rich.console import Console
 
-    from qwdeploy.progress import RichProgress
+    from qwdeploy.cli.progress import RichProgress
 
     out = io.StringIO()
     bar = RichProgress(Console(file=out, force_terminal=True, width=120), bars=True)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from qwdeploy import download as dl
-from qwdeploy import hub_files as hub
 from qwdeploy.errors import ExitCode
+from qwdeploy.hub import clients, errors
+from qwdeploy.hub import download as dl
+from qwdeploy.hub import files as hub
 
 GiB = 1 << 30
 HF = hub.Source("hf", hub.HF_ENDPOINT)
@@ -126,7 +127,7 @@ def test_enough_disk_passes():
 def test_files_already_there_are_not_counted_as_needed(tmp_path):
     m = hub.build_manifest(HF, "Qwen/Qwen3-8B", "main", None, listing())
     (tmp_path / "config.json").write_bytes(b"x" * 700)
-    plan = dl.Plan(m, tmp_path, hub.present(m, tmp_path), free_bytes=0)
+    plan = hub.Plan(m, tmp_path, hub.present(m, tmp_path), free_bytes=0)
     assert plan.needed_bytes == 10 * GiB
 
 
@@ -197,11 +198,11 @@ def test_reachable_sources_go_first_and_unreachable_stay_as_a_last_try():
 
 
 def test_the_users_hf_token_never_goes_to_a_mirror_auto_mode_picked():
-    assert dl._hf_token(hub.Source("hf-mirror", hub.HF_MIRROR_ENDPOINT)) is False
+    assert clients._hf_token(hub.Source("hf-mirror", hub.HF_MIRROR_ENDPOINT)) is False
 
 
 def test_the_users_hf_token_goes_to_a_mirror_the_user_chose():
-    assert dl._hf_token(hub.Source("hf-mirror", "https://mirror.corp", explicit=True)) is None
+    assert clients._hf_token(hub.Source("hf-mirror", "https://mirror.corp", explicit=True)) is None
 
 
 # ---- destinations --------------------------------------------------------------------------------
@@ -236,11 +237,11 @@ def test_free_space_is_read_on_the_nearest_existing_parent(tmp_path):
 
 
 def test_an_unknown_exception_is_left_as_a_bug():
-    assert dl.classify(ZeroDivisionError()) is None
+    assert errors.classify(ZeroDivisionError()) is None
 
 
 def test_a_full_disk_during_the_transfer_is_exit_23():
-    assert dl.classify(OSError(28, "No space left on device")) == ExitCode.DISK_FULL
+    assert errors.classify(OSError(28, "No space left on device")) == ExitCode.DISK_FULL
 
 
 def test_a_local_model_directory_is_not_downloaded(tmp_path):
@@ -262,7 +263,7 @@ def test_a_local_model_directory_is_not_downloaded(tmp_path):
 def test_tokens_are_taken_out_of_messages():
     env = {"HF_TOKEN": "hf_abcdefghijklmnop", "MODELSCOPE_API_TOKEN": "ms-secret-1234"}
     text = 'body: {"AccessToken": "ms-secret-1234"} Bearer hf_abcdefghijklmnop hf_zzzzzzzzzzzz'
-    assert dl.redact(text, env) == 'body: {"AccessToken": "***"} Bearer *** hf_***'
+    assert errors.redact(text, env) == 'body: {"AccessToken": "***"} Bearer *** hf_***'
 
 
 def test_importing_download_and_progress_loads_no_hub_client():

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qwdeploy import export, multinode
-from qwdeploy.cli import app, make_plan
+from qwdeploy import PlanRequest, export, plan
+from qwdeploy.cli import app
+from qwdeploy.vllm import ray
 
 GOLDEN = Path(__file__).parent / "golden" / "export"
 K8S_VERSION = "1.30.0"
@@ -63,21 +64,15 @@ def _export(runner, fmt, args):
 def _plan(args):
     """The Plan behind a CLI case (same code path as the command)."""
     opts = dict(zip(args[1::2], args[2::2]))
-    return make_plan(
-        args[0],
-        None,
-        opts.get("--profile", "chat"),
-        opts.get("--gpu"),
-        int(opts["--num-gpus"]) if "--num-gpus" in opts else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        int(opts.get("--nodes", 1)),
-        int(opts["--num-gpus-per-node"]) if "--num-gpus-per-node" in opts else None,
+    return plan(
+        PlanRequest(
+            args[0],
+            profile=opts.get("--profile", "chat"),
+            gpu=opts.get("--gpu"),
+            num_gpus=int(opts["--num-gpus"]) if "--num-gpus" in opts else None,
+            nodes=int(opts.get("--nodes", 1)),
+            gpus_per_node=int(opts["--num-gpus-per-node"]) if "--num-gpus-per-node" in opts else None,
+        )
     )
 
 
@@ -389,7 +384,7 @@ def test_k8s_leader_args_are_the_multi_node_serve_args():
     lws = _docs("qwen3-235b-a22b-chat-2x8xh100-hpa")[0]
     leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
     plan = _plan(MULTI)
-    assert leader["args"] == multinode.serve_args(plan) + ["--host", "0.0.0.0", "--port", "8000"]
+    assert leader["args"] == ray.serve_args(plan) + ["--host", "0.0.0.0", "--port", "8000"]
 
 
 def test_k8s_hpa_scales_on_vllms_waiting_requests():

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qwdeploy import profiles
-from qwdeploy.cli import make_plan
+import qwdeploy
+from qwdeploy import PlanRequest
+from qwdeploy.planning import profiles
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 QWDEPLOY = f"{sys.executable} -m qwdeploy"
@@ -155,20 +156,7 @@ def test_deploy_k8s_never_calls_kubectl_when_the_model_does_not_fit(tmp_path):
 def test_sample_profile_loads_and_plans():
     prof = profiles.load(str(EXAMPLES / "profiles" / "rag.yaml"))
     assert (prof.max_model_len, prof.min_concurrency, prof.reasoning_parser) == (16384, 16, None)
-    plan = make_plan(
-        "Qwen/Qwen3-14B",
-        None,
-        str(EXAMPLES / "profiles" / "rag.yaml"),
-        "L40S",
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    plan = qwdeploy.plan(PlanRequest("Qwen/Qwen3-14B", profile=str(EXAMPLES / "profiles" / "rag.yaml"), gpu="L40S"))
     assert plan.fits and plan.max_model_len == 16384
 
 

@@ -5,8 +5,8 @@ import json
 import fake_pynvml
 import pytest
 
-from qwdeploy import nvml
 from qwdeploy.cli import app
+from qwdeploy.gpus import nvml
 
 IDLE, HELD = "h100_idle", "h100_30pct_held"
 

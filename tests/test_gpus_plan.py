@@ -6,7 +6,11 @@ from dataclasses import replace
 import fake_pynvml
 import pytest
 
-from qwdeploy import catalog, cli, hardware, memory, nvml, planner, profiles
+from qwdeploy import PlanRequest, plan
+from qwdeploy.gpus import local, nvml
+from qwdeploy.gpus.specs import Gpu, named
+from qwdeploy.planning import candidate, catalog, planner, profiles
+from qwdeploy.planning.calibration import CALIBRATION
 
 IDLE, HELD = "h100_idle", "h100_30pct_held"
 
@@ -21,8 +25,7 @@ def on(monkeypatch):
         monkeypatch.setattr(nvml, "_proc_comm", fake.process_name)
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-        plan = cli.make_plan("Qwen/Qwen3-8B", None, "chat", None, None, None, None, None, None, None, None, None)
-        return fake, plan
+        return fake, plan(PlanRequest("Qwen/Qwen3-8B"))
 
     return use
 
@@ -38,8 +41,8 @@ def test_30_percent_held_plan_passes_vllms_free_memory_check_with_margin(on):
     fake, plan = on(HELD)
     requested = math.ceil(plan.gpu.total_bytes * plan.gpu_memory_utilization)
     # vLLM: free memory after its CUDA context must be >= ceil(total × gmu); CUDA graphs come on top
-    free_after_context = _nvml_free(fake) - memory.CALIBRATION.cuda_context_bytes
-    margin = planner.FREE_MEMORY_MARGIN_BYTES
+    free_after_context = _nvml_free(fake) - CALIBRATION.cuda_context_bytes
+    margin = candidate.FREE_MEMORY_MARGIN_BYTES
     assert requested + plan.memory.cudagraph_bytes + margin <= free_after_context
 
 
@@ -75,7 +78,7 @@ def test_cuda_total_of_the_probed_gpu_is_what_cuda_reported(on):
 
 
 def _named(name: str, count: int, links: dict[tuple[int, int], str] = {}):
-    gpus = [replace(g, uuid=f"{name}-{g.index}") for g in hardware.named(name, count)]
+    gpus = [replace(g, uuid=f"{name}-{g.index}") for g in named(name, count)]
     out = []
     for g in gpus:
         mine = tuple(
@@ -86,7 +89,7 @@ def _named(name: str, count: int, links: dict[tuple[int, int], str] = {}):
 
 
 def test_named_gpus_keep_the_lowest_indices():
-    assert [g.index for g in planner.choose_gpus(hardware.named("H100", 8), 2)] == [0, 1]
+    assert [g.index for g in planner.choose_gpus(named("H100", 8), 2)] == [0, 1]
 
 
 def test_nvlinked_pair_beats_a_pcie_pair():
@@ -97,14 +100,14 @@ def test_nvlinked_pair_beats_a_pcie_pair():
 
 
 def test_one_kind_of_gpu_is_preferred_to_a_mixed_group():
-    gpus = hardware.named("A100-80GB", 1) + [replace(g, index=g.index + 1) for g in hardware.named("H100", 2)]
+    gpus = named("A100-80GB", 1) + [replace(g, index=g.index + 1) for g in named("H100", 2)]
     assert {g.name for g in planner.choose_gpus(gpus, 2)} == {"H100-SXM-80GB"}
 
 
 def test_a_mixed_group_is_planned_against_the_smaller_gpu():
-    gpus = hardware.named("H100", 1) + [replace(g, index=1) for g in hardware.named("L40S", 1)]
-    plan = planner.plan([catalog.get("Qwen/Qwen3-8B")], profiles.load("low-latency"), gpus)
-    assert plan.tensor_parallel_size == 2 and plan.gpu.name == "L40S-48GB"
+    gpus = named("H100", 1) + [replace(g, index=1) for g in named("L40S", 1)]
+    p = planner.plan(planner.Problem((catalog.get("Qwen/Qwen3-8B"),), profiles.load("low-latency"), tuple(gpus)))
+    assert p.tensor_parallel_size == 2 and p.gpu.name == "L40S-48GB"
 
 
 def test_the_gpu_with_more_free_memory_wins():
@@ -123,6 +126,6 @@ def test_links_do_not_buy_a_group_with_much_less_free_memory():
     assert [g.index for g in planner.choose_gpus([idle, held, third], 2)] == [0, 2]
 
 
-def _probed(name: str) -> hardware.Gpu:
+def _probed(name: str) -> Gpu:
     nv = fake_pynvml.load(name)
-    return hardware.local_view(nvml.inventory(nv, process_name=nv.process_name), {}).gpus()[0]
+    return local.local_view(nvml.inventory(nv, process_name=nv.process_name), {}).gpus()[0]

@@ -9,8 +9,9 @@ from dataclasses import replace
 import fake_pynvml
 import pytest
 
-from qwdeploy import hardware, nvml
 from qwdeploy.errors import ExitCode, QwdeployError
+from qwdeploy.gpus import local as hardware
+from qwdeploy.gpus import nvml
 
 
 def _recorded() -> nvml.Inventory:

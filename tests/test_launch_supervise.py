@@ -1,4 +1,4 @@
-"""launch.serve supervising a stand-in for vLLM: a small OpenAI-shaped HTTP server that prints
+"""supervisor.serve supervising a stand-in for vLLM: a small OpenAI-shaped HTTP server that prints
 vLLM's log lines (fast; the real vLLM runs in test_serve_vllm.py). Checks readiness (listing,
 then a completion), the log follower, failures, and that signals stop the whole group."""
 
@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from qwdeploy import launch, vllm_log
 from qwdeploy.errors import ExitCode, QwdeployError
+from qwdeploy.vllm import command, failures, supervisor
+from qwdeploy.vllm import phases as vllm_phases
 
 FAKE_VLLM = r"""
 import json, os, signal, subprocess, sys, threading, time
@@ -109,7 +110,7 @@ def fake(tmp_path, monkeypatch):
         port = free_port()
         for k, v in (env or {}).items():
             monkeypatch.setenv(k, v)
-        return launch.Launch(
+        return command.Launch(
             argv=(sys.executable, str(script), mode, str(port), "fake-model", str(marks)),
             env={},
             host="127.0.0.1",
@@ -133,51 +134,53 @@ def signal_self_when_ready(sig, seen):
 
 def test_ready_means_listed_and_answered_then_sigint_stops_the_group(fake):
     seen = []
-    stopped = launch.serve(fake(), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen))
+    stopped = supervisor.serve(fake(), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen))
     assert seen[0].model == "fake-model" and seen[0].endpoint.endswith("/v1")
     assert (stopped.signal, stopped.vllm_exit_code, stopped.survivors) == ("SIGINT", 0, 0)
     assert fake.marks.read_text() == "SIGINT\n"  # forwarded to vLLM's group as SIGINT
 
 
 def test_sigterm_is_forwarded_as_sigterm(fake):
-    stopped = launch.serve(fake(), fake.log, on_ready=signal_self_when_ready(signal.SIGTERM, []))
+    stopped = supervisor.serve(fake(), fake.log, on_ready=signal_self_when_ready(signal.SIGTERM, []))
     assert stopped.signal == "SIGTERM" and fake.marks.read_text() == "SIGTERM\n"
 
 
 def test_readiness_waits_until_the_model_is_listed(fake):
     seen = []
-    launch.serve(fake(env={"FAKE_LIST_AFTER": "1.5"}), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen))
+    supervisor.serve(
+        fake(env={"FAKE_LIST_AFTER": "1.5"}), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen)
+    )
     assert seen[0].seconds >= 1.5  # /health answered long before
 
 
 def test_the_report_at_ready_holds_the_logged_figures(fake):
     seen = []
-    launch.serve(fake(), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen))
+    supervisor.serve(fake(), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen))
     report = seen[0].report
     assert (report.kv_cache_tokens, report.max_concurrency) == (1048576, 1024.0)
 
 
 def test_phases_are_shown_as_vllm_enters_them(fake):
     phases = []
-    launch.serve(
+    supervisor.serve(
         fake(),
         fake.log,
         on_phase=lambda name, t: phases.append(name),
         on_ready=signal_self_when_ready(signal.SIGINT, []),
     )
-    assert phases[:2] == [vllm_log.ENGINE, vllm_log.LOADING] and vllm_log.SERVING in phases
+    assert phases[:2] == [vllm_phases.ENGINE, vllm_phases.LOADING] and vllm_phases.SERVING in phases
 
 
 def test_api_key_is_sent_by_the_readiness_checks(fake):
     cfg = fake()
-    cfg = launch.Launch(**{**cfg.__dict__, "env": {"VLLM_API_KEY": "k3y"}})
-    stopped = launch.serve(cfg, fake.log, api_key="k3y", on_ready=signal_self_when_ready(signal.SIGINT, []))
+    cfg = command.Launch(**{**cfg.__dict__, "env": {"VLLM_API_KEY": "k3y"}})
+    stopped = supervisor.serve(cfg, fake.log, api_key="k3y", on_ready=signal_self_when_ready(signal.SIGINT, []))
     assert stopped.signal == "SIGINT"
 
 
 def test_a_group_that_ignores_signals_is_killed_after_the_timeout(fake):
     t0 = time.monotonic()
-    stopped = launch.serve(
+    stopped = supervisor.serve(
         fake("stubborn"), fake.log, stop_timeout_s=1.0, on_ready=signal_self_when_ready(signal.SIGINT, [])
     )
     child = int(fake.marks.read_text().split()[1])
@@ -187,23 +190,23 @@ def test_a_group_that_ignores_signals_is_killed_after_the_timeout(fake):
 
 
 def test_a_refused_start_is_one_line_with_vllms_fix(fake):
-    with pytest.raises(launch.StartFailed) as e:
-        launch.serve(fake("refuse"), fake.log)
+    with pytest.raises(supervisor.StartFailed) as e:
+        supervisor.serve(fake("refuse"), fake.log)
     assert e.value.exit_code == ExitCode.SERVE_FAILED
     assert e.value.message.startswith("vLLM exited with code 1 before it was ready")
     assert "--max-model-len 896" in e.value.message and "\n" not in e.value.message
-    assert e.value.failure.kind == vllm_log.KV_TOO_SMALL and e.value.log_tail
+    assert e.value.failure.kind == failures.KV_TOO_SMALL and e.value.log_tail
 
 
 def test_vllm_exiting_while_serving_is_a_failure(fake):
-    with pytest.raises(launch.StartFailed) as e:
-        launch.serve(fake("crash"), fake.log)
+    with pytest.raises(supervisor.StartFailed) as e:
+        supervisor.serve(fake("crash"), fake.log)
     assert e.value.message == "vLLM exited with code 3 while serving"
 
 
 def test_not_ready_in_time_is_a_failure_naming_the_phase(fake):
-    with pytest.raises(launch.StartFailed) as e:
-        launch.serve(fake(env={"FAKE_LIST_AFTER": "600"}), fake.log, ready_timeout_s=2)
+    with pytest.raises(supervisor.StartFailed) as e:
+        supervisor.serve(fake(env={"FAKE_LIST_AFTER": "600"}), fake.log, ready_timeout_s=2)
     assert "not ready after 2 s" in e.value.message and "--ready-timeout" in e.value.hint
 
 
@@ -213,7 +216,7 @@ def test_a_port_in_use_fails_before_starting_vllm(fake):
         s.bind(("127.0.0.1", cfg.port))
         s.listen()
         with pytest.raises(QwdeployError) as e:
-            launch.serve(cfg, fake.log)
+            supervisor.serve(cfg, fake.log)
     assert e.value.exit_code == ExitCode.SERVE_FAILED and not fake.log.exists()
 
 
@@ -222,8 +225,8 @@ def test_group_members_sees_a_process_group_and_its_end():
 
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     try:
-        assert launch.group_members(p.pid) == [p.pid]
+        assert supervisor.group_members(p.pid) == [p.pid]
     finally:
         p.kill()
         p.wait()
-    assert launch.group_members(p.pid) == []
+    assert supervisor.group_members(p.pid) == []

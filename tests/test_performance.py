@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from vllm_runs import load_runs
+from vllm_runs import load_runs, run_request
 
-from qwdeploy import catalog, hardware, performance, planner, profiles
-from qwdeploy.cli import make_plan
+from qwdeploy import PlanRequest, plan
+from qwdeploy.planning import performance, startup
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,16 +15,7 @@ RUNS = load_runs()
 
 
 def _plan(run):
-    pins = planner.Pins(
-        max_model_len=run["max_model_len"],
-        gpu_memory_utilization=run["gpu_memory_utilization"],
-        max_num_seqs=run["max_num_seqs"],
-        max_num_batched_tokens=run["max_num_batched_tokens"],
-        enforce_eager=bool(run.get("enforce_eager")),
-    )
-    return planner.plan(
-        [catalog.get(run["repo_id"])], profiles.load(run.get("profile") or "chat"), hardware.named("H100", 1), pins
-    )
+    return plan(run_request(run))
 
 
 def _decode_cases():
@@ -61,7 +52,7 @@ def test_prefill_tokens_per_s_within_15_percent_of_vllm(run):
 START_MISSES = {
     # first LLM-class start after the cold-start series on that machine (fresh VLLM_CACHE_ROOT):
     # 24 s resolving the architecture in a subprocess and 20 s of sampler JIT after graph
-    # capture, which the model does not count (bench/results/raw/m_q8bawq_agent.log)
+    # capture, which the model does not count (tests/data/vllm_runs/h100/m_q8bawq_agent.log)
     "m_q8bawq_agent": "first start of a fresh vLLM cache root: model inspection + sampler JIT",
     # VLLM_USE_DEEP_GEMM=0 (a harness choice, not a plan's): CUTLASS block-FP8 compiles in 76 s
     # where the model says 40 s
@@ -79,16 +70,16 @@ def _start_cases():
 
 @pytest.mark.parametrize("run", list(_start_cases()))
 def test_start_seconds_within_25_percent_of_vllm(run):
-    phases = performance.cold_start_s(_plan(run), weights_from_disk=False)  # the runs use dummy weights
+    phases = startup.cold_start_s(_plan(run), weights_from_disk=False)  # the runs use dummy weights
     if (run.get("env_overrides") or {}).get("VLLM_USE_DEEP_GEMM") == "0":
         phases["deep_gemm_jit_cold_s"] = 0.0  # the run switched DeepGEMM off (CUTLASS FP8 kernels)
-    predicted = performance.start_seconds(phases, warm=bool(run.get("warm_compile_cache")), via_llm_class=True)
+    predicted = startup.start_seconds(phases, warm=bool(run.get("warm_compile_cache")), via_llm_class=True)
     assert predicted == pytest.approx(run["proc_start_to_ready_s"], rel=0.25)
 
 
 # ---- qwdeploy's own starts on the H100 (bench/results/coldstart_gpu.md) -----------------------
 
-COLDSTART = json.loads((ROOT / "bench" / "results" / "coldstart_gpu" / "h100_run2.json").read_text())
+COLDSTART = json.loads((ROOT / "tests" / "data" / "coldstart" / "h100_run2.json").read_text())
 SERVE_CASES = {  # case: (repo, warm cache?)
     "bf16-cold": ("Qwen/Qwen3-8B", False),
     "bf16-restart": ("Qwen/Qwen3-8B", True),
@@ -111,7 +102,7 @@ SERVE_MISSES = {
 )
 def test_serve_start_seconds_within_25_percent_of_the_h100(case):
     repo, warm = SERVE_CASES[case]
-    plan = make_plan(repo, None, "chat", "H100", None, None, None, None, None, None, None, None)
-    phases = performance.cold_start_s(plan, weights_from_disk=False)  # dummy weights there too
+    p = plan(PlanRequest(repo, gpu="H100"))
+    phases = startup.cold_start_s(p, weights_from_disk=False)  # dummy weights there too
     measured = COLDSTART[case]["phases"]["ready_s"]
-    assert performance.start_seconds(phases, warm=warm) == pytest.approx(measured, rel=0.25)
+    assert startup.start_seconds(phases, warm=warm) == pytest.approx(measured, rel=0.25)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from qwdeploy import profiles
 from qwdeploy.errors import ProfileError
+from qwdeploy.planning import profiles
 
 GOOD = """weights: [bf16]
 kv_cache_dtype: auto

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from qwdeploy import hardware, launch
 from qwdeploy.cli import app
 from qwdeploy.errors import ExitCode, QwdeployError
+from qwdeploy.gpus import local as hardware
+from qwdeploy.gpus.specs import named
+from qwdeploy.vllm import install, launch, supervisor
+from qwdeploy.vllm.cpu import HostMemory
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
 GiB = 1 << 30
@@ -23,10 +26,10 @@ SMALL = ["--max-model-len", "1024", "--max-num-seqs", "4"]
 def machine(tmp_path, monkeypatch):
     monkeypatch.setenv("QWDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    monkeypatch.setattr(launch, "read_host_memory", lambda *a: launch.HostMemory(11 * GiB, 8 * GiB, "test"))
+    monkeypatch.setattr(launch, "read_host_memory", lambda *a: HostMemory(11 * GiB, 8 * GiB, "test"))
     no_gpu(monkeypatch)
     installed(monkeypatch, "vllm-cpu", "0.32.0")
-    monkeypatch.setattr(launch.Server, "start", never_start)
+    monkeypatch.setattr(supervisor.Server, "start", never_start)
 
 
 def never_start(self):
@@ -41,12 +44,12 @@ def no_gpu(monkeypatch):
 
 
 def one_h100(monkeypatch):
-    monkeypatch.setattr(hardware, "local_gpus", lambda: hardware.named("H100", 1))
+    monkeypatch.setattr(hardware, "local_gpus", lambda: named("H100", 1))
 
 
 def installed(monkeypatch, dist, version):
-    found = launch.VllmInstall(dist, version) if dist else None
-    monkeypatch.setattr(launch, "detect_vllm", lambda: found)
+    found = install.VllmInstall(dist, version) if dist else None
+    monkeypatch.setattr(install, "detect_vllm", lambda: found)
 
 
 def serve(runner, *args):
@@ -137,21 +140,21 @@ def test_an_unreadable_api_key_file_is_an_error(runner, tmp_path):
 
 
 def test_stopped_by_a_signal_exits_130(runner, monkeypatch):
-    monkeypatch.setattr(launch, "serve", lambda *a, **k: launch.Stopped("SIGINT", 0, False, 0))
+    monkeypatch.setattr(supervisor, "serve", lambda *a, **k: supervisor.Stopped("SIGINT", 0, False, 0))
     r = serve(runner, TINY, *SMALL)
     assert r.exit_code == ExitCode.INTERRUPTED == 130 and "vLLM stopped (exit code 0)" in r.stderr
 
 
 def test_a_start_failure_shows_vllms_last_lines_then_one_error(runner, monkeypatch):
     def failed(*a, **k):
-        raise launch.StartFailed(
+        raise supervisor.StartFailed(
             "vLLM exited with code 1 before it was ready: x; use y",
             "vLLM's whole log: /l",
             ExitCode.SERVE_FAILED,
             log_tail=["ValueError: boom"],
         )
 
-    monkeypatch.setattr(launch, "serve", failed)
+    monkeypatch.setattr(supervisor, "serve", failed)
     r = serve(runner, TINY, *SMALL)
     assert r.exit_code == 31 and "  | ValueError: boom" in r.stderr
     assert len(errors(r)) == 1 and r.stderr.index("| ValueError") < r.stderr.index("\nError:")

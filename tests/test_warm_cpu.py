@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from qwdeploy import cache
 from qwdeploy.cli import app
+from qwdeploy.vllm import cache
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
 ARGS = [

@@ -1,9 +1,12 @@
-"""Real vLLM runs the planner is checked against: shared ground truth + bench/results/raw."""
+"""Real vLLM runs the planner is checked against: the shared ground truth + our device runs (tests/data/vllm_runs)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from qwdeploy import PlanRequest
+from qwdeploy.planning.plan import Pins
 
 ROOT = Path(__file__).resolve().parent.parent
 GiB = 1 << 30
@@ -15,11 +18,11 @@ def load_runs() -> list[dict]:
     gt = json.loads((ROOT / "tests/data/vllm_runs/h100_vllm0.26.0_groundtruth.json").read_text())
     for r in gt["runs"]:
         runs.append({**r, "source": "groundtruth"})
-    raw = ROOT / "bench/results/raw"
+    raw = ROOT / "tests/data/vllm_runs/h100"
     for f in sorted(raw.glob("*.json")) if raw.is_dir() else []:
         run = _from_device_run(json.loads(f.read_text()))
         if run is not None:
-            runs.append({**run, "source": f"bench/results/raw/{f.name}"})
+            runs.append({**run, "source": f"tests/data/vllm_runs/h100/{f.name}"})
     return runs
 
 
@@ -75,3 +78,17 @@ def plan_args(run: dict) -> list[str]:
     elif run["max_model_len"] > 40960 and "2507" not in run["repo_id"]:
         args += ["--profile", "long-context"]
     return args
+
+
+def run_request(run: dict) -> PlanRequest:
+    """The library request that reproduces a run's settings on one H100 (what plan_args says)."""
+    pins = Pins(
+        tensor_parallel_size=run.get("tp", 1),
+        max_model_len=run["max_model_len"],
+        gpu_memory_utilization=run["gpu_memory_utilization"],
+        kv_cache_dtype="fp8" if str(run.get("kv_cache_dtype", "auto")).startswith("fp8") else "auto",
+        max_num_seqs=run["max_num_seqs"],
+        max_num_batched_tokens=run["max_num_batched_tokens"],
+        enforce_eager=bool(run.get("enforce_eager")),
+    )
+    return PlanRequest(run["repo_id"], profile=run.get("profile") or "chat", gpu="H100-80GB", num_gpus=1, pins=pins)

@@ -29,7 +29,7 @@ for c in $1; do
     python3 bench/gpu/probe_weights.py /root/qwcache/models/Qwen--Qwen3-4B-Instruct-2507 \
       --max-model-len 32768 --out $R/probe_4b2507.json > $R/probe_4b2507.log 2>&1
     note "probe rc=$? $(head -c 600 $R/probe_4b2507.log | tail -c 300)"; continue; }
-  timeout 600 python3 bench/coldstart_gpu.py --case $c \
+  timeout 600 python3 bench/gpu/coldstart_gpu.py --case $c \
     --cache-root /root/qwcache --out $R/coldstart/coldstart_gpu.json > $R/coldstart/$c.out 2>&1
   rc=$?
   note "coldstart $c rc=$rc $(tr '\n' ' ' < $R/coldstart/$c.out | grep -o '"ready_s": [0-9.]*' | head -1)"

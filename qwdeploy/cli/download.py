@@ -1,0 +1,79 @@
+"""`qwdeploy download`: weights from Hugging Face, an HF mirror or ModelScope, resumable and verified."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from qwdeploy.cli import progress, render
+from qwdeploy.cli.app import app, reported_errors
+from qwdeploy.cli.options import DtypeOpt, JsonOpt, ModelArg
+from qwdeploy.errors import ExitCode
+from qwdeploy.hub import download as hub
+from qwdeploy.hub.files import Plan as DownloadPlan
+from qwdeploy.hub.files import check_disk
+
+SourceOpt = Annotated[
+    str, typer.Option("--source", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope.")
+]
+EndpointOpt = Annotated[
+    Optional[str],
+    typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."),
+]
+RevisionOpt = Annotated[
+    Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")
+]
+LocalDirOpt = Annotated[
+    Optional[str], typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="List the files, sizes and checksums and the total; download nothing.")
+]
+
+
+@app.command()
+def download(  # noqa: PLR0913 - Typer declares each option as a parameter
+    model: ModelArg,
+    dtype: DtypeOpt = None,
+    source: SourceOpt = "auto",
+    endpoint: EndpointOpt = None,
+    revision: RevisionOpt = None,
+    local_dir: LocalDirOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download MODEL's weights for vLLM (config, tokenizer, safetensors), resumable and verified.
+
+    Default destination is the hub's own cache, where `vllm serve MODEL` finds them offline.
+    Exit codes: 0 done, 20 not found, 21 gated or unauthorised, 22 network, 23 not enough disk,
+    24 verification failed, 1 other errors you can fix, 130 interrupted (run again to resume).
+    """
+    bar = progress.RichProgress(bars=False if as_json else None)
+    where = {"source": source, "endpoint": endpoint, "revision": revision, "local_dir": local_dir, "progress": bar}
+    try:
+        with reported_errors():
+            result = (hub.plan_download if dry_run else hub.download)(model, dtype, **where)
+            if dry_run:
+                render.print_json(result.to_json()) if as_json else progress.show_plan(result.to_json())
+                check_disk(result.needed_bytes, result.free_bytes, result.path)
+                return
+    except KeyboardInterrupt:
+        bar.stop()
+        render.error("interrupted", "run the same command again: complete files are kept, partial ones resume")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    _done(result, as_json, local_dir)
+
+
+def _done(result: DownloadPlan, as_json: bool, local_dir: str | None) -> None:
+    if as_json:
+        render.print_json(result.to_json())
+        return
+    m = result.manifest
+    render.info(
+        f"{m.repo_id}: {len(m.files)} files, {render.gib(m.total_bytes)} from {m.source.name} "
+        f"({m.source.endpoint}), size and checksum verified"
+    )
+    if m.source.protocol == "modelscope" and not local_dir:
+        render.info(f"serve with: VLLM_USE_MODELSCOPE=true vllm serve {m.repo_id}")
+    typer.echo(str(result.path))

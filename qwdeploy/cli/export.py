@@ -1,0 +1,97 @@
+"""`qwdeploy export`: the plan `serve` would run, as a systemd unit, a compose file or Kubernetes manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qwdeploy import api
+from qwdeploy import export as exports
+from qwdeploy.api import PlanRequest
+from qwdeploy.cli import render
+from qwdeploy.cli.app import app, reported_errors
+from qwdeploy.cli.options import ModelArg, plan_options
+from qwdeploy.errors import ExitCode, QwdeployError
+
+FormatArg = Annotated[str, typer.Argument(metavar="FORMAT", help="systemd, compose or k8s.")]
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
+NameOpt = Annotated[
+    Optional[str], typer.Option("--name", help="Service / Deployment name (default: from the model, e.g. qwen3-8b).")
+]
+PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")]
+ImageOpt = Annotated[
+    Optional[str],
+    typer.Option("--image", help="Container image (compose, k8s; default vllm/vllm-openai of the planned vLLM)."),
+]
+ApiKeyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--api-key/--no-api-key", help="Require an API key, read from a credential / secret at start (never inline)."
+    ),
+]
+CachePvcOpt = Annotated[
+    str, typer.Option("--cache-pvc", help="k8s: PersistentVolumeClaim holding the Hugging Face cache.")
+]
+NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", help="k8s: namespace of the manifests.")]
+HpaOpt = Annotated[bool, typer.Option("--hpa", help="k8s: add a HorizontalPodAutoscaler on vllm:num_requests_waiting.")]
+MaxReplicasOpt = Annotated[int, typer.Option("--max-replicas", min=1, help="k8s --hpa: most replicas.")]
+
+
+@app.command()
+@plan_options(exclude=("compile_cache",))
+def export(  # noqa: PLR0913 - Typer declares each option as a parameter
+    fmt: FormatArg,
+    model: ModelArg,
+    request: PlanRequest,
+    output: OutputOpt = None,
+    name: NameOpt = None,
+    port: PortOpt = 8000,
+    image: ImageOpt = None,
+    api_key: ApiKeyOpt = True,
+    cache_pvc: CachePvcOpt = "huggingface-cache",
+    namespace: NamespaceOpt = None,
+    hpa: HpaOpt = False,
+    max_replicas: MaxReplicasOpt = 4,
+) -> None:
+    """Write MODEL's plan as a systemd unit, a docker compose file or Kubernetes manifests.
+
+    The same plan as `plan` and `serve`; output is deterministic. With --nodes, `k8s` writes a
+    LeaderWorkerSet (Ray head + workers). Exit codes: 0 written, 3 the plan does not fit
+    (nothing written), 1 an error you can fix, 2 usage.
+    """
+    opts = exports.ExportOptions(
+        name=name,
+        port=port,
+        image=image or exports.VLLM_IMAGE,
+        api_key=api_key,
+        cache_pvc=cache_pvc,
+        namespace=namespace,
+        hpa=hpa,
+        max_replicas=max_replicas,
+    )
+    with reported_errors():
+        if fmt not in exports.FORMATS:
+            raise QwdeployError(
+                f"unknown export format {fmt!r}", exit_code=ExitCode.USAGE, hint="one of: " + ", ".join(exports.FORMATS)
+            )
+        plan = api.plan(request)
+        if not plan.fits:
+            raise QwdeployError(
+                f"{plan.model} does not fit this plan; nothing exported",
+                hint=f"see `qwdeploy plan {model} ...` for why and the alternatives",
+                exit_code=ExitCode.DOES_NOT_FIT,
+            )
+        _write(exports.render(fmt, plan, opts), output)
+
+
+def _write(text: str, output: str | None) -> None:
+    if not output:
+        typer.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text)
+    except OSError as e:
+        raise QwdeployError(f"cannot write {output}: {e.strerror}") from None
+    render.info(f"Wrote {output}")

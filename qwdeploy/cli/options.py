@@ -1,0 +1,163 @@
+"""The plan options, declared once: plan, serve, warm and export take them and get a `PlanRequest`.
+
+`@plan_options()` adds the options to a Typer command's signature and calls the command with
+`request=PlanRequest(...)` built from them, so every command plans from the same flags with the
+same defaults and checks.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Optional, TypeVar, get_type_hints
+
+import typer
+
+from qwdeploy.api import PlanRequest
+from qwdeploy.cli.app import reported_errors
+from qwdeploy.errors import ExitCode, QwdeployError
+from qwdeploy.planning.plan import Pins
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ModelArg = Annotated[str, typer.Argument(help="Repo id (Qwen/Qwen3-14B-AWQ), base id, or a local model directory.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+DtypeOpt = Annotated[
+    Optional[str],
+    typer.Option("--dtype", help="Weights: bf16, fp16, fp8, int4 or int8 (picks Qwen's official variant)."),
+]
+ProfileOpt = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="Profile name (chat, long-context, throughput, low-latency, cost, agent) or a YAML path.",
+    ),
+]
+GpuOpt = Annotated[
+    Optional[str],
+    typer.Option("--gpu", help="Plan for this GPU model instead of the local GPUs (e.g. H100, L40S, A100-40GB)."),
+]
+NumGpusOpt = Annotated[Optional[int], typer.Option("--num-gpus", help="How many of --gpu to plan for (default 1).")]
+TpOpt = Annotated[Optional[int], typer.Option("--tensor-parallel-size", "-tp", help="Pin tensor_parallel_size.")]
+MmlOpt = Annotated[Optional[int], typer.Option("--max-model-len", help="Pin max_model_len (tokens).")]
+GmuOpt = Annotated[
+    Optional[float], typer.Option("--gpu-memory-utilization", min=0.01, max=1.0, help="Pin gpu_memory_utilization.")
+]
+KvOpt = Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="Pin kv_cache_dtype: auto or fp8.")]
+SeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="Pin max_num_seqs.")]
+MnbtOpt = Annotated[Optional[int], typer.Option("--max-num-batched-tokens", min=1, help="Pin max_num_batched_tokens.")]
+EagerOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--enforce-eager/--cuda-graphs", help="Pin eager mode (no CUDA graphs) or graphs.", show_default=False
+    ),
+]
+NodesOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--nodes",
+        min=1,
+        help="Plan across this many nodes (pipeline parallel across nodes, tensor parallel inside; Ray).",
+    ),
+]
+GpusPerNodeOpt = Annotated[
+    Optional[int],
+    typer.Option("--num-gpus-per-node", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8)."),
+]
+CompileCacheOpt = Annotated[
+    str,
+    typer.Option(
+        "--compile-cache",
+        help="cold (a first start: torch.compile's peak counts) or warm (a restart reusing the compile cache).",
+    ),
+]
+
+# (parameter name, annotation, default), in the order --help lists them.
+PLAN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("dtype", DtypeOpt, None),
+    ("profile", ProfileOpt, "chat"),
+    ("gpu", GpuOpt, None),
+    ("num_gpus", NumGpusOpt, None),
+    ("tensor_parallel_size", TpOpt, None),
+    ("max_model_len", MmlOpt, None),
+    ("gpu_memory_utilization", GmuOpt, None),
+    ("kv_cache_dtype", KvOpt, None),
+    ("max_num_seqs", SeqsOpt, None),
+    ("max_num_batched_tokens", MnbtOpt, None),
+    ("enforce_eager", EagerOpt, None),
+    ("nodes", NodesOpt, None),
+    ("num_gpus_per_node", GpusPerNodeOpt, None),
+    ("compile_cache", CompileCacheOpt, "cold"),
+)
+
+
+def request_from(model: str, values: dict[str, Any]) -> PlanRequest:
+    """The plan options' values as a `PlanRequest` (a missing option takes its default)."""
+    v = {name: default for name, _, default in PLAN_OPTIONS} | values
+    compile_cache = v["compile_cache"]
+    if compile_cache not in ("cold", "warm"):
+        raise QwdeployError(
+            f"--compile-cache {compile_cache!r} is not allowed", hint="cold or warm", exit_code=ExitCode.USAGE
+        )
+    pins = Pins(
+        tensor_parallel_size=v["tensor_parallel_size"],
+        max_model_len=v["max_model_len"],
+        gpu_memory_utilization=v["gpu_memory_utilization"],
+        kv_cache_dtype=v["kv_cache_dtype"],
+        max_num_seqs=v["max_num_seqs"],
+        max_num_batched_tokens=v["max_num_batched_tokens"],
+        enforce_eager=v["enforce_eager"],
+        compile_cache_warm=compile_cache == "warm",
+    )
+    return PlanRequest(
+        model=model,
+        dtype=v["dtype"],
+        profile=v["profile"],
+        gpu=v["gpu"],
+        num_gpus=v["num_gpus"],
+        nodes=v["nodes"],
+        gpus_per_node=v["num_gpus_per_node"],
+        pins=pins,
+    )
+
+
+def plan_options(exclude: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Give a command the plan options; it is called with `request` (PlanRequest) and its own
+    parameters. The options go after the command's arguments and before its own options."""
+
+    def decorate(func: F) -> F:
+        hints = get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(func).parameters.values()
+            if p.name != "request"
+        ]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+            for name, annotation, default in PLAN_OPTIONS
+            if name not in exclude
+        ]
+        arguments = [p for p in own if p.default is inspect.Parameter.empty or _is_argument(p)]
+        rest = [p for p in own if p not in arguments]
+        names = {p.name for p in added}
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            plan_values = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            with reported_errors():
+                request = request_from(kwargs["model"], plan_values)
+            return func(request=request, **kwargs)
+
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in (*arguments, *added, *rest)]
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+def _is_argument(p: inspect.Parameter) -> bool:
+    extras = getattr(p.annotation, "__metadata__", ())
+    return any(isinstance(e, typer.models.ArgumentInfo) for e in extras)

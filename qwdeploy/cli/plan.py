@@ -1,0 +1,49 @@
+"""`qwdeploy plan` and `qwdeploy models`: the configuration that fits, and the models qwdeploy knows."""
+
+from __future__ import annotations
+
+import typer
+
+from qwdeploy import api
+from qwdeploy.api import PlanRequest
+from qwdeploy.cli import render
+from qwdeploy.cli.app import app, reported_errors
+from qwdeploy.cli.options import JsonOpt, ModelArg, plan_options
+from qwdeploy.errors import ExitCode
+from qwdeploy.planning import catalog
+
+
+@app.command()
+@plan_options()
+def plan(model: ModelArg, request: PlanRequest, as_json: JsonOpt = False) -> None:
+    """Work out how MODEL fits on the GPUs under PROFILE, and print the vLLM command.
+
+    Exit codes: 0 fits, 3 does not fit (the plan and alternatives are still printed),
+    1 an error you can fix, 2 usage.
+    """
+    with reported_errors():
+        result = api.plan(request)
+    if as_json:
+        render.print_json(result.to_json())
+    else:
+        render.plan(result)
+    if not result.fits:
+        raise typer.Exit(int(ExitCode.DOES_NOT_FIT))
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the Qwen3 models and official quantized variants qwdeploy knows."""
+    rows = [
+        {
+            "repo_id": v.repo_id,
+            "weights": v.weight_dtype,
+            "quantization": v.spec.quantization.method if v.spec.quantization else None,
+            "layers": v.spec.num_hidden_layers,
+            "kv_heads": v.spec.num_key_value_heads,
+            "max_position_embeddings": v.spec.max_position_embeddings,
+            "config": v.config_provenance,
+        }
+        for v in catalog.variants()
+    ]
+    render.print_json(rows) if as_json else render.models(rows)

@@ -1,0 +1,113 @@
+"""Specs of GPU models (data/gpus.json) and the `Gpu` record the planner sizes against. Pure.
+
+A GPU is named (`named("H100", 2)`: capacity planning) or probed (qwdeploy.gpus.local turns an
+NVML reading into the same `Gpu`); either way the planner sees plain data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from qwdeploy.errors import UnknownGpuError
+from qwdeploy.units import MiB
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """Datasheet facts of a GPU model, plus the memory total CUDA reports for it."""
+
+    name: str
+    aliases: tuple[str, ...]
+    cuda_total_bytes: int  # cudaMemGetInfo total: what vLLM multiplies by gpu_memory_utilization
+    nvml_total_mib: int  # what nvidia-smi / NVML report as total
+    total_source: str  # "measured" or "estimated" (see data/gpus.json "_reserved_note")
+    memory_bandwidth_gbps: float  # GB/s, datasheet
+    bf16_tflops: float  # dense, datasheet
+    fp8_tflops: float  # dense, datasheet; 0 where the GPU has no fp8 tensor cores
+    compute_capability: tuple[int, int]
+
+    @property
+    def fp8_native(self) -> bool:
+        """w8a8 FP8 GEMMs and fp8 KV need compute capability >= 8.9 (Ada, Hopper, Blackwell)."""
+        return self.compute_capability >= (8, 9)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU the plan may use: its spec and how much memory is free before vLLM starts."""
+
+    spec: GpuSpec
+    total_bytes: int  # CUDA's total for this GPU
+    free_bytes: int  # free before vLLM starts (named GPUs: assumed idle)
+    index: int | None = None  # CUDA index under the current CUDA_VISIBLE_DEVICES
+    uuid: str | None = None
+    other_processes_bytes: int = 0  # memory held by other processes
+    pci_bus_id: str | None = None
+    # how this GPU reaches each other local GPU: (peer uuid, "NVLINK" | "PIX" | "PXB" | "PHB" |
+    # "NODE" | "SYS" | "BOARD"), from NVML's P2P and topology queries; empty for named GPUs
+    links: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@lru_cache(maxsize=1)
+def specs() -> tuple[GpuSpec, ...]:
+    data = json.loads((resources.files("qwdeploy") / "data" / "gpus.json").read_text())
+    reserved = data["driver_reserved_mib"]
+    out = []
+    for g in data["gpus"]:
+        measured = g.get("cuda_total_bytes")
+        out.append(
+            GpuSpec(
+                name=g["name"],
+                aliases=tuple(g.get("aliases", ())),
+                cuda_total_bytes=measured or (g["nvml_total_mib"] - reserved) * MiB,
+                nvml_total_mib=g["nvml_total_mib"],
+                total_source="measured" if measured else "estimated",
+                memory_bandwidth_gbps=g["memory_bandwidth_gbps"],
+                bf16_tflops=g["bf16_tflops"],
+                fp8_tflops=g.get("fp8_tflops", 0.0),
+                compute_capability=tuple(g["compute_capability"]),
+            )
+        )
+    return tuple(out)
+
+
+def _key(name: str) -> str:
+    name = name.lower().replace("nvidia", "").replace("geforce", "")
+    return re.sub(r"[^a-z0-9]", "", name)
+
+
+def spec(name: str) -> GpuSpec:
+    """Find a GPU spec by a forgiving name: 'h100', 'H100-80GB', 'NVIDIA H100 80GB HBM3'."""
+    wanted = _key(name)
+    table = {_key(a): s for s in specs() for a in (s.name, *s.aliases)}
+    if wanted in table:
+        return table[wanted]
+    prefixed = [s for k, s in table.items() if k.startswith(wanted) or wanted.startswith(k)]
+    unique = {s.name: s for s in prefixed}
+    if len(unique) == 1:
+        return next(iter(unique.values()))
+    known = ", ".join(s.name for s in specs())
+    if len(unique) > 1:
+        raise UnknownGpuError(f"GPU name {name!r} is ambiguous: {', '.join(unique)}", hint="name it more precisely")
+    raise UnknownGpuError(f"unknown GPU {name!r}", hint=f"known GPUs: {known}")
+
+
+def named(name: str, count: int) -> list[Gpu]:
+    """`count` idle GPUs of a named kind (capacity planning: nothing is probed)."""
+    if count < 1:
+        raise UnknownGpuError(f"--num-gpus must be at least 1, not {count}")
+    s = spec(name)
+    return [Gpu(spec=s, total_bytes=s.cuda_total_bytes, free_bytes=s.cuda_total_bytes, index=i) for i in range(count)]
+
+
+def driver_reserved_bytes() -> int:
+    data = json.loads((resources.files("qwdeploy") / "data" / "gpus.json").read_text())
+    return data["driver_reserved_mib"] * MiB

@@ -1,0 +1,294 @@
+"""The huggingface_hub and modelscope clients: list a repo, download exactly these files (I/O).
+
+The only module that imports the hub clients; both are imported inside the functions that need
+them, so `qwdeploy plan` never loads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from qwdeploy.hub.errors import client_errors
+from qwdeploy.hub.files import (
+    HF_ENDPOINT,
+    DownloadError,
+    Manifest,
+    Progress,
+    RemoteFile,
+    Source,
+    build_manifest,
+    hf_cache_dir,
+    modelscope_cache_dir,
+)
+
+
+def _hf_token(source: Source) -> str | bool | None:
+    # The user's HF token goes to huggingface.co and to endpoints the user chose, never to a
+    # public mirror that auto mode picked on its own.
+    return None if (source.explicit or source.name == "hf") else False
+
+
+def _ms_token(env: Mapping[str, str]) -> str | None:
+    return env.get("MODELSCOPE_API_TOKEN") or None
+
+
+@contextlib.contextmanager
+def _hf_session(source: Source):
+    """Xet off for non-default endpoints (hf-xet ignores HF_ENDPOINT), quiet logs and bars."""
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    no_xet = source.endpoint.rstrip("/") != HF_ENDPOINT
+    saved_env = os.environ.get("HF_HUB_DISABLE_XET")
+    saved_const = getattr(hf_constants, "HF_HUB_DISABLE_XET", False)
+    bars_were_off = are_progress_bars_disabled()
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    if no_xet:
+        os.environ["HF_HUB_DISABLE_XET"] = "1"
+        hf_constants.HF_HUB_DISABLE_XET = True
+    disable_progress_bars()
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if not bars_were_off:
+            enable_progress_bars()
+        if no_xet:
+            hf_constants.HF_HUB_DISABLE_XET = saved_const
+            if saved_env is None:
+                os.environ.pop("HF_HUB_DISABLE_XET", None)
+            else:
+                os.environ["HF_HUB_DISABLE_XET"] = saved_env
+
+
+@contextlib.contextmanager
+def _ms_session():
+    """modelscope_hub draws tqdm bars and logs per file unconditionally; keep stderr for our own."""
+    loggers = [logging.getLogger(n) for n in ("modelscope_hub", "modelscope")]
+    levels = [lg.level for lg in loggers]
+    patched = None
+    try:
+        import functools
+
+        import modelscope_hub._download as msd
+
+        if hasattr(msd, "tqdm"):
+            patched = (msd, msd.tqdm)
+            msd.tqdm = functools.partial(msd.tqdm, disable=True)
+    except ImportError:
+        pass
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if patched:
+            patched[0].tqdm = patched[1]
+
+
+def list_files(source: Source, repo_id: str, revision: str | None, env: Mapping[str, str]) -> Manifest:
+    """The hub's listing (sizes, checksums) for `repo_id`, reduced to vLLM's files."""
+    revision = revision or source.default_revision
+    with client_errors(source, repo_id):
+        if source.protocol == "hf":
+            from huggingface_hub import HfApi
+            from huggingface_hub.hf_api import RepoFile as HfRepoFile
+
+            with _hf_session(source):
+                api = HfApi(endpoint=source.endpoint, token=_hf_token(source))
+                commit = api.model_info(repo_id, revision=revision).sha
+                listing = [
+                    RemoteFile(
+                        f.path,
+                        int(f.size),
+                        f.lfs.sha256 if f.lfs else None,
+                        None if f.lfs else f.blob_id,
+                    )
+                    for f in api.list_repo_tree(repo_id, recursive=True, revision=commit or revision)
+                    if isinstance(f, HfRepoFile)
+                ]
+            return build_manifest(source, repo_id, revision, commit, listing)
+        with _ms_session():
+            raw = _ms_listing(source, repo_id, revision, env)
+        listing = [
+            RemoteFile(
+                str(r.get("Path") or r.get("path") or ""),
+                int(r.get("Size") or r.get("size") or 0),
+                (r.get("Sha256") or r.get("sha256") or None),
+            )
+            for r in raw
+            if (r.get("Type") or r.get("type") or "blob") != "tree"
+        ]
+        return build_manifest(source, repo_id, revision, None, listing)
+
+
+def _ms_listing(source: Source, repo_id: str, revision: str, env: Mapping[str, str]) -> list[dict]:
+    try:  # modelscope >= 1.38 delegates to modelscope_hub (whose compat layer drops Sha256)
+        from modelscope_hub import HubApi
+    except ImportError:
+        raise DownloadError(
+            "ModelScope downloads need modelscope >= 1.38 (the modelscope-hub client)",
+            hint="pip install -U 'modelscope>=1.38', or use --source hf / hf-mirror",
+        ) from None
+    api = HubApi(endpoint=source.endpoint, token=_ms_token(env))
+    return [
+        {"Path": f.path, "Size": f.size, "Sha256": f.sha256, "Type": getattr(f, "type", "blob")}
+        for f in api.list_repo_files(repo_id, "model", revision=revision, recursive=True)
+    ]
+
+
+def _exact(paths: Iterable[str]) -> list[str]:
+    """Glob patterns that match exactly these names (the clients take fnmatch patterns)."""
+    return [glob.escape(p) for p in paths]
+
+
+def fetch(
+    manifest: Manifest,
+    files: Sequence[RemoteFile],
+    local_dir: Path | None,
+    env: Mapping[str, str],
+    progress: Progress,
+    done: Sequence[RemoteFile] = (),
+) -> Path:
+    """Let the source's client download `files`; return the folder it put them in.
+
+    `done`: files already complete; the clients skip them without a progress report.
+    """
+    source = manifest.source
+    # huggingface_hub's file counter counts skipped files too, modelscope's only fetched ones.
+    done_files = len(done) if source.protocol == "modelscope" else 0
+    progress.start(
+        f"downloading from {source.name}",
+        sum(f.size for f in files),
+        len(files),
+        done_bytes=sum(f.size for f in done),
+        done_files=done_files,
+    )
+    try:
+        with client_errors(source, manifest.repo_id):
+            if source.protocol == "hf":
+                from huggingface_hub import snapshot_download
+
+                with _hf_session(source):
+                    # cache_dir also with local_dir: the library read HF_HOME when it was imported.
+                    path = snapshot_download(
+                        manifest.repo_id,
+                        revision=manifest.revision,
+                        endpoint=source.endpoint,
+                        allow_patterns=_exact(f.path for f in files),
+                        token=_hf_token(source),
+                        tqdm_class=_hf_bar_class(progress),
+                        max_workers=8,
+                        cache_dir=str(hf_cache_dir(env)),
+                        local_dir=str(local_dir) if local_dir else None,
+                    )
+            else:
+                from modelscope.hub.snapshot_download import (
+                    snapshot_download as ms_snapshot_download,
+                )
+
+                with _ms_session():
+                    path = ms_snapshot_download(
+                        model_id=manifest.repo_id,
+                        revision=manifest.revision,
+                        endpoint=source.endpoint,
+                        allow_patterns=_exact(f.path for f in files),
+                        token=_ms_token(env),
+                        progress_callbacks=[_ms_callback_class(progress)],
+                        cache_dir=str(modelscope_cache_dir(env)),
+                        local_dir=str(local_dir) if local_dir else None,
+                    )
+    finally:
+        progress.stop()
+    return Path(path).absolute()
+
+
+def _hf_bar_class(progress: Progress) -> type:
+    """A tqdm look-alike for huggingface_hub's `tqdm_class`: bytes and files go to `progress`."""
+
+    class Bar:
+        _lock = None
+
+        def __init__(self, iterable=None, *args, **kwargs):
+            self.iterable = iterable
+            self.total = kwargs.get("total")
+            self.n = kwargs.get("initial") or 0
+            desc = str(kwargs.get("desc") or "")
+            bytes_bar = kwargs.get("unit") == "B"
+            # huggingface_hub 2.x also feeds a network "transfer" bar with the same bytes: skip it.
+            self.kind = (
+                ("bytes" if not desc.lower().startswith("downloading bytes") else None) if bytes_bar else "files"
+            )
+            self.disable = False
+            if self.kind == "bytes" and self.n:
+                progress.advance(nbytes=int(self.n))
+
+        def update(self, n=1):
+            n = n or 0
+            self.n += n
+            if self.kind == "bytes":
+                progress.advance(nbytes=int(n))
+            elif self.kind == "files":
+                progress.advance(files=int(n))
+
+        def __iter__(self):
+            for item in self.iterable or ():
+                yield item
+                self.update(1)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def __getattr__(self, name):  # refresh, close, set_description, set_postfix_str, ...
+            return lambda *a, **k: None
+
+        @classmethod
+        def get_lock(cls):
+            import threading
+
+            if cls._lock is None:
+                cls._lock = threading.RLock()
+            return cls._lock
+
+        @classmethod
+        def set_lock(cls, lock):
+            cls._lock = lock
+
+        format_dict: dict = {}
+
+    return Bar
+
+
+def _ms_callback_class(progress: Progress) -> type:
+    """A modelscope ProgressCallback: instantiated per file with (filename, file_size)."""
+
+    class Callback:
+        def __init__(self, filename: str, file_size: int):
+            self.size, self.got, self.ended = file_size, 0, False
+
+        def update(self, size: int) -> None:
+            self.got += size
+            progress.advance(nbytes=size)
+
+        def end(self) -> None:
+            if not self.ended and self.got >= self.size:
+                progress.advance(files=1)
+            self.ended = True
+
+    return Callback

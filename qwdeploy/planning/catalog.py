@@ -1,0 +1,304 @@
+"""Qwen3 model facts (config.json) and their official variants, shipped with the package.
+
+MODEL on the command line is one of:
+  * a repo id of a known variant (``Qwen/Qwen3-14B-AWQ``),
+  * a base repo id plus a weight dtype (``Qwen/Qwen3-14B`` + ``int4`` -> ``Qwen/Qwen3-14B-AWQ``),
+  * a local directory holding a Qwen3-architecture config.json (fine-tunes, own quantizations).
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from qwdeploy.errors import UnknownModelError
+
+QWEN3_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+
+# Weight formats a user can ask for (--dtype) and the quant methods that provide them.
+WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int4", "int8")
+_DTYPE_OF_WEIGHTS = {"bf16": "bf16", "fp8": "fp8", "awq": "int4", "gptq-int4": "int4", "gptq-int8": "int8"}
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """The checkpoint's quantization_config, reduced to what the memory model needs."""
+
+    method: str  # "fp8" | "awq" | "gptq"
+    bits: int  # 8 for fp8, 4 or 8 for awq/gptq
+    group_size: int = 128  # awq/gptq groups; fp8 block edge
+    desc_act: bool = False  # gptq act-order: keeps g_idx on the GPU
+    keeps_16bit: tuple[str, ...] = ()  # module name patterns left unquantized
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The config.json facts a memory model needs. Field names follow config.json."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+    torch_dtype: str = "bfloat16"
+    num_experts: int = 0  # 0 = dense
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    rope_scaling: dict | None = None
+    quantization: Quantization | None = None
+    architecture: str = "Qwen3ForCausalLM"
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One checkpoint: where to get it and what it is."""
+
+    repo_id: str  # Hugging Face and ModelScope use the same id for Qwen's repos
+    base: str  # the bf16 base repo of the family
+    weights: str  # bf16 | fp16 | fp8 | awq | gptq-int4 | gptq-int8
+    spec: ModelSpec
+    local_path: Path | None = None  # set for a local directory
+    config_provenance: str = "verbatim"  # "derived": built from the base config + quant config
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def weight_dtype(self) -> str:
+        """bf16 | fp16 | fp8 | int4 | int8."""
+        return _DTYPE_OF_WEIGHTS.get(self.weights, self.weights)
+
+    @property
+    def hf_repo_id(self) -> str:
+        return self.repo_id
+
+    @property
+    def modelscope_repo_id(self) -> str:
+        return self.repo_id
+
+    @property
+    def name(self) -> str:
+        return str(self.local_path) if self.local_path else self.repo_id
+
+    @property
+    def is_2507(self) -> bool:
+        return "2507" in self.base
+
+    @property
+    def thinking(self) -> str:
+        """'hybrid' (Qwen3 2504: thinking by default, switchable), 'always' or 'never' (2507)."""
+        if "Thinking-2507" in self.base:
+            return "always"
+        if "Instruct-2507" in self.base:
+            return "never"
+        return "hybrid"
+
+
+def spec_from_config(config: dict, source: str) -> ModelSpec:
+    """Read the memory-relevant facts of a Qwen3 config.json."""
+    architectures = config.get("architectures") or []
+    arch = next((a for a in architectures if a in QWEN3_ARCHITECTURES), None)
+    if arch is None:
+        raise UnknownModelError(
+            f"{source}: architectures {architectures} is not a Qwen3 architecture",
+            hint=f"qwdeploy plans {', '.join(QWEN3_ARCHITECTURES)} models",
+        )
+    try:
+        hidden = int(config["hidden_size"])
+        heads = int(config["num_attention_heads"])
+        spec = ModelSpec(
+            hidden_size=hidden,
+            intermediate_size=int(config.get("intermediate_size", 0)),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(config.get("num_key_value_heads", heads)),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            vocab_size=int(config["vocab_size"]),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(config.get("max_position_embeddings", 40960)),
+            torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
+            num_experts=int(config.get("num_experts", 0) or 0),
+            num_experts_per_tok=int(config.get("num_experts_per_tok", 0) or 0),
+            moe_intermediate_size=int(config.get("moe_intermediate_size", 0) or 0),
+            rope_scaling=config.get("rope_scaling") or None,
+            quantization=_quantization(config.get("quantization_config"), source),
+            architecture=arch,
+        )
+    except KeyError as missing:
+        raise UnknownModelError(f"{source}: config.json lacks {missing}") from None
+    return spec
+
+
+def _quantization(qc: dict | None, source: str) -> Quantization | None:
+    if not qc:
+        return None
+    method = str(qc.get("quant_method", "")).lower()
+    if method == "fp8":
+        block = qc.get("weight_block_size") or [128, 128]
+        keeps = tuple(qc.get("modules_to_not_convert") or ())
+        return Quantization("fp8", 8, int(block[0]), keeps_16bit=keeps)
+    if method in ("awq", "awq_marlin"):
+        return Quantization("awq", int(qc.get("bits", 4)), int(qc.get("group_size", 128)))
+    if method in ("gptq", "gptq_marlin"):
+        return Quantization(
+            "gptq", int(qc.get("bits", 4)), int(qc.get("group_size", 128)), desc_act=bool(qc.get("desc_act", False))
+        )
+    raise UnknownModelError(
+        f"{source}: quant_method {method!r} is not supported",
+        hint="supported: fp8 (block-128), awq, gptq",
+    )
+
+
+def _weights_of_local(spec: ModelSpec) -> str:
+    q = spec.quantization
+    if q is None:
+        return "fp16" if spec.torch_dtype in ("float16", "fp16") else "bf16"
+    if q.method == "fp8":
+        return "fp8"
+    return "awq" if q.method == "awq" else f"gptq-int{q.bits}"
+
+
+@lru_cache(maxsize=1)
+def variants() -> tuple[Variant, ...]:
+    """Every shipped variant, from data/catalog.json and data/configs/."""
+    data = resources.files("qwdeploy") / "data"
+    entries = json.loads((data / "catalog.json").read_text())["variants"]
+    out = []
+    for e in entries:
+        file = e["repo_id"].replace("/", "--") + ".json"
+        config = json.loads((data / "configs" / file).read_text())
+        out.append(
+            Variant(
+                repo_id=e["repo_id"],
+                base=e["base"],
+                weights=e["weights"],
+                spec=spec_from_config(config, file),
+                config_provenance=e["config_provenance"],
+            )
+        )
+    return tuple(out)
+
+
+def config_json(variant: Variant) -> dict:
+    """The full config.json of a variant (shipped copy, or the local directory's)."""
+    if variant.local_path is not None:
+        return json.loads((variant.local_path / "config.json").read_text())
+    file = variant.repo_id.replace("/", "--") + ".json"
+    return json.loads((resources.files("qwdeploy") / "data" / "configs" / file).read_text())
+
+
+def family(base: str) -> list[Variant]:
+    return [v for v in variants() if v.base == base]
+
+
+def _by_id() -> dict[str, Variant]:
+    return {v.repo_id.lower(): v for v in variants()}
+
+
+def _normalise(model: str) -> str:
+    model = model.strip().rstrip("/")
+    for prefix in ("https://huggingface.co/", "https://modelscope.cn/models/", "hf://"):
+        if model.startswith(prefix):
+            model = model[len(prefix) :]
+    if "/" not in model and model.lower().startswith("qwen3"):
+        model = "Qwen/" + model
+    return model
+
+
+def get(model: str, dtype: str | None = None) -> Variant:
+    """Resolve MODEL (+ optional weight dtype) to a variant, or raise UnknownModelError."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return _local(path, dtype)
+    known = _by_id()
+    key = _normalise(model).lower()
+    variant = known.get(key)
+    if variant is None:
+        raise UnknownModelError(f"unknown model {model!r}", hint=_closest(key, known))
+    if dtype is None:
+        return variant
+    return pick_dtype(variant, dtype)
+
+
+def pick_dtype(variant: Variant, dtype: str) -> Variant:
+    """The variant of the same family whose weights are `dtype` (bf16/fp16 use the base repo)."""
+    dtype = dtype.lower()
+    if dtype not in WEIGHT_DTYPES:
+        raise UnknownModelError(f"unknown --dtype {dtype!r}", hint=f"one of {', '.join(WEIGHT_DTYPES)}")
+    if variant.local_path is not None:
+        if dtype != variant.weight_dtype and not {dtype, variant.weight_dtype} <= {"bf16", "fp16"}:
+            raise UnknownModelError(
+                f"{variant.name} holds {variant.weight_dtype} weights, not {dtype}",
+                hint="quantize the checkpoint first, or drop --dtype",
+            )
+        return _as_fp16(variant) if dtype == "fp16" else variant
+    if dtype in ("bf16", "fp16"):
+        base = _by_id()[variant.base.lower()]
+        return _as_fp16(base) if dtype == "fp16" else base
+    for v in family(variant.base):
+        if v.weight_dtype == dtype:
+            return v
+    offered = sorted({v.weight_dtype for v in family(variant.base)} | {"fp16"})
+    raise UnknownModelError(
+        f"Qwen publishes no {dtype} checkpoint of {variant.base}", hint=f"available: {', '.join(offered)}"
+    )
+
+
+def _as_fp16(v: Variant) -> Variant:
+    from dataclasses import replace
+
+    return replace(v, weights="fp16")
+
+
+def _local(path: Path, dtype: str | None) -> Variant:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UnknownModelError(f"{path} has no config.json", hint="point MODEL at a model directory")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise UnknownModelError(f"{config_file}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    spec = spec_from_config(config, str(config_file))
+    variant = Variant(
+        repo_id=str(path),
+        base=str(path),
+        weights=_weights_of_local(spec),
+        spec=spec,
+        local_path=path,
+        config_provenance="local",
+    )
+    return pick_dtype(variant, dtype) if dtype else variant
+
+
+def _closest(key: str, known: dict[str, Variant]) -> str:
+    names = {k: v.repo_id for k, v in known.items()}
+    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
+    if not close:
+        close = [k for k in names if key.split("/")[-1] in k][:3]
+    if close:
+        return "did you mean " + ", ".join(names[c] for c in close) + "?"
+    return "run `qwdeploy models` for the known ids, or pass a local directory with a config.json"
+
+
+def in_order_of(base: Variant, weights: tuple[str, ...]) -> list[Variant]:
+    """A base checkpoint's family in a profile's order of weight formats (bf16, fp8, int4 ...)."""
+    ordered = []
+    for want in weights:
+        if want == "bf16":
+            ordered.append(base)
+        elif want == "fp16":
+            ordered.append(pick_dtype(base, "fp16"))
+        else:
+            ordered += [v for v in family(base.base) if v.weight_dtype == want]
+    return ordered or [base]

@@ -1,0 +1,170 @@
+"""One GPU's memory budget under vLLM (V1 engine): overheads and the KV cache. Pure, no I/O.
+
+Target: vLLM 0.26 (qwdeploy.planning.versions). How vLLM sizes the KV cache there, per TP rank:
+
+    requested = ceil(total × gpu_memory_utilization)       # must be free when vLLM starts
+    kv_cache  = requested − weights − peak_activation − non_torch
+    blocks    = kv_cache // (page_bytes × layers)           # page: 16 tokens of one layer
+    tokens    = int(blocks / ceil(max_model_len / 16) × max_model_len)
+
+CUDA-graph memory is NOT taken from `requested` in 0.26 (its V2 model runner reports 0 for the
+graph estimate); it is allocated on top, so it matters for what must be free, not for KV.
+
+The overhead constants (qwdeploy.planning.calibration) come from real vLLM 0.26.0 runs on an
+H100 80GB (tests/data/vllm_runs/); each says which runs fixed it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from qwdeploy.planning.calibration import CALIBRATION, Calibration
+from qwdeploy.planning.catalog import Variant
+from qwdeploy.planning.engine import WHOLE_MODEL, Engine, Span
+from qwdeploy.planning.weights import padded_vocab, weight_bytes
+
+
+def activation_bytes(variant: Variant, engine: Engine, cal: Calibration = CALIBRATION, samples: bool = True) -> int:
+    """Peak torch memory of vLLM's profile run above the loaded weights ("peak activation").
+
+    The largest of: the forward pass over max_num_batched_tokens tokens; what a cold
+    torch.compile allocates while compiling; the sampler pass over max_num_seqs rows (only the
+    rank that samples: the last pipeline stage). Qwen3-MoE adds its fused-MoE caches on top.
+    """
+    s = variant.spec
+    tp, tokens = engine.tensor_parallel_size, engine.max_num_batched_tokens
+    dense_inter = 0 if s.is_moe else s.intermediate_size / tp
+    forward = tokens * (cal.act_i * dense_inter + cal.act_h * s.hidden_size + cal.act_c)
+    if engine.enforce_eager:
+        forward *= cal.eager_activation_factor
+    peaks = [forward]
+    if not engine.enforce_eager and not engine.compile_cache_warm:
+        peaks.append(s.hidden_size * (cal.compile_hint_tokens * cal.compile_per_hint + tokens * cal.compile_per_token))
+    if samples:
+        rows = min(engine.max_num_seqs, tokens)
+        per_logit = cal.sampler_bytes_per_logit_v1 if runs_v1_model_runner(variant) else cal.sampler_bytes_per_logit
+        peaks.append(rows * padded_vocab(s) * per_logit + tokens * s.hidden_size * 2)
+    peak = max(peaks)
+    if s.is_moe:
+        mi = s.moe_intermediate_size / tp
+        peak += cal.moe_workspace_factor * tokens * s.num_experts_per_tok * (3 * mi + s.hidden_size) * 2
+    return int(peak)
+
+
+def runs_v1_model_runner(variant: Variant) -> bool:
+    """vLLM 0.26 uses its V2 model runner for dense Qwen3, the V1 runner for Qwen3-MoE."""
+    return variant.spec.is_moe
+
+
+def cudagraph_capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
+    """vLLM's default capture sizes: [1, 2, 4] + 8..248 by 8 + 256.. by 16, up to the max."""
+    largest = min(max_num_seqs * 2, 512, max_num_batched_tokens)
+    sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, 513, 16))
+    return [x for x in sizes if x <= largest]
+
+
+def cudagraph_bytes(variant: Variant, engine: Engine, layers: int | None = None, cal: Calibration = CALIBRATION) -> int:
+    """Memory of the captured CUDA graphs (allocated once the KV cache exists)."""
+    if engine.enforce_eager:
+        return 0
+    layers = variant.spec.num_hidden_layers if layers is None else layers
+    if runs_v1_model_runner(variant):
+        return int(cudagraph_estimate_bytes(variant, engine, layers, cal) * cal.moe_graph_actual_over_estimate)
+    n = len(cudagraph_capture_sizes(engine.max_num_seqs, engine.max_num_batched_tokens))
+    per_layer = cal.graph_per_size_per_layer * n + cal.graph_per_seq_per_layer * engine.max_num_seqs
+    return int(layers * per_layer)
+
+
+def cudagraph_estimate_bytes(
+    variant: Variant, engine: Engine, layers: int | None = None, cal: Calibration = CALIBRATION
+) -> int:
+    """The graph estimate vLLM subtracts from the KV budget: V1 runner only (0 for dense)."""
+    if engine.enforce_eager or not runs_v1_model_runner(variant):
+        return 0
+    layers = variant.spec.num_hidden_layers if layers is None else layers
+    sizes = cudagraph_capture_sizes(engine.max_num_seqs, engine.max_num_batched_tokens)
+    full = [x for x in sizes if x <= engine.max_num_seqs]  # FULL graphs serve uniform decode batches
+    per_layer = cal.moe_graph_estimate_per_layer_piecewise * len(sizes)
+    per_layer += cal.moe_graph_estimate_per_layer_full * len(full)
+    return int(layers * per_layer)
+
+
+def cudagraph_on_top_bytes(
+    variant: Variant, engine: Engine, layers: int | None = None, cal: Calibration = CALIBRATION
+) -> int:
+    """The part of the graph pool allocated beyond the KV budget (counts against free memory)."""
+    return cudagraph_bytes(variant, engine, layers, cal) - cudagraph_estimate_bytes(variant, engine, layers, cal)
+
+
+def non_torch_bytes(tp: int, cal: Calibration = CALIBRATION, variant: Variant | None = None) -> int:
+    base = cal.non_torch_moe_bytes if variant is not None and runs_v1_model_runner(variant) else cal.non_torch_bytes
+    return base + (cal.non_torch_tp_extra_bytes if tp > 1 else 0)
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """One GPU's memory under a plan, in bytes."""
+
+    total_bytes: int
+    requested_bytes: int  # ceil(total × gpu_memory_utilization)
+    weights_bytes: int
+    activation_bytes: int
+    non_torch_bytes: int
+    cudagraph_bytes: int
+    kv_cache_bytes: int  # may be negative: the weights and overheads do not fit
+    cuda_context_bytes: int
+    cudagraph_in_budget_bytes: int = 0  # the V1 runner's graph estimate, taken from the KV budget
+
+    @property
+    def cudagraph_on_top_bytes(self) -> int:
+        return max(0, self.cudagraph_bytes - self.cudagraph_in_budget_bytes)
+
+    @property
+    def footprint_bytes(self) -> int:
+        """What the vLLM process holds on this GPU once started (context + requested + graphs)."""
+        return self.cuda_context_bytes + self.requested_bytes + self.cudagraph_on_top_bytes
+
+
+def requested_bytes(total_bytes: int, gpu_memory_utilization: float) -> int:
+    return math.ceil(total_bytes * gpu_memory_utilization)
+
+
+def breakdown(
+    variant: Variant,
+    total_bytes: int,
+    gpu_memory_utilization: float,
+    engine: Engine,
+    span: Span = WHOLE_MODEL,
+    cal: Calibration = CALIBRATION,
+) -> MemoryBreakdown:
+    """One GPU's budget: what vLLM requests, what it subtracts, and the KV cache that is left."""
+    requested = requested_bytes(total_bytes, gpu_memory_utilization)
+    weights = weight_bytes(variant, engine, span, cal)
+    act = activation_bytes(variant, engine, cal, samples=span.samples)
+    non_torch = non_torch_bytes(engine.tensor_parallel_size, cal, variant)
+    graphs = cudagraph_bytes(variant, engine, span.layers, cal)
+    in_budget = cudagraph_estimate_bytes(variant, engine, span.layers, cal)
+    return MemoryBreakdown(
+        total_bytes=total_bytes,
+        requested_bytes=requested,
+        weights_bytes=weights,
+        activation_bytes=act,
+        non_torch_bytes=non_torch,
+        cudagraph_bytes=graphs,
+        kv_cache_bytes=requested - weights - act - non_torch - in_budget,
+        cuda_context_bytes=cal.cuda_context_bytes,
+        cudagraph_in_budget_bytes=in_budget,
+    )
+
+
+def max_utilization(
+    total_bytes: int, free_bytes: int, cudagraph: int, margin_bytes: int, cal: Calibration = CALIBRATION
+) -> float:
+    """Largest gpu_memory_utilization that passes vLLM's start check and leaves room for graphs.
+
+    vLLM requires ceil(total × gmu) to be free after it created its CUDA context, and then
+    allocates the CUDA graphs on top of the requested memory.
+    """
+    usable = free_bytes - cal.cuda_context_bytes - cudagraph - margin_bytes
+    return math.floor(max(0, usable) / total_bytes * 1000) / 1000
