@@ -58,7 +58,7 @@ def path(name: str) -> Path:
     return DATA / (name if name.endswith(".json") else name + ".json")
 
 
-def load(name: str) -> "FakePynvml":
+def load(name: str) -> FakePynvml:
     return FakePynvml(json.loads(path(name).read_text()))
 
 

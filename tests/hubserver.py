@@ -21,6 +21,7 @@ connection is closed unanswered). ``served`` counts body bytes sent per file; ``
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import re
@@ -353,10 +354,8 @@ class _Handler(BaseHTTPRequestHandler):
         if stop < end:  # the cut: drop the connection mid-body
             self.wfile.flush()
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _not_found(self, code: str = "RepoNotFound") -> None:
         msg = "Repository not found" if code == "RepoNotFound" else "Entry not found"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -205,7 +206,7 @@ def test_corrupt_manifest_counts_as_cold(tmp_path):
 
 def test_cache_state_is_frozen(tmp_path):
     state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         state.warm = True
 
 

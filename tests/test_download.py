@@ -188,7 +188,7 @@ def test_rich_progress_draws_bytes_and_files_while_the_clients_run(hub, env):
     out = io.StringIO()
     bar = RichProgress(Console(file=out, force_terminal=True, width=120), bars=True)
     for source in ("hf-mirror", "modelscope"):
-        dl.download(REPO_ID, sources=[files.Source(source, hub.url)], progress=bar)
+        dl.download(REPO_ID, where=dl.Where(sources=[files.Source(source, hub.url)]), progress=bar)
     assert "9/9 files" in out.getvalue() and "downloading from modelscope" in out.getvalue()
 
 
@@ -315,7 +315,7 @@ def second_hub():
 def test_first_source_down_the_next_one_serves(hub, second_hub, env):
     hub.down = True
     sources = [files.Source("hf-mirror", hub.url), files.Source("modelscope", second_hub.url)]
-    result = dl.download(REPO_ID, sources=sources)
+    result = dl.download(REPO_ID, where=dl.Where(sources=sources))
     assert result.manifest.source.name == "modelscope"
     assert sorted(second_hub.served) == WANTED
 
@@ -323,7 +323,7 @@ def test_first_source_down_the_next_one_serves(hub, second_hub, env):
 def test_a_source_failing_mid_download_hands_over_to_the_next(hub, second_hub, env):
     hub.cut = {SHARD1: 40_000}
     sources = [files.Source("hf-mirror", hub.url), files.Source("modelscope", second_hub.url)]
-    result = dl.download(REPO_ID, sources=sources)
+    result = dl.download(REPO_ID, where=dl.Where(sources=sources))
     assert (result.manifest.source.name, hub.served[SHARD1] > 0) == ("modelscope", True)
     assert (Path(result.path) / SHARD1).read_bytes() == second_hub.files[SHARD1].data
 
@@ -332,7 +332,7 @@ def test_when_every_source_fails_the_most_telling_error_is_shown(hub, second_hub
     hub.down, second_hub.gated = True, True
     sources = [files.Source("hf-mirror", hub.url), files.Source("modelscope", second_hub.url)]
     with pytest.raises(files.DownloadError) as e:
-        dl.download(REPO_ID, sources=sources)
+        dl.download(REPO_ID, where=dl.Where(sources=sources))
     assert e.value.exit_code == ExitCode.UNAUTHORIZED
 
 

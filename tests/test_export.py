@@ -63,7 +63,7 @@ def _export(runner, fmt, args):
 
 def _plan(args):
     """The Plan behind a CLI case (same code path as the command)."""
-    opts = dict(zip(args[1::2], args[2::2]))
+    opts = dict(zip(args[1::2], args[2::2], strict=False))
     return plan(
         PlanRequest(
             args[0],

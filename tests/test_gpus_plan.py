@@ -77,7 +77,8 @@ def test_cuda_total_of_the_probed_gpu_is_what_cuda_reported(on):
 # Named GPUs are datasheet data; links are words; the free memory below is the recorded one.
 
 
-def _named(name: str, count: int, links: dict[tuple[int, int], str] = {}):
+def _named(name: str, count: int, links: dict[tuple[int, int], str] | None = None):
+    links = links or {}
     gpus = [replace(g, uuid=f"{name}-{g.index}") for g in named(name, count)]
     out = []
     for g in gpus:

@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -124,6 +125,11 @@ def fake(tmp_path, monkeypatch):
     return make
 
 
+def on_ready(sig, seen):
+    """Watch a start; once ready, this process gets `sig` (as Ctrl-C or `kill` would send it)."""
+    return supervisor.Watch(on_ready=signal_self_when_ready(sig, seen))
+
+
 def signal_self_when_ready(sig, seen):
     def on_ready(ready):
         seen.append(ready)
@@ -134,54 +140,50 @@ def signal_self_when_ready(sig, seen):
 
 def test_ready_means_listed_and_answered_then_sigint_stops_the_group(fake):
     seen = []
-    stopped = supervisor.serve(fake(), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen))
+    stopped = supervisor.serve(fake(), fake.log, watch=on_ready(signal.SIGINT, seen))
     assert seen[0].model == "fake-model" and seen[0].endpoint.endswith("/v1")
     assert (stopped.signal, stopped.vllm_exit_code, stopped.survivors) == ("SIGINT", 0, 0)
     assert fake.marks.read_text() == "SIGINT\n"  # forwarded to vLLM's group as SIGINT
 
 
 def test_sigterm_is_forwarded_as_sigterm(fake):
-    stopped = supervisor.serve(fake(), fake.log, on_ready=signal_self_when_ready(signal.SIGTERM, []))
+    stopped = supervisor.serve(fake(), fake.log, watch=on_ready(signal.SIGTERM, []))
     assert stopped.signal == "SIGTERM" and fake.marks.read_text() == "SIGTERM\n"
 
 
 def test_readiness_waits_until_the_model_is_listed(fake):
     seen = []
-    supervisor.serve(
-        fake(env={"FAKE_LIST_AFTER": "1.5"}), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen)
-    )
+    supervisor.serve(fake(env={"FAKE_LIST_AFTER": "1.5"}), fake.log, watch=on_ready(signal.SIGINT, seen))
     assert seen[0].seconds >= 1.5  # /health answered long before
 
 
 def test_the_report_at_ready_holds_the_logged_figures(fake):
     seen = []
-    supervisor.serve(fake(), fake.log, on_ready=signal_self_when_ready(signal.SIGINT, seen))
+    supervisor.serve(fake(), fake.log, watch=on_ready(signal.SIGINT, seen))
     report = seen[0].report
     assert (report.kv_cache_tokens, report.max_concurrency) == (1048576, 1024.0)
 
 
 def test_phases_are_shown_as_vllm_enters_them(fake):
     phases = []
-    supervisor.serve(
-        fake(),
-        fake.log,
-        on_phase=lambda name, t: phases.append(name),
-        on_ready=signal_self_when_ready(signal.SIGINT, []),
+    watch = supervisor.Watch(
+        on_phase=lambda name, t: phases.append(name), on_ready=signal_self_when_ready(signal.SIGINT, [])
     )
+    supervisor.serve(fake(), fake.log, watch=watch)
     assert phases[:2] == [vllm_phases.ENGINE, vllm_phases.LOADING] and vllm_phases.SERVING in phases
 
 
 def test_api_key_is_sent_by_the_readiness_checks(fake):
     cfg = fake()
     cfg = command.Launch(**{**cfg.__dict__, "env": {"VLLM_API_KEY": "k3y"}})
-    stopped = supervisor.serve(cfg, fake.log, api_key="k3y", on_ready=signal_self_when_ready(signal.SIGINT, []))
+    stopped = supervisor.serve(cfg, fake.log, api_key="k3y", watch=on_ready(signal.SIGINT, []))
     assert stopped.signal == "SIGINT"
 
 
 def test_a_group_that_ignores_signals_is_killed_after_the_timeout(fake):
     t0 = time.monotonic()
     stopped = supervisor.serve(
-        fake("stubborn"), fake.log, stop_timeout_s=1.0, on_ready=signal_self_when_ready(signal.SIGINT, [])
+        fake("stubborn"), fake.log, watch=replace(on_ready(signal.SIGINT, []), stop_timeout_s=1.0)
     )
     child = int(fake.marks.read_text().split()[1])
     assert stopped.killed and stopped.survivors == 0
@@ -206,7 +208,7 @@ def test_vllm_exiting_while_serving_is_a_failure(fake):
 
 def test_not_ready_in_time_is_a_failure_naming_the_phase(fake):
     with pytest.raises(supervisor.StartFailed) as e:
-        supervisor.serve(fake(env={"FAKE_LIST_AFTER": "600"}), fake.log, ready_timeout_s=2)
+        supervisor.serve(fake(env={"FAKE_LIST_AFTER": "600"}), fake.log, watch=supervisor.Watch(ready_timeout_s=2))
     assert "not ready after 2 s" in e.value.message and "--ready-timeout" in e.value.hint
 
 

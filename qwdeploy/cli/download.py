@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,14 +18,14 @@ SourceOpt = Annotated[
     str, typer.Option("--source", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope.")
 ]
 EndpointOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."),
 ]
 RevisionOpt = Annotated[
-    Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")
+    str | None, typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")
 ]
 LocalDirOpt = Annotated[
-    Optional[str], typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")
+    str | None, typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")
 ]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="List the files, sizes and checksums and the total; download nothing.")
@@ -50,10 +50,10 @@ def download(  # noqa: PLR0913 - Typer declares each option as a parameter
     24 verification failed, 1 other errors you can fix, 130 interrupted (run again to resume).
     """
     bar = progress.RichProgress(bars=False if as_json else None)
-    where = {"source": source, "endpoint": endpoint, "revision": revision, "local_dir": local_dir, "progress": bar}
+    where = hub.Where(source=source, endpoint=endpoint, revision=revision, local_dir=local_dir)
     try:
         with reported_errors():
-            result = (hub.plan_download if dry_run else hub.download)(model, dtype, **where)
+            result = (hub.plan_download if dry_run else hub.download)(model, dtype, where, progress=bar)
             if dry_run:
                 render.print_json(result.to_json()) if as_json else progress.show_plan(result.to_json())
                 check_disk(result.needed_bytes, result.free_bytes, result.path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,13 +16,13 @@ from qwdeploy.cli.options import ModelArg, plan_options
 from qwdeploy.errors import ExitCode, QwdeployError
 
 FormatArg = Annotated[str, typer.Argument(metavar="FORMAT", help="systemd, compose or k8s.")]
-OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
+OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
 NameOpt = Annotated[
-    Optional[str], typer.Option("--name", help="Service / Deployment name (default: from the model, e.g. qwen3-8b).")
+    str | None, typer.Option("--name", help="Service / Deployment name (default: from the model, e.g. qwen3-8b).")
 ]
 PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")]
 ImageOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--image", help="Container image (compose, k8s; default vllm/vllm-openai of the planned vLLM)."),
 ]
 ApiKeyOpt = Annotated[
@@ -34,7 +34,7 @@ ApiKeyOpt = Annotated[
 CachePvcOpt = Annotated[
     str, typer.Option("--cache-pvc", help="k8s: PersistentVolumeClaim holding the Hugging Face cache.")
 ]
-NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", help="k8s: namespace of the manifests.")]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", help="k8s: namespace of the manifests.")]
 HpaOpt = Annotated[bool, typer.Option("--hpa", help="k8s: add a HorizontalPodAutoscaler on vllm:num_requests_waiting.")]
 MaxReplicasOpt = Annotated[int, typer.Option("--max-replicas", min=1, help="k8s --hpa: most replicas.")]
 

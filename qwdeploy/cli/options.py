@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any, Optional, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
@@ -24,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 ModelArg = Annotated[str, typer.Argument(help="Repo id (Qwen/Qwen3-14B-AWQ), base id, or a local model directory.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
 DtypeOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--dtype", help="Weights: bf16, fp16, fp8, int4 or int8 (picks Qwen's official variant)."),
 ]
 ProfileOpt = Annotated[
@@ -36,26 +36,26 @@ ProfileOpt = Annotated[
     ),
 ]
 GpuOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--gpu", help="Plan for this GPU model instead of the local GPUs (e.g. H100, L40S, A100-40GB)."),
 ]
-NumGpusOpt = Annotated[Optional[int], typer.Option("--num-gpus", help="How many of --gpu to plan for (default 1).")]
-TpOpt = Annotated[Optional[int], typer.Option("--tensor-parallel-size", "-tp", help="Pin tensor_parallel_size.")]
-MmlOpt = Annotated[Optional[int], typer.Option("--max-model-len", help="Pin max_model_len (tokens).")]
+NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", help="How many of --gpu to plan for (default 1).")]
+TpOpt = Annotated[int | None, typer.Option("--tensor-parallel-size", "-tp", help="Pin tensor_parallel_size.")]
+MmlOpt = Annotated[int | None, typer.Option("--max-model-len", help="Pin max_model_len (tokens).")]
 GmuOpt = Annotated[
-    Optional[float], typer.Option("--gpu-memory-utilization", min=0.01, max=1.0, help="Pin gpu_memory_utilization.")
+    float | None, typer.Option("--gpu-memory-utilization", min=0.01, max=1.0, help="Pin gpu_memory_utilization.")
 ]
-KvOpt = Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="Pin kv_cache_dtype: auto or fp8.")]
-SeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="Pin max_num_seqs.")]
-MnbtOpt = Annotated[Optional[int], typer.Option("--max-num-batched-tokens", min=1, help="Pin max_num_batched_tokens.")]
+KvOpt = Annotated[str | None, typer.Option("--kv-cache-dtype", help="Pin kv_cache_dtype: auto or fp8.")]
+SeqsOpt = Annotated[int | None, typer.Option("--max-num-seqs", min=1, help="Pin max_num_seqs.")]
+MnbtOpt = Annotated[int | None, typer.Option("--max-num-batched-tokens", min=1, help="Pin max_num_batched_tokens.")]
 EagerOpt = Annotated[
-    Optional[bool],
+    bool | None,
     typer.Option(
         "--enforce-eager/--cuda-graphs", help="Pin eager mode (no CUDA graphs) or graphs.", show_default=False
     ),
 ]
 NodesOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--nodes",
         min=1,
@@ -63,7 +63,7 @@ NodesOpt = Annotated[
     ),
 ]
 GpusPerNodeOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--num-gpus-per-node", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8)."),
 ]
 CompileCacheOpt = Annotated[

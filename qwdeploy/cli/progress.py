@@ -8,6 +8,7 @@ and prints the file list of `--dry-run` on stdout.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -97,7 +98,7 @@ class RichProgress(files.Progress):
             self._progress = None
 
 
-def show_plan(data: dict, console: Console | None = None) -> None:
+def show_plan(data: dict[str, Any], console: Console | None = None) -> None:
     """The `--dry-run` listing: every file with its size and checksum, then the total."""
     console = console or Console(highlight=False, soft_wrap=False)
     table = Table(title=f"{data['repo_id']} @ {data['revision']} from {data['source']}", title_justify="left")

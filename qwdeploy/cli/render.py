@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from qwdeploy.planning.plan import Plan
 from qwdeploy.units import GiB
 
 stdout = Console(highlight=False, soft_wrap=False)
@@ -41,50 +42,62 @@ def info(message: str) -> None:
     stderr.print(Text(message))
 
 
-def plan(p) -> None:
+def plan(p: Plan) -> None:
     """The plan as a person reads it: memory per GPU, capacity, choices, the command."""
     data = p.to_json()
     verdict = Text("fits", style="bold green") if data["fits"] else Text("does not fit", style="bold red")
     gpu = data["gpu"]
     title = Text.assemble(f"{data['model']} on {gpu['count']} × {gpu['name']} (profile {data['profile']}): ", verdict)
     stdout.print(title)
+    stdout.print(_memory_table(data))
+    stdout.print(_capacity_table(data))
+    stdout.print(_choices_table(data))
+    for note in data["notes"]:
+        stdout.print(Text("• ") + Text(note))
+    if data["alternatives"]:
+        stdout.print(_alternatives_table(data))
+    env = " ".join(f"{k}={v}" for k, v in data["env"].items())
+    stdout.print(Text("Command:", style="bold"))
+    stdout.print(Text((env + " " if env else "") + data["vllm_command"]), soft_wrap=True)
 
-    mem = data["memory_per_gpu"]
+
+def _memory_table(data: dict[str, Any]) -> Table:
+    mem, gpu = data["memory_per_gpu"], data["gpu"]
     table = Table(title="Memory per GPU", title_justify="left", show_header=True)
     table.add_column("part")
     table.add_column("GiB", justify="right")
     table.add_column("how")
-    table.add_row("total (CUDA)", f"{mem['total_bytes'] / GiB:.2f}", f"{gpu['name']}")
-    table.add_row(
-        "requested",
-        f"{mem['requested_bytes'] / GiB:.2f}",
-        f"gpu_memory_utilization {data['gpu_memory_utilization']:g} × total",
-    )
-    table.add_row(
-        "  weights", f"{mem['weights_bytes'] / GiB:.2f}", f"{data['weights']}, TP {data['tensor_parallel_size']}"
-    )
-    table.add_row(
-        "  peak activation",
-        f"{mem['activation_bytes'] / GiB:.2f}",
-        f"profile run, {data['max_num_batched_tokens']} tokens",
-    )
-    table.add_row("  non-torch", f"{mem['non_torch_bytes'] / GiB:.2f}", "cuBLAS, NCCL, attention buffers")
+    rows = [
+        ("total (CUDA)", mem["total_bytes"], f"{gpu['name']}"),
+        ("requested", mem["requested_bytes"], f"gpu_memory_utilization {data['gpu_memory_utilization']:g} × total"),
+        ("  weights", mem["weights_bytes"], f"{data['weights']}, TP {data['tensor_parallel_size']}"),
+        ("  peak activation", mem["activation_bytes"], f"profile run, {data['max_num_batched_tokens']} tokens"),
+        ("  non-torch", mem["non_torch_bytes"], "cuBLAS, NCCL, attention buffers"),
+    ]
     if mem.get("cudagraph_in_budget_bytes"):
-        table.add_row("  CUDA-graph estimate", f"{mem['cudagraph_in_budget_bytes'] / GiB:.2f}", "V1 model runner (MoE)")
-    table.add_row(
-        "  KV cache",
-        f"{mem['kv_cache_bytes'] / GiB:.2f}",
-        f"{data['kv_cache_bytes_per_token']:,} B/token, {data['kv_cache_dtype']}",
-    )
+        rows.append(("  CUDA-graph estimate", mem["cudagraph_in_budget_bytes"], "V1 model runner (MoE)"))
+    kv_how = f"{data['kv_cache_bytes_per_token']:,} B/token, {data['kv_cache_dtype']}"
     on_top = mem["cudagraph_bytes"] - mem.get("cudagraph_in_budget_bytes", 0)
-    table.add_row(
-        "CUDA graphs (on top)",
-        f"{on_top / GiB:.2f}",
-        "0 with --enforce-eager" if not data["enforce_eager"] else "eager: none",
-    )
-    table.add_row("CUDA context", f"{mem['cuda_context_bytes'] / GiB:.2f}", "per process")
-    stdout.print(table)
+    rows += [
+        ("  KV cache", mem["kv_cache_bytes"], kv_how),
+        ("CUDA graphs (on top)", on_top, "0 with --enforce-eager" if not data["enforce_eager"] else "eager: none"),
+        ("CUDA context", mem["cuda_context_bytes"], "per process"),
+    ]
+    for part, n, how in rows:
+        table.add_row(part, f"{n / GiB:.2f}", how)
+    return table
 
+
+_PERFORMANCE_ROWS = (
+    ("predicted_decode_tokens_per_s_batch1", "decode tok/s, 1 sequence"),
+    ("predicted_decode_tokens_per_s_concurrent", "decode tok/s, all sequences"),
+    ("predicted_prefill_tokens_per_s", "prefill tok/s"),
+    ("predicted_ttft_s", "time to first token (s)"),
+    ("predicted_cold_start_s", "cold start (s)"),
+)
+
+
+def _capacity_table(data: dict[str, Any]) -> Table:
     cap = Table(title="Capacity", title_justify="left", show_header=False)
     cap.add_column("what")
     cap.add_column("value", justify="right")
@@ -92,47 +105,38 @@ def plan(p) -> None:
     cap.add_row(f"max concurrency at {data['max_model_len']:,} tokens", f"{data['max_concurrency']:.2f}x")
     cap.add_row("longest max_model_len that fits", f"{data['max_model_len_limit']:,}")
     perf = data.get("performance") or {}
-    for key, label in (
-        ("predicted_decode_tokens_per_s_batch1", "decode tok/s, 1 sequence"),
-        ("predicted_decode_tokens_per_s_concurrent", "decode tok/s, all sequences"),
-        ("predicted_prefill_tokens_per_s", "prefill tok/s"),
-        ("predicted_ttft_s", "time to first token (s)"),
-        ("predicted_cold_start_s", "cold start (s)"),
-    ):
+    for key, label in _PERFORMANCE_ROWS:
         if perf.get(key) is not None:
             cap.add_row(label, f"{perf[key]:,.1f}" if perf[key] < 100 else f"{perf[key]:,.0f}")
-    stdout.print(cap)
+    return cap
 
+
+def _choices_table(data: dict[str, Any]) -> Table:
     choices = Table(title="Choices", title_justify="left")
-    choices.add_column("setting")
-    choices.add_column("value")
-    choices.add_column("why")
+    for col in ("setting", "value", "why"):
+        choices.add_column(col)
     for c in data["choices"]:
         choices.add_row(c["key"], str(c["value"]), c["reason"])
-    stdout.print(choices)
-
-    for note in data["notes"]:
-        stdout.print(Text("• ") + Text(note))
-    if data["alternatives"]:
-        alt = Table(title="Alternatives", title_justify="left")
-        for col in ("option", "TP", "max_model_len", "KV tokens", "concurrency", "fits"):
-            alt.add_column(col)
-        for a in data["alternatives"]:
-            alt.add_row(
-                a["summary"],
-                str(a["tensor_parallel_size"]),
-                f"{a['max_model_len']:,}",
-                f"{a['kv_cache_tokens']:,}",
-                f"{a['max_concurrency']:.2f}x",
-                "yes" if a["fits"] else "no",
-            )
-        stdout.print(alt)
-    env = " ".join(f"{k}={v}" for k, v in data["env"].items())
-    stdout.print(Text("Command:", style="bold"))
-    stdout.print(Text((env + " " if env else "") + data["vllm_command"]), soft_wrap=True)
+    return choices
 
 
-def models(rows: list[dict]) -> None:
+def _alternatives_table(data: dict[str, Any]) -> Table:
+    alt = Table(title="Alternatives", title_justify="left")
+    for col in ("option", "TP", "max_model_len", "KV tokens", "concurrency", "fits"):
+        alt.add_column(col)
+    for a in data["alternatives"]:
+        alt.add_row(
+            a["summary"],
+            str(a["tensor_parallel_size"]),
+            f"{a['max_model_len']:,}",
+            f"{a['kv_cache_tokens']:,}",
+            f"{a['max_concurrency']:.2f}x",
+            "yes" if a["fits"] else "no",
+        )
+    return alt
+
+
+def models(rows: list[dict[str, Any]]) -> None:
     table = Table(title="Known models")
     for col in ("repo id", "weights", "layers", "KV heads", "context", "config"):
         table.add_column(col)

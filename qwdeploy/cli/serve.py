@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -26,7 +26,7 @@ from qwdeploy.vllm.log import start_phases
 from qwdeploy.vllm.supervisor import Ready, Server, StartFailed, Stopped
 
 VllmArgs = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(
         metavar="[-- VLLM_ARGS...]",
         help="More vLLM arguments after --, passed as they are (last, so they win).",
@@ -42,7 +42,7 @@ HeadAddressOpt = Annotated[
 HostOpt = Annotated[str, typer.Option("--host", help="Address vLLM binds (0.0.0.0 for every interface).")]
 PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")]
 ApiKeyFileOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--api-key-file",
         help="File holding the API key clients must send (passed to vLLM as VLLM_API_KEY; never printed).",
@@ -57,10 +57,10 @@ DryRunOpt = Annotated[
 ]
 ReadyTimeoutOpt = Annotated[float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for vLLM to answer.")]
 LogFileOpt = Annotated[
-    Optional[str], typer.Option("--log-file", help="vLLM's output (default: <cache>/logs/serve-<model>-<time>.log).")
+    str | None, typer.Option("--log-file", help="vLLM's output (default: <cache>/logs/serve-<model>-<time>.log).")
 ]
 CacheDirOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--cache-dir",
         help="Root of qwdeploy's caches (compile caches, logs, calibration; default $QWDEPLOY_CACHE_DIR, "
@@ -74,7 +74,7 @@ ServeJsonOpt = Annotated[
 
 @app.command(context_settings={"allow_interspersed_args": True})
 @plan_options(exclude=("num_gpus", "compile_cache"))
-def serve(
+def serve(  # noqa: PLR0913 - Typer declares each option as a parameter
     model: ModelArg,
     request: PlanRequest,
     vllm_args: VllmArgs = None,
@@ -169,16 +169,8 @@ def _run(cfg: Launch, view: _ServeView, log_file: str | None, api_key: str | Non
     render.info(f"compile cache: {'warm' if state.warm else 'cold'}{expected} ({state.directory})")
     render.info("Command: " + cfg.command_line())
     try:
-        return supervisor.serve(
-            cfg,
-            log_path,
-            api_key=api_key,
-            ready_timeout_s=ready_timeout,
-            on_start=view.started,
-            on_phase=view.phase,
-            on_ready=view.ready,
-            on_stopping=view.stopping,
-        )
+        watch = supervisor.Watch(view.started, view.phase, view.ready, view.stopping, ready_timeout_s=ready_timeout)
+        return supervisor.serve(cfg, log_path, api_key, watch)
     except StartFailed as e:
         for line in e.log_tail:
             render.info("  | " + line)

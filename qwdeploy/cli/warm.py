@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,7 @@ from qwdeploy.vllm.warm import WarmOptions, WarmResult
 from qwdeploy.vllm.warm import warm as warm_cache
 
 VllmArgs = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(
         metavar="[-- VLLM_ARGS...]",
         help="More vLLM arguments after --, as for serve (e.g. -- --load-format dummy).",
@@ -28,7 +28,7 @@ VllmArgs = Annotated[
     ),
 ]
 CacheDirOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--cache-dir",
         help="Root of qwdeploy's caches (default $QWDEPLOY_CACHE_DIR, else ~/.cache/qwdeploy); vLLM's go in "
@@ -36,7 +36,7 @@ CacheDirOpt = Annotated[
     ),
 ]
 DeepGemmOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--deep-gemm-warmup",
         help="FP8 block checkpoints: VLLM_DEEP_GEMM_WARMUP skip, relax or full (default: relax for low-latency, "
@@ -51,7 +51,7 @@ TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to 
 
 @app.command(context_settings={"allow_interspersed_args": True})
 @plan_options(exclude=("gpu", "num_gpus", "nodes", "num_gpus_per_node", "compile_cache"))
-def warm(
+def warm(  # noqa: PLR0913 - Typer declares each option as a parameter
     model: ModelArg,
     request: PlanRequest,
     vllm_args: VllmArgs = None,

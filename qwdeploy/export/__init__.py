@@ -6,7 +6,7 @@ One module per format; each is a function Plan -> text, from the same `Plan` tha
 from __future__ import annotations
 
 from qwdeploy.errors import ExitCode, QwdeployError
-from qwdeploy.export.common import VLLM_IMAGE, ExportOptions, command_line, default_name, vllm_argv
+from qwdeploy.export.common import DEFAULT_OPTIONS, VLLM_IMAGE, ExportOptions, command_line, default_name, vllm_argv
 from qwdeploy.export.compose import compose
 from qwdeploy.export.k8s import kubernetes
 from qwdeploy.export.systemd import systemd
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-def render(fmt: str, plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
+def render(fmt: str, plan: Plan, opts: ExportOptions = DEFAULT_OPTIONS) -> str:
     """The export `fmt` (systemd, compose or k8s) of `plan`."""
     if fmt not in FORMATS:
         raise QwdeployError(

@@ -66,6 +66,9 @@ class ExportOptions:
     hpa_waiting_requests: int = 4  # target vllm:num_requests_waiting per pod
 
 
+DEFAULT_OPTIONS = ExportOptions()
+
+
 def default_name(plan: Plan) -> str:
     """A DNS-1123 label from the model: Qwen/Qwen3-8B -> qwen3-8b."""
     base = PurePosixPath(plan.model.rstrip("/")).name.lower()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from qwdeploy.export.common import (
     API_KEY_ENV,
     CONTAINER_HF_HOME,
     CONTAINER_VLLM_CACHE,
+    DEFAULT_OPTIONS,
     LWS_API,
     PROBE_PERIOD_S,
     ExportOptions,
@@ -25,11 +27,11 @@ from qwdeploy.planning.stages import RAY_PORT
 from qwdeploy.vllm import ray
 
 
-def _labels(name: str) -> dict:
+def _labels(name: str) -> dict[str, Any]:
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "qwdeploy"}
 
 
-def _meta(name: str, opts: ExportOptions, **extra) -> dict:
+def _meta(name: str, opts: ExportOptions, **extra) -> dict[str, Any]:
     meta = {"name": name}
     if opts.namespace:
         meta["namespace"] = opts.namespace
@@ -37,7 +39,7 @@ def _meta(name: str, opts: ExportOptions, **extra) -> dict:
     return meta
 
 
-def _http_probe(plan: Plan, opts: ExportOptions, path: str, key: bool) -> dict:
+def _http_probe(plan: Plan, opts: ExportOptions, path: str, key: bool) -> dict[str, Any]:
     """Probe action on `path`: httpGet, or python3 with the bearer key when one is required."""
     if not key:
         return {"httpGet": {"path": path, "port": "http"}}
@@ -45,7 +47,7 @@ def _http_probe(plan: Plan, opts: ExportOptions, path: str, key: bool) -> dict:
     return {"exec": {"command": ["python3", "-c", probe_script(url, f"os.environ['{API_KEY_ENV}']")]}}
 
 
-def _probes(plan: Plan, opts: ExportOptions) -> dict:
+def _probes(plan: Plan, opts: ExportOptions) -> dict[str, Any]:
     """startupProbe sized from the predicted cold start; readiness on /v1/models; liveness on
     /health (cheap and unauthenticated, only once started)."""
     delay, threshold = startup_probe_timing(plan)
@@ -72,7 +74,7 @@ def _probes(plan: Plan, opts: ExportOptions) -> dict:
     }
 
 
-def _env(plan: Plan, opts: ExportOptions, name: str) -> list[dict]:
+def _env(plan: Plan, opts: ExportOptions, name: str) -> list[dict[str, Any]]:
     env = {
         "HF_HOME": CONTAINER_HF_HOME,
         "HF_HUB_OFFLINE": "1",
@@ -97,7 +99,7 @@ def _shm_limit(plan: Plan) -> str:
     return "8Gi" if plan.tensor_parallel_size > 1 else "2Gi"
 
 
-def _volumes(plan: Plan, opts: ExportOptions) -> tuple[list[dict], list[dict]]:
+def _volumes(plan: Plan, opts: ExportOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     mounts = [
         {"name": "hf-cache", "mountPath": CONTAINER_HF_HOME},
         {"name": "vllm-cache", "mountPath": CONTAINER_VLLM_CACHE},
@@ -111,7 +113,7 @@ def _volumes(plan: Plan, opts: ExportOptions) -> tuple[list[dict], list[dict]]:
     return mounts, volumes
 
 
-def _gpu_resources(plan: Plan) -> dict:
+def _gpu_resources(plan: Plan) -> dict[str, Any]:
     gpus = str(plan.tensor_parallel_size)  # GPUs of one pod: one TP group (one node)
     return {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}}
 
@@ -122,8 +124,8 @@ def _vllm_container(
     name: str,
     command: list[str],
     args: list[str],
-    extra_env: list[dict] = (),
-) -> dict:
+    extra_env: list[dict[str, Any]] = (),
+) -> dict[str, Any]:
     mounts, _ = _volumes(plan, opts)
     return {
         "name": "vllm",
@@ -138,7 +140,7 @@ def _vllm_container(
     }
 
 
-def _pod_annotations(opts: ExportOptions) -> dict:
+def _pod_annotations(opts: ExportOptions) -> dict[str, Any]:
     return {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(opts.port),
@@ -146,7 +148,7 @@ def _pod_annotations(opts: ExportOptions) -> dict:
     }
 
 
-def _service(name: str, opts: ExportOptions, selector: dict) -> dict:
+def _service(name: str, opts: ExportOptions, selector: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -158,7 +160,7 @@ def _service(name: str, opts: ExportOptions, selector: dict) -> dict:
     }
 
 
-def _hpa(plan: Plan, name: str, opts: ExportOptions, target: dict) -> dict:
+def _hpa(plan: Plan, name: str, opts: ExportOptions, target: dict[str, Any]) -> dict[str, Any]:
     scale_up_period = min(1800, max(60, math.ceil(cold_start_s(plan))))
     return {
         "apiVersion": "autoscaling/v2",
@@ -202,13 +204,10 @@ def _api_key_wrapper(command: str) -> str:
     return f'[ -n "${API_KEY_ENV}" ] || {{ echo "{API_KEY_ENV} is empty" >&2; exit 1; }}; exec {command} "$@"'
 
 
-def kubernetes(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
+def kubernetes(plan: Plan, opts: ExportOptions = DEFAULT_OPTIONS) -> str:
     """Deployment + Service (+ HPA); a LeaderWorkerSet + Service for a multi-node plan."""
     name = export_name(plan, opts)
-    if ray.nodes(plan) > 1:
-        docs = _leader_worker_set(plan, opts, name)
-    else:
-        docs = _deployment(plan, opts, name)
+    docs = _leader_worker_set(plan, opts, name) if ray.nodes(plan) > 1 else _deployment(plan, opts, name)
     head = header(plan, "Kubernetes manifests") + [
         f"# Needs: the NVIDIA device plugin (nvidia.com/gpu), a PVC {opts.cache_pvc!r} holding the "
         f"Hugging Face cache with {plan.model}",
@@ -222,7 +221,7 @@ def kubernetes(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
     return "\n".join(head) + "\n" + "---\n".join(to_yaml(d) for d in docs)
 
 
-def _deployment(plan: Plan, opts: ExportOptions, name: str) -> list[dict]:
+def _deployment(plan: Plan, opts: ExportOptions, name: str) -> list[dict[str, Any]]:
     selector = {"app.kubernetes.io/name": name}
     _, volumes = _volumes(plan, opts)
     if opts.api_key:
@@ -257,37 +256,25 @@ def _deployment(plan: Plan, opts: ExportOptions, name: str) -> list[dict]:
     return docs
 
 
-def _leader_worker_set(plan: Plan, opts: ExportOptions, name: str) -> list[dict]:
+_HOST_IP = {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+
+
+def _leader_worker_set(plan: Plan, opts: ExportOptions, name: str) -> list[dict[str, Any]]:
     """One LeaderWorkerSet group = one model replica over `nodes` pods (leaderworkerset.x-k8s.io).
 
     The leader starts the Ray head and vLLM (Ray executor); each worker joins the head at
     $(LWS_LEADER_ADDRESS), which the LWS controller sets in every pod. vLLM waits for the
     workers' GPUs (placement group) before loading the model.
     """
-    port = RAY_PORT
-    host_ip = {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    ray_head = f'ray start --head --port={port} --node-ip-address="$VLLM_HOST_IP" --disable-usage-stats'
-    if opts.api_key:
-        script = _api_key_wrapper("vllm serve").replace("exec vllm", f"{ray_head} && exec vllm")
-    else:
-        script = f'{ray_head} && exec vllm serve "$@"'
-    leader = _vllm_container(plan, opts, name, ["/bin/sh", "-c", script, "vllm"], vllm_argv(plan, opts), [host_ip])
-    worker_script = (
-        f'until ray start --address="$LWS_LEADER_ADDRESS:{port}" '
-        f'--node-ip-address="$VLLM_HOST_IP" --disable-usage-stats --block; '
-        f'do echo "waiting for the Ray head at $LWS_LEADER_ADDRESS:{port}" >&2; sleep 5; done'
-    )
-    mounts, volumes = _volumes(plan, opts)
-    env = [e for e in _env(plan, opts, name) if e["name"] != API_KEY_ENV] + [host_ip]
-    worker = {
-        "name": "ray-worker",
-        "image": opts.image,
-        "command": ["/bin/sh", "-c", worker_script],
-        "env": env,
-        "resources": _gpu_resources(plan),
-        "volumeMounts": mounts,
-    }
-    leader_labels = {**_labels(name), "role": "leader"}
+    _, volumes = _volumes(plan, opts)
+
+    def template(role: str, container: dict[str, Any], annotations: dict[str, str] | None) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"labels": {**_labels(name), "role": role}}
+        if annotations:
+            metadata["annotations"] = annotations
+        spec = {"terminationGracePeriodSeconds": 60, "containers": [container], "volumes": volumes}
+        return {"metadata": metadata, "spec": spec}
+
     lws = {
         "apiVersion": LWS_API,
         "kind": "LeaderWorkerSet",
@@ -299,22 +286,8 @@ def _leader_worker_set(plan: Plan, opts: ExportOptions, name: str) -> list[dict]
                 "size": ray.nodes(plan),
                 # A lost node breaks the pipeline: recreate the whole group.
                 "restartPolicy": "RecreateGroupOnPodRestart",
-                "leaderTemplate": {
-                    "metadata": {"labels": leader_labels, "annotations": _pod_annotations(opts)},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 60,
-                        "containers": [leader],
-                        "volumes": volumes,
-                    },
-                },
-                "workerTemplate": {
-                    "metadata": {"labels": {**_labels(name), "role": "worker"}},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 60,
-                        "containers": [worker],
-                        "volumes": volumes,
-                    },
-                },
+                "leaderTemplate": template("leader", _ray_leader(plan, opts, name), _pod_annotations(opts)),
+                "workerTemplate": template("worker", _ray_worker(plan, opts, name), None),
             },
         },
     }
@@ -323,3 +296,30 @@ def _leader_worker_set(plan: Plan, opts: ExportOptions, name: str) -> list[dict]
     if opts.hpa:
         docs.append(_hpa(plan, name, opts, {"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "name": name}))
     return docs
+
+
+def _ray_leader(plan: Plan, opts: ExportOptions, name: str) -> dict[str, Any]:
+    ray_head = f'ray start --head --port={RAY_PORT} --node-ip-address="$VLLM_HOST_IP" --disable-usage-stats'
+    if opts.api_key:
+        script = _api_key_wrapper("vllm serve").replace("exec vllm", f"{ray_head} && exec vllm")
+    else:
+        script = f'{ray_head} && exec vllm serve "$@"'
+    return _vllm_container(plan, opts, name, ["/bin/sh", "-c", script, "vllm"], vllm_argv(plan, opts), [_HOST_IP])
+
+
+def _ray_worker(plan: Plan, opts: ExportOptions, name: str) -> dict[str, Any]:
+    script = (
+        f'until ray start --address="$LWS_LEADER_ADDRESS:{RAY_PORT}" '
+        f'--node-ip-address="$VLLM_HOST_IP" --disable-usage-stats --block; '
+        f'do echo "waiting for the Ray head at $LWS_LEADER_ADDRESS:{RAY_PORT}" >&2; sleep 5; done'
+    )
+    mounts, _ = _volumes(plan, opts)
+    env = [e for e in _env(plan, opts, name) if e["name"] != API_KEY_ENV] + [_HOST_IP]
+    return {
+        "name": "ray-worker",
+        "image": opts.image,
+        "command": ["/bin/sh", "-c", script],
+        "env": env,
+        "resources": _gpu_resources(plan),
+        "volumeMounts": mounts,
+    }

@@ -6,6 +6,7 @@ import re
 
 from qwdeploy.export.common import (
     API_KEY_ENV,
+    DEFAULT_OPTIONS,
     ExportOptions,
     export_name,
     header,
@@ -35,11 +36,47 @@ def _argv_lines(words: list[str]) -> list[str]:
     return lines
 
 
-def systemd(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
+def systemd(plan: Plan, opts: ExportOptions = DEFAULT_OPTIONS) -> str:
     """A systemd service that keeps vLLM running: restarts with backoff, key from a credential."""
     single_node_only(plan, "systemd")
     name = export_name(plan, opts)
     cache = f"/var/cache/{name}"
+    lines = header(plan, "systemd unit") + _install_steps(plan, opts, name, cache) + _unit_section(plan, name)
+    lines += _service_section(plan, opts, name, cache) + ["", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def _install_steps(plan: Plan, opts: ExportOptions, name: str, cache: str) -> list[str]:
+    lines = [
+        "# Install:",
+        f"#   sudo useradd --system --create-home --home-dir {cache} --shell /usr/sbin/nologin {opts.user}",
+        f"#   sudo -u {opts.user} HF_HOME={cache}/huggingface qwdeploy download {plan.model}",
+    ]
+    if opts.api_key:
+        lines += [f"#   sudo install -D -m 0600 -o root /dev/stdin {opts.api_key_file}  # paste the key, then Ctrl-D"]
+    return lines + [
+        f"#   sudo cp {name}.service /etc/systemd/system/ && sudo systemctl daemon-reload",
+        f"#   sudo systemctl enable --now {name}.service",
+        "",
+    ]
+
+
+def _unit_section(plan: Plan, name: str) -> list[str]:
+    return [
+        "[Unit]",
+        f"Description=vLLM serving {plan.model} (qwdeploy, profile {plan.profile.name})",
+        "Documentation=https://docs.vllm.ai/",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "# A crash loop (10 failed starts in 30 min) stops here instead of retrying forever;",
+        f"# `systemctl reset-failed {name}` re-arms it.",
+        "StartLimitIntervalSec=30min",
+        "StartLimitBurst=10",
+        "",
+    ]
+
+
+def _service_section(plan: Plan, opts: ExportOptions, name: str, cache: str) -> list[str]:
     env = {
         "HF_HOME": f"{cache}/huggingface",
         "HF_HUB_OFFLINE": "1",  # start from the local cache only: no hub round trips on restart
@@ -49,6 +86,30 @@ def systemd(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
         **start_env(plan),
         **plan.env,  # CUDA_VISIBLE_DEVICES when planned on this machine's GPUs
     }
+    lines = ["[Service]", "Type=exec", f"User={opts.user}", f"Group={opts.user}", f"CacheDirectory={name}"]
+    lines += [f"Environment={k}={v}" for k, v in sorted(env.items())]
+    if opts.api_key:
+        lines += [
+            "# The key file stays root-only; systemd exposes a copy to this service alone in",
+            "# $CREDENTIALS_DIRECTORY (an unswappable private mount).",
+            f"LoadCredential=api-key:{opts.api_key_file}",
+        ]
+    return lines + [
+        _exec_start(plan, opts),
+        "# Always restart; the delay grows from 10 s to 5 min over 6 failures (systemd >= 254;",
+        "# older versions ignore RestartSteps/RestartMaxDelaySec and wait 10 s each time).",
+        "Restart=always",
+        "RestartSec=10s",
+        "RestartSteps=6",
+        "RestartMaxDelaySec=5min",
+        "# vLLM stops its engine processes on SIGTERM; what is left is killed after the timeout.",
+        "KillMode=mixed",
+        "TimeoutStopSec=60s",
+        "LimitNOFILE=65536",
+    ]
+
+
+def _exec_start(plan: Plan, opts: ExportOptions) -> str:
     prefix = [opts.vllm_bin, "serve"]
     if opts.api_key:
         # sh reads the key from systemd's credential directory and hands it to vLLM in its
@@ -61,56 +122,4 @@ def systemd(plan: Plan, opts: ExportOptions = ExportOptions()) -> str:
     model, *args = vllm_argv(plan, opts)
     exec_lines = [" ".join(_systemd_word(w) for w in [*prefix, model])]
     exec_lines += _argv_lines([_systemd_word(w) for w in args])
-    exec_start = "ExecStart=" + " \\\n    ".join(exec_lines)
-    lines = header(plan, "systemd unit") + [
-        "# Install:",
-        f"#   sudo useradd --system --create-home --home-dir {cache} --shell /usr/sbin/nologin {opts.user}",
-        f"#   sudo -u {opts.user} HF_HOME={cache}/huggingface qwdeploy download {plan.model}",
-    ]
-    if opts.api_key:
-        lines += [f"#   sudo install -D -m 0600 -o root /dev/stdin {opts.api_key_file}  # paste the key, then Ctrl-D"]
-    lines += [
-        f"#   sudo cp {name}.service /etc/systemd/system/ && sudo systemctl daemon-reload",
-        f"#   sudo systemctl enable --now {name}.service",
-        "",
-        "[Unit]",
-        f"Description=vLLM serving {plan.model} (qwdeploy, profile {plan.profile.name})",
-        "Documentation=https://docs.vllm.ai/",
-        "Wants=network-online.target",
-        "After=network-online.target",
-        "# A crash loop (10 failed starts in 30 min) stops here instead of retrying forever;",
-        f"# `systemctl reset-failed {name}` re-arms it.",
-        "StartLimitIntervalSec=30min",
-        "StartLimitBurst=10",
-        "",
-        "[Service]",
-        "Type=exec",
-        f"User={opts.user}",
-        f"Group={opts.user}",
-        f"CacheDirectory={name}",
-        *[f"Environment={k}={v}" for k, v in sorted(env.items())],
-    ]
-    if opts.api_key:
-        lines += [
-            "# The key file stays root-only; systemd exposes a copy to this service alone in",
-            "# $CREDENTIALS_DIRECTORY (an unswappable private mount).",
-            f"LoadCredential=api-key:{opts.api_key_file}",
-        ]
-    lines += [
-        exec_start,
-        "# Always restart; the delay grows from 10 s to 5 min over 6 failures (systemd >= 254;",
-        "# older versions ignore RestartSteps/RestartMaxDelaySec and wait 10 s each time).",
-        "Restart=always",
-        "RestartSec=10s",
-        "RestartSteps=6",
-        "RestartMaxDelaySec=5min",
-        "# vLLM stops its engine processes on SIGTERM; what is left is killed after the timeout.",
-        "KillMode=mixed",
-        "TimeoutStopSec=60s",
-        "LimitNOFILE=65536",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "",
-    ]
-    return "\n".join(lines)
+    return "ExecStart=" + " \\\n    ".join(exec_lines)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import combinations
 from math import comb
-from typing import Sequence
 
 from qwdeploy.gpus.specs import Gpu
 

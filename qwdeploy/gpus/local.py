@@ -7,8 +7,9 @@ through qwdeploy.gpus.nvml, the only module that imports pynvml.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Any
 
 from qwdeploy.errors import ExitCode, QwdeployError, UnknownGpuError
 from qwdeploy.gpus import nvml
@@ -77,46 +78,9 @@ class LocalGpus:
             for v in usable
         ]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         inv = self.inventory
         cuda = {v.reading.index: v for v in self.visible}
-        rows = []
-        for r in inv.gpus:
-            v = cuda.get(r.index)
-            rows.append(
-                {
-                    "index": v.cuda_index if v else None,
-                    "nvml_index": r.index,
-                    "name": r.name,
-                    "uuid": r.uuid,
-                    "pci_bus_id": r.pci_bus_id,
-                    "compute_capability": f"{r.compute_capability[0]}.{r.compute_capability[1]}",
-                    "memory_total_bytes": r.memory_total_bytes,
-                    "memory_reserved_bytes": r.memory_reserved_bytes,
-                    "memory_used_bytes": r.memory_used_bytes,
-                    "memory_free_bytes": r.memory_free_bytes,
-                    "cuda_total_bytes": cuda_total_bytes(r),
-                    "mig_mode": None if r.mig_enabled is None else ("enabled" if r.mig_enabled else "disabled"),
-                    "mig_devices": [
-                        {
-                            "uuid": m.uuid,
-                            "name": m.name,
-                            "gpu_instance_id": m.gpu_instance_id,
-                            "compute_instance_id": m.compute_instance_id,
-                            "memory_total_bytes": m.memory_total_bytes,
-                            "memory_used_bytes": m.memory_used_bytes,
-                            "memory_free_bytes": m.memory_free_bytes,
-                            "visible": bool(v and v.mig is not None and v.mig.uuid == m.uuid),
-                        }
-                        for m in r.mig_devices
-                    ],
-                    "processes": [{"pid": p.pid, "name": p.name, "used_bytes": p.used_bytes} for p in r.processes],
-                    "other_processes_bytes": other_processes_bytes(r),
-                    "nvlinks_active": r.nvlinks_active,
-                    "power_watts": r.power_watts,
-                    "temperature_c": r.temperature_c,
-                }
-            )
         by_nvml = {r.index: r for r in inv.gpus}
         links = [
             {
@@ -137,10 +101,46 @@ class LocalGpus:
             "nvml_version": inv.nvml_version,
             "cuda_visible_devices": self.cuda_visible_devices,
             "cuda_device_order": self.cuda_device_order,
-            "gpus": rows,
+            "gpus": [_gpu_json(r, cuda.get(r.index)) for r in inv.gpus],
             "links": links,
             "notes": list(self.notes),
         }
+
+
+def _gpu_json(r: nvml.GpuReading, v: Visible | None) -> dict[str, Any]:
+    """One GPU of `qwdeploy gpus --json` (v: how CUDA sees it, None when hidden)."""
+    return {
+        "index": v.cuda_index if v else None,
+        "nvml_index": r.index,
+        "name": r.name,
+        "uuid": r.uuid,
+        "pci_bus_id": r.pci_bus_id,
+        "compute_capability": f"{r.compute_capability[0]}.{r.compute_capability[1]}",
+        "memory_total_bytes": r.memory_total_bytes,
+        "memory_reserved_bytes": r.memory_reserved_bytes,
+        "memory_used_bytes": r.memory_used_bytes,
+        "memory_free_bytes": r.memory_free_bytes,
+        "cuda_total_bytes": cuda_total_bytes(r),
+        "mig_mode": None if r.mig_enabled is None else ("enabled" if r.mig_enabled else "disabled"),
+        "mig_devices": [
+            {
+                "uuid": m.uuid,
+                "name": m.name,
+                "gpu_instance_id": m.gpu_instance_id,
+                "compute_instance_id": m.compute_instance_id,
+                "memory_total_bytes": m.memory_total_bytes,
+                "memory_used_bytes": m.memory_used_bytes,
+                "memory_free_bytes": m.memory_free_bytes,
+                "visible": bool(v and v.mig is not None and v.mig.uuid == m.uuid),
+            }
+            for m in r.mig_devices
+        ],
+        "processes": [{"pid": p.pid, "name": p.name, "used_bytes": p.used_bytes} for p in r.processes],
+        "other_processes_bytes": other_processes_bytes(r),
+        "nvlinks_active": r.nvlinks_active,
+        "power_watts": r.power_watts,
+        "temperature_c": r.temperature_c,
+    }
 
 
 def local(env: Mapping[str, str] | None = None) -> LocalGpus:

@@ -8,8 +8,8 @@ only NVMLError is caught, so a bug here still shows a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from qwdeploy.errors import ExitCode, QwdeployError
 

@@ -10,8 +10,10 @@ import contextlib
 import glob
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from qwdeploy.hub.errors import client_errors
 from qwdeploy.hub.files import (
@@ -93,7 +95,7 @@ def _ms_session():
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
         if patched:
             patched[0].tqdm = patched[1]
@@ -135,7 +137,7 @@ def list_files(source: Source, repo_id: str, revision: str | None, env: Mapping[
         return build_manifest(source, repo_id, revision, None, listing)
 
 
-def _ms_listing(source: Source, repo_id: str, revision: str, env: Mapping[str, str]) -> list[dict]:
+def _ms_listing(source: Source, repo_id: str, revision: str, env: Mapping[str, str]) -> list[dict[str, Any]]:
     try:  # modelscope >= 1.38 delegates to modelscope_hub (whose compat layer drops Sha256)
         from modelscope_hub import HubApi
     except ImportError:
@@ -216,63 +218,65 @@ def fetch(
     return Path(path).absolute()
 
 
-def _hf_bar_class(progress: Progress) -> type:
+class _HfBar:
     """A tqdm look-alike for huggingface_hub's `tqdm_class`: bytes and files go to `progress`."""
 
-    class Bar:
-        _lock = None
+    progress: Progress = Progress()
+    _lock: Any = None
+    format_dict: dict[str, Any] = {}
 
-        def __init__(self, iterable=None, *args, **kwargs):
-            self.iterable = iterable
-            self.total = kwargs.get("total")
-            self.n = kwargs.get("initial") or 0
-            desc = str(kwargs.get("desc") or "")
-            bytes_bar = kwargs.get("unit") == "B"
-            # huggingface_hub 2.x also feeds a network "transfer" bar with the same bytes: skip it.
-            self.kind = (
-                ("bytes" if not desc.lower().startswith("downloading bytes") else None) if bytes_bar else "files"
-            )
-            self.disable = False
-            if self.kind == "bytes" and self.n:
-                progress.advance(nbytes=int(self.n))
+    def __init__(self, iterable: Any = None, *args: Any, **kwargs: Any) -> None:
+        self.iterable = iterable
+        self.total = kwargs.get("total")
+        self.n = kwargs.get("initial") or 0
+        self.kind = self._kind(kwargs)
+        self.disable = False
+        if self.kind == "bytes" and self.n:
+            self.progress.advance(nbytes=int(self.n))
 
-        def update(self, n=1):
-            n = n or 0
-            self.n += n
-            if self.kind == "bytes":
-                progress.advance(nbytes=int(n))
-            elif self.kind == "files":
-                progress.advance(files=int(n))
+    @staticmethod
+    def _kind(kwargs: dict[str, Any]) -> str | None:
+        if kwargs.get("unit") != "B":
+            return "files"
+        # huggingface_hub 2.x also feeds a network "transfer" bar with the same bytes: skip it.
+        return None if str(kwargs.get("desc") or "").lower().startswith("downloading bytes") else "bytes"
 
-        def __iter__(self):
-            for item in self.iterable or ():
-                yield item
-                self.update(1)
+    def update(self, n: int | None = 1) -> None:
+        n = n or 0
+        self.n += n
+        if self.kind == "bytes":
+            self.progress.advance(nbytes=int(n))
+        elif self.kind == "files":
+            self.progress.advance(files=int(n))
 
-        def __enter__(self):
-            return self
+    def __iter__(self) -> Any:
+        for item in self.iterable or ():
+            yield item
+            self.update(1)
 
-        def __exit__(self, *exc):
-            return False
+    def __enter__(self) -> _HfBar:
+        return self
 
-        def __getattr__(self, name):  # refresh, close, set_description, set_postfix_str, ...
-            return lambda *a, **k: None
+    def __exit__(self, *exc: object) -> bool:
+        return False
 
-        @classmethod
-        def get_lock(cls):
-            import threading
+    def __getattr__(self, name: str) -> Any:  # refresh, close, set_description, set_postfix_str, ...
+        return lambda *a, **k: None
 
-            if cls._lock is None:
-                cls._lock = threading.RLock()
-            return cls._lock
+    @classmethod
+    def get_lock(cls) -> Any:
+        if cls._lock is None:
+            cls._lock = threading.RLock()
+        return cls._lock
 
-        @classmethod
-        def set_lock(cls, lock):
-            cls._lock = lock
+    @classmethod
+    def set_lock(cls, lock: Any) -> None:
+        cls._lock = lock
 
-        format_dict: dict = {}
 
-    return Bar
+def _hf_bar_class(progress: Progress) -> type:
+    """huggingface_hub builds its bars from a class: one bound to this download's `progress`."""
+    return type("Bar", (_HfBar,), {"progress": progress, "_lock": None})
 
 
 def _ms_callback_class(progress: Progress) -> type:

@@ -25,7 +25,7 @@ import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qwdeploy.errors import ExitCode, QwdeployError
@@ -36,6 +36,7 @@ from qwdeploy.hub.files import (
     DownloadError,
     Plan,
     Progress,
+    RemoteFile,
     Source,
     check_disk,
     choose_sources,
@@ -69,7 +70,7 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 def _probe_all(sources: Sequence[Source]) -> dict[str, bool]:
     endpoints = list(dict.fromkeys(s.endpoint for s in sources))
     with ThreadPoolExecutor(max_workers=len(endpoints)) as pool:
-        return dict(zip(endpoints, pool.map(probe, endpoints)))
+        return dict(zip(endpoints, pool.map(probe, endpoints), strict=True))
 
 
 def _repo(model: str, dtype: str | None) -> str:
@@ -120,85 +121,89 @@ def _try_sources(sources: Sequence[Source], attempt: Callable[[Source], Plan], p
     raise attempts.best()
 
 
+@dataclass(frozen=True)
+class Where:
+    """Which hub, which revision, which directory. An explicit source or endpoint pins the source."""
+
+    source: str = "auto"  # auto, hf, hf-mirror, modelscope
+    endpoint: str | None = None
+    revision: str | None = None
+    local_dir: str | Path | None = None  # a plain directory instead of the hub's cache
+    env: Mapping[str, str] | None = None  # default: os.environ
+    sources: Sequence[Source] | None = None  # the sources to try, in order (default: from the above)
+
+    def environ(self) -> Mapping[str, str]:
+        return os.environ if self.env is None else self.env
+
+    def chosen(self, progress: Progress) -> list[Source]:
+        return list(self.sources) if self.sources else _sources(self.source, self.endpoint, self.environ(), progress)
+
+
 def plan_download(
-    model: str,
-    dtype: str | None = None,
-    *,
-    source: str = "auto",
-    endpoint: str | None = None,
-    revision: str | None = None,
-    local_dir: str | Path | None = None,
-    env: Mapping[str, str] | None = None,
-    sources: Sequence[Source] | None = None,
-    progress: Progress | None = None,
+    model: str, dtype: str | None = None, where: Where = Where(), progress: Progress | None = None
 ) -> Plan:
     """What `download` would fetch (first source that answers), where to, whether it fits."""
-    env = os.environ if env is None else env
     progress = progress or Progress()
     repo_id = _repo(model, dtype)
-    local = Path(local_dir) if local_dir else None
-    chosen = list(sources) if sources else _sources(source, endpoint, env, progress)
-    return _try_sources(chosen, lambda s: _plan_one(s, repo_id, revision, local, env), progress)
+    local = Path(where.local_dir) if where.local_dir else None
+    env = where.environ()
+    return _try_sources(where.chosen(progress), lambda s: _plan_one(s, repo_id, where.revision, local, env), progress)
 
 
-def download(
-    model: str,
-    dtype: str | None = None,
-    *,
-    source: str = "auto",
-    endpoint: str | None = None,
-    revision: str | None = None,
-    local_dir: str | Path | None = None,
-    env: Mapping[str, str] | None = None,
-    sources: Sequence[Source] | None = None,
-    progress: Progress | None = None,
-) -> Plan:
+def download(model: str, dtype: str | None = None, where: Where = Where(), progress: Progress | None = None) -> Plan:
     """Download MODEL's vLLM files, verified; the plan with `path` and the verified files."""
-    env = os.environ if env is None else env
     progress = progress or Progress()
     repo_id = _repo(model, dtype)
-    local = Path(local_dir).expanduser().absolute() if local_dir else None
-    chosen = list(sources) if sources else _sources(source, endpoint, env, progress)
+    local = Path(where.local_dir).expanduser().absolute() if where.local_dir else None
+    env = where.environ()
 
     def attempt(src: Source) -> Plan:
-        plan = _plan_one(src, repo_id, revision, local, env)
+        plan = _plan_one(src, repo_id, where.revision, local, env)
         check_disk(plan.needed_bytes, plan.free_bytes, existing_parent(plan.path))
         progress.planned(plan)
         folder = fetch(plan.manifest, plan.manifest.files, local, env, progress, plan.present)
-        if (
-            local is None
-            and plan.manifest.commit
-            and folder.name != plan.manifest.commit
-            and plan.manifest.source.protocol == "hf"
-        ):
-            raise DownloadError(
-                f"{repo_id} changed on {src.name} during the download "
-                f"({plan.manifest.commit[:12]} -> {folder.name[:12]})",
-                hint="run again",
-                exit_code=ExitCode.NETWORK,
-            )
-        good, bad = verify(plan.manifest.files, folder, progress)
-        if bad:
-            progress.note(
-                f"{len(bad)} file(s) failed verification, fetching them again: "
-                + "; ".join(f"{p}: {why}" for p, why in bad)
-            )
-            redo = [f for f in plan.manifest.files if f.path in {p for p, _ in bad}]
-            for f in redo:
-                discard(folder, f.path, local)
-            fetch(plan.manifest, redo, local, env, progress)
-            again, bad = verify(redo, folder, progress)
-            if bad:
-                for p, _ in bad:
-                    discard(folder, p, local)
-                raise DownloadError(
-                    f"{repo_id} from {src.name}: {len(bad)} file(s) failed verification "
-                    "twice and were deleted: " + "; ".join(f"{p}: {why}" for p, why in bad),
-                    hint=HINTS[ExitCode.VERIFY_FAILED],
-                    exit_code=ExitCode.VERIFY_FAILED,
-                )
-            by_path = {f.path: f for f in good + again}
-            good = [by_path[f.path] for f in plan.manifest.files]
+        _check_commit(plan, folder, local is None)
+        good = _verified(plan, folder, local, env, progress)
         return replace(plan, path=folder, verified=tuple(good))
 
-    return _try_sources(chosen, attempt, progress)
+    return _try_sources(where.chosen(progress), attempt, progress)
+
+
+def _check_commit(plan: Plan, folder: Path, in_cache: bool) -> None:
+    """The hub's cache names the snapshot by commit: another name means the repo moved meanwhile."""
+    m = plan.manifest
+    if in_cache and m.commit and folder.name != m.commit and m.source.protocol == "hf":
+        raise DownloadError(
+            f"{m.repo_id} changed on {m.source.name} during the download ({m.commit[:12]} -> {folder.name[:12]})",
+            hint="run again",
+            exit_code=ExitCode.NETWORK,
+        )
+
+
+def _verified(
+    plan: Plan, folder: Path, local: Path | None, env: Mapping[str, str], progress: Progress
+) -> list[RemoteFile]:
+    """Every file checked against the hub; a mismatch is fetched once more, then reported."""
+    m = plan.manifest
+    good, bad = verify(m.files, folder, progress)
+    if not bad:
+        return good
+    progress.note(
+        f"{len(bad)} file(s) failed verification, fetching them again: " + "; ".join(f"{p}: {why}" for p, why in bad)
+    )
+    redo = [f for f in m.files if f.path in {p for p, _ in bad}]
+    for f in redo:
+        discard(folder, f.path, local)
+    fetch(m, redo, local, env, progress)
+    again, bad = verify(redo, folder, progress)
+    if bad:
+        for p, _ in bad:
+            discard(folder, p, local)
+        raise DownloadError(
+            f"{m.repo_id} from {m.source.name}: {len(bad)} file(s) failed verification twice and were deleted: "
+            + "; ".join(f"{p}: {why}" for p, why in bad),
+            hint=HINTS[ExitCode.VERIFY_FAILED],
+            exit_code=ExitCode.VERIFY_FAILED,
+        )
+    by_path = {f.path: f for f in good + again}
+    return [by_path[f.path] for f in m.files]

@@ -69,46 +69,50 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
+# The most specific answer wins when a chain of exceptions says several things.
+_PRECEDENCE = (ExitCode.DISK_FULL, ExitCode.UNAUTHORIZED, ExitCode.NOT_FOUND, ExitCode.VERIFY_FAILED, ExitCode.NETWORK)
+
+
 def classify(exc: BaseException) -> ExitCode | None:
     """Map a hub client's exception (or its cause chain) to an exit code; None: a bug."""
+    found = {_code_of(e) for e in _chain(exc)}
+    return next((code for code in _PRECEDENCE if code in found), None)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, its causes and contexts, and the files modelscope reports as failed."""
     seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    found: list[ExitCode] = []
+    todo, out = [exc], []
     while todo:
         e = todo.pop(0)
         if id(e) in seen:
             continue
         seen.add(id(e))
-        names = {c.__name__ for c in type(e).__mro__}
+        out.append(e)
         failed = getattr(e, "failed_files", None)  # modelscope_hub's FileDownloadError
         if isinstance(failed, dict):
             todo.extend(v for v in failed.values() if isinstance(v, BaseException))
-        if names & _UNAUTHORIZED:
-            found.append(ExitCode.UNAUTHORIZED)
-        elif names & _NOT_FOUND:
-            found.append(ExitCode.NOT_FOUND)
-        elif names & _VERIFY:
-            found.append(ExitCode.VERIFY_FAILED)
-        elif isinstance(e, OSError) and e.errno in (28, 122):  # ENOSPC, EDQUOT
-            found.append(ExitCode.DISK_FULL)
-        elif _status(e) in (401, 403):
-            found.append(ExitCode.UNAUTHORIZED)
-        elif _status(e) == 404:
-            found.append(ExitCode.NOT_FOUND)
-        elif names & _NETWORK or "HTTPError" in names or "HfHubHTTPError" in names:
-            found.append(ExitCode.NETWORK)
-        for nxt in (e.__cause__, e.__context__):
-            if nxt is not None:
-                todo.append(nxt)
-    for code in (
-        ExitCode.DISK_FULL,
-        ExitCode.UNAUTHORIZED,
-        ExitCode.NOT_FOUND,
-        ExitCode.VERIFY_FAILED,
-        ExitCode.NETWORK,
-    ):
-        if code in found:
-            return code
+        todo.extend(nxt for nxt in (e.__cause__, e.__context__) if nxt is not None)
+    return out
+
+
+def _code_of(e: BaseException) -> ExitCode | None:
+    names = {c.__name__ for c in type(e).__mro__}
+    status = _status(e)
+    if names & _UNAUTHORIZED:
+        return ExitCode.UNAUTHORIZED
+    if names & _NOT_FOUND:
+        return ExitCode.NOT_FOUND
+    if names & _VERIFY:
+        return ExitCode.VERIFY_FAILED
+    if isinstance(e, OSError) and e.errno in (28, 122):  # ENOSPC, EDQUOT
+        return ExitCode.DISK_FULL
+    if status in (401, 403):
+        return ExitCode.UNAUTHORIZED
+    if status == 404:
+        return ExitCode.NOT_FOUND
+    if names & _NETWORK or "HTTPError" in names or "HfHubHTTPError" in names:
+        return ExitCode.NETWORK
     return None
 
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.units import GiB
@@ -90,7 +91,7 @@ class RemoteFile:
     sha256: str | None = None  # LFS files on HF, every file on ModelScope
     git_oid: str | None = None  # HF's git blob sha1 (the only checksum HF gives for small files)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
 
 
@@ -281,7 +282,7 @@ class Plan:
     def fits(self) -> bool:
         return self.free_bytes >= self.needed_bytes + disk_margin_bytes(self.needed_bytes)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         m = self.manifest
         return {
             "source": m.source.name,

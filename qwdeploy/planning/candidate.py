@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 from qwdeploy.gpus.specs import Gpu
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
@@ -59,7 +60,7 @@ class Candidate:
     gmu: float
     gmu_cap: float
     engine: Engine
-    rope_scaling: dict | None
+    rope_scaling: dict[str, Any] | None
     stages: tuple[Stage, ...]
     capacity: KvCapacity
     graphs_on_top: int  # CUDA-graph memory beyond the KV budget, on the GPU with the most layers

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from qwdeploy.errors import UnknownModelError
 
@@ -53,7 +54,7 @@ class ModelSpec:
     num_experts: int = 0  # 0 = dense
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
-    rope_scaling: dict | None = None
+    rope_scaling: dict[str, Any] | None = None
     quantization: Quantization | None = None
     architecture: str = "Qwen3ForCausalLM"
 
@@ -105,7 +106,7 @@ class Variant:
         return "hybrid"
 
 
-def spec_from_config(config: dict, source: str) -> ModelSpec:
+def spec_from_config(config: dict[str, Any], source: str) -> ModelSpec:
     """Read the memory-relevant facts of a Qwen3 config.json."""
     architectures = config.get("architectures") or []
     arch = next((a for a in architectures if a in QWEN3_ARCHITECTURES), None)
@@ -140,7 +141,7 @@ def spec_from_config(config: dict, source: str) -> ModelSpec:
     return spec
 
 
-def _quantization(qc: dict | None, source: str) -> Quantization | None:
+def _quantization(qc: dict[str, Any] | None, source: str) -> Quantization | None:
     if not qc:
         return None
     method = str(qc.get("quant_method", "")).lower()
@@ -190,7 +191,7 @@ def variants() -> tuple[Variant, ...]:
     return tuple(out)
 
 
-def config_json(variant: Variant) -> dict:
+def config_json(variant: Variant) -> dict[str, Any]:
     """The full config.json of a variant (shipped copy, or the local directory's)."""
     if variant.local_path is not None:
         return json.loads((variant.local_path / "config.json").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.kv import BLOCK_SIZE
 
@@ -9,7 +11,7 @@ YARN_ORIGINAL_MAX = 32768  # Qwen3's native window; YaRN factor f serves f × 32
 YARN_MAX_FACTOR = 4  # Qwen validated YaRN up to factor 4 (131072 tokens)
 
 
-def rope_for(variant: Variant, max_model_len: int) -> dict | None:
+def rope_for(variant: Variant, max_model_len: int) -> dict[str, Any] | None:
     """Qwen's YaRN setting for a context past the native window (None when not needed)."""
     if max_model_len <= variant.spec.max_position_embeddings or variant.is_2507:
         return None
@@ -25,12 +27,12 @@ def context_ceiling(variant: Variant, allow_yarn: bool) -> int:
     return max(native, YARN_ORIGINAL_MAX * YARN_MAX_FACTOR)
 
 
-def rope_max_position(rope: dict | None) -> int | None:
+def rope_max_position(rope: dict[str, Any] | None) -> int | None:
     """Positions the rotary cache covers under YaRN (original × factor), else None (config's)."""
     return int(rope["original_max_position_embeddings"] * rope["factor"]) if rope else None
 
 
-def derived_context(variant: Variant, rope: dict | None) -> int:
+def derived_context(variant: Variant, rope: dict[str, Any] | None) -> int:
     """vLLM's derived max_model_len: max_position_embeddings, or original × factor with YaRN."""
     return rope_max_position(rope) or variant.spec.max_position_embeddings
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
+from typing import Any
 
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.engine import Engine
@@ -49,7 +50,7 @@ def _minor(version: str | None) -> str:
     return ".".join(parts[:2])
 
 
-def matching(records: Iterable[dict], gpu: str, vllm_version: str) -> list[dict]:
+def matching(records: Iterable[dict[str, Any]], gpu: str, vllm_version: str) -> list[dict[str, Any]]:
     """Records of this GPU kind and vLLM minor version that measured the overheads."""
     out = []
     for r in records:
@@ -67,7 +68,7 @@ def matching(records: Iterable[dict], gpu: str, vllm_version: str) -> list[dict]
 
 
 def correction(
-    records: Iterable[dict],
+    records: Iterable[dict[str, Any]],
     gpu: str,
     vllm_version: str,
     model: str | None = None,

@@ -87,7 +87,7 @@ class Plan:
     max_num_batched_tokens: int
     enforce_eager: bool
     enable_prefix_caching: bool
-    rope_scaling: dict | None  # Qwen's YaRN setting when max_model_len exceeds the native window
+    rope_scaling: dict[str, Any] | None  # Qwen's YaRN setting when max_model_len exceeds the native window
     memory: MemoryBreakdown  # one GPU of the stage that sets the KV cache
     capacity: KvCapacity
     fits: bool
@@ -97,7 +97,7 @@ class Plan:
     notes: tuple[str, ...] = ()
     alternatives: tuple[Alternative, ...] = ()
     meets_profile: bool = True
-    performance: dict = field(default_factory=dict)
+    performance: dict[str, Any] = field(default_factory=dict[str, Any])
     stages: tuple[Stage, ...] = ()  # one per pipeline stage (node)
 
     # ---- derived facts -------------------------------------------------------------------
@@ -117,7 +117,7 @@ class Plan:
         return "bfloat16"
 
     @property
-    def hf_overrides(self) -> dict | None:
+    def hf_overrides(self) -> dict[str, Any] | None:
         if not self.rope_scaling:
             return None
         rope_theta = 5000000 if self.variant.is_2507 else 1000000
@@ -129,7 +129,7 @@ class Plan:
         return {"always": True, "never": False}.get(self.variant.thinking, self.profile.thinking)
 
     @property
-    def sampling(self) -> dict:
+    def sampling(self) -> dict[str, Any]:
         """Qwen's recommended sampling defaults for the model and mode."""
         return dict(THINKING_SAMPLING if self.thinking else NON_THINKING_SAMPLING)
 
@@ -284,5 +284,5 @@ def _flags(settings: dict[str, object]) -> list[str]:
     return out
 
 
-def _compact(value: dict) -> str:
+def _compact(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"))

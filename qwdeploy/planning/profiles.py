@@ -11,6 +11,7 @@ import difflib
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -132,7 +133,7 @@ def parse(text: str, source: str, name: str) -> Profile:
 class _Checker:
     """Typed reads of one profile's keys, each error naming the file, key and allowed values."""
 
-    def __init__(self, source: str, data: dict):
+    def __init__(self, source: str, data: dict[str, Any]):
         self.source, self.data = source, data
 
     def _fail(self, key: str, allowed: str) -> None:

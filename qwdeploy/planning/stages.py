@@ -13,8 +13,9 @@ One node is one stage holding every layer. Across nodes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.catalog import Variant

@@ -7,6 +7,7 @@ Fitted on real vLLM 0.26 starts on an H100 (bench/results/coldstart_gpu, tests/d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from qwdeploy.planning.memory import cudagraph_capture_sizes
 from qwdeploy.units import GB, GiB
@@ -61,7 +62,7 @@ class StartCosts:
 START_COSTS = StartCosts()
 
 
-def cold_start_s(plan, eff: StartCosts = START_COSTS, weights_from_disk: bool = True) -> dict:
+def cold_start_s(plan, eff: StartCosts = START_COSTS, weights_from_disk: bool = True) -> dict[str, Any]:
     """Seconds of each phase from process start to ready, cold and warm compile cache."""
     layers = plan.variant.spec.num_hidden_layers
     total_weight_bytes = plan.memory.weights_bytes * plan.tensor_parallel_size
@@ -83,7 +84,9 @@ def cold_start_s(plan, eff: StartCosts = START_COSTS, weights_from_disk: bool = 
     }
 
 
-def start_seconds(phases: dict, warm: bool, via_llm_class: bool = False, eff: StartCosts = START_COSTS) -> float:
+def start_seconds(
+    phases: dict[str, Any], warm: bool, via_llm_class: bool = False, eff: StartCosts = START_COSTS
+) -> float:
     """Seconds to ready from `cold_start_s` phases; `via_llm_class`: vLLM's LLM class with its
     default caches (the validation harness) instead of qwdeploy's server start."""
     parts = ("import_s", "load_weights_s", "graph_capture_s")

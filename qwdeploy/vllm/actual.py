@@ -60,7 +60,7 @@ COMPARED = (
 )
 
 
-def compare(predicted: dict, report: StartupReport, start_s: tuple | None = None) -> list[Row]:
+def compare(predicted: dict[str, Any], report: StartupReport, start_s: tuple | None = None) -> list[Row]:
     """Plan vs what vLLM's log says, for every figure at least one side knows."""
     rows = [Row(label, unit, predicted.get(key), getattr(report, key)) for label, key, unit in COMPARED]
     rows = [r for r in rows if r.predicted is not None or r.actual is not None]

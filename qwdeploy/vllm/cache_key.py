@@ -69,7 +69,7 @@ def key_fields(plan: Plan, vllm_version: str | None = None, device: str | None =
     }
 
 
-def cache_key(fields: dict) -> str:
+def cache_key(fields: dict[str, Any]) -> str:
     """sha256 (hex) of the key fields, independent of dict order."""
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

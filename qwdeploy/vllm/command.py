@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any
 
 from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.plan import Plan
@@ -27,7 +28,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 @dataclass(frozen=True)
 class Weights:
     model: str  # what vLLM gets as --model
-    env: dict  # offline settings once the weights are on disk
+    env: dict[str, Any]  # offline settings once the weights are on disk
     note: str
 
 
@@ -81,7 +82,7 @@ class Launch:
         env.update(self.env)
         return env
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "argv": self.shown_argv(),
             "env": self.shown_env(),
@@ -157,7 +158,10 @@ def server_args(plan: Plan, device: str, extra: Sequence[str] = ()) -> list[str]
     return args
 
 
-def build(plan: Plan, device: str, weights: Weights, options: ServerOptions = ServerOptions()) -> Launch:
+DEFAULT_SERVER = ServerOptions()
+
+
+def build(plan: Plan, device: str, weights: Weights, options: ServerOptions = DEFAULT_SERVER) -> Launch:
     """The vLLM server command for `plan`. Extra args go last, so they override the plan's."""
     extra = list(options.extra)
     name = option_value(extra, "--served-model-name") or served_name(plan.variant)

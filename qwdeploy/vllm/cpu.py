@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.gpus.specs import Gpu, GpuSpec

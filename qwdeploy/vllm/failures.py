@@ -8,8 +8,8 @@ wording.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from qwdeploy.vllm import phases
 

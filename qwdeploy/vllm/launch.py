@@ -16,7 +16,7 @@ from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.plan import Plan
 from qwdeploy.vllm import cache
 from qwdeploy.vllm.cache import CacheState
-from qwdeploy.vllm.command import OFFLINE_ENV, Launch, ServerOptions, Weights, build, served_name
+from qwdeploy.vllm.command import DEFAULT_SERVER, OFFLINE_ENV, Launch, ServerOptions, Weights, build, served_name
 from qwdeploy.vllm.cpu import CpuKv, HostMemory, check_cpu_kv, cpu_kv_space, parse_meminfo
 
 DRY_RUN_WEIGHTS = (
@@ -64,7 +64,7 @@ def _download(repo_id: str, progress: Any) -> tuple[Path, str]:
 def prepare(
     plan: Plan,
     device: str,
-    options: ServerOptions = ServerOptions(),
+    options: ServerOptions = DEFAULT_SERVER,
     fetch: bool = True,
     dry_run: bool = False,
     progress: Any = None,

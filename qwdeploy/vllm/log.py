@@ -12,8 +12,9 @@ Why a start failed is qwdeploy.vllm.failures.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from qwdeploy.units import GiB
 from qwdeploy.vllm import failures
@@ -86,7 +87,7 @@ class StartupReport:
         """Seconds spent in each phase (arrival times when timed, else the log's own stamps)."""
         out: dict[str, float] = {}
         timed = all(p.t is not None for p in self.phases)
-        for a, b in zip(self.phases, self.phases[1:]):
+        for a, b in zip(self.phases, self.phases[1:], strict=False):
             start, end = (a.t, b.t) if timed else (a.stamp, b.stamp)
             if start is not None and end is not None and end >= start:
                 out[a.name] = round(out.get(a.name, 0.0) + end - start, 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import Any
 
 from qwdeploy.planning.plan import Plan
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT
@@ -37,9 +38,9 @@ class RayLaunch:
     head: tuple[str, ...]  # argv on the head node, first
     worker: tuple[str, ...]  # argv on every other node
     serve: tuple[str, ...]  # argv on the head node once the workers joined (vLLM waits for them)
-    env: dict  # environment of vllm serve (plan.env)
+    env: dict[str, Any]  # environment of vllm serve (plan.env)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "nodes": self.nodes,
             "head_address": self.head_address,

@@ -6,6 +6,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from typing import Any
 
 from qwdeploy.errors import ExitCode, QwdeployError
 
@@ -15,7 +16,11 @@ WARMUP_PROMPT = [1, 2, 3]  # token ids: valid for any vocabulary, no tokenizer n
 
 
 def _http(
-    method: str, url: str, body: dict | None = None, api_key: str | None = None, timeout: float = HTTP_TIMEOUT_S
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    api_key: str | None = None,
+    timeout: float = HTTP_TIMEOUT_S,
 ) -> tuple[int | None, str]:
     headers = {"Content-Type": "application/json"}
     if api_key:

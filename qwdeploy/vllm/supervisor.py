@@ -14,15 +14,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.vllm import failures
@@ -174,7 +176,7 @@ class Server:
                 start_new_session=True,
                 preexec_fn=_parent_death_signal(),
             )
-        self._reader = open(self.log_path, errors="replace")
+        self._reader = open(self.log_path, errors="replace")  # noqa: SIM115 - followed until stop() closes it
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -288,24 +290,27 @@ def _wait_empty(pgid: int, timeout_s: float) -> bool:
 
 
 def _killpg(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
-def serve(
-    launch: Launch,
-    log_path: Path,
-    *,
-    api_key: str | None = None,
-    ready_timeout_s: float = READY_TIMEOUT_S,
-    stop_timeout_s: float = STOP_TIMEOUT_S,
-    on_start: Callable[[Server], None] | None = None,
-    on_phase: Callable[[str, float], None] | None = None,
-    on_ready: Callable[[Ready], None] | None = None,
-    on_stopping: Callable[[str], None] | None = None,
-) -> Stopped:
+def _ignore(*args: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What `serve` tells its caller while vLLM runs, and how long it waits."""
+
+    on_start: Callable[[Server], None] = _ignore
+    on_phase: Callable[[str, float], None] | None = None  # (phase, seconds since start)
+    on_ready: Callable[[Ready], None] = _ignore
+    on_stopping: Callable[[str], None] = _ignore  # the signal's name
+    ready_timeout_s: float = READY_TIMEOUT_S
+    stop_timeout_s: float = STOP_TIMEOUT_S
+
+
+def serve(launch: Launch, log_path: Path, api_key: str | None = None, watch: Watch = Watch()) -> Stopped:
     """Start vLLM, wait until it answers, keep it until a signal; stop its whole group.
 
     Returns how it stopped after SIGINT / SIGTERM / SIGHUP (forwarded to vLLM's group as SIGINT
@@ -318,11 +323,8 @@ def serve(
     with _SignalGuard() as guard:
         try:
             server.start()
-            if on_start:
-                on_start(server)
-            ready = server.wait_ready(ready_timeout_s, on_phase)
-            if on_ready:
-                on_ready(ready)
+            watch.on_start(server)
+            watch.on_ready(server.wait_ready(watch.ready_timeout_s, watch.on_phase))
             code = server.wait()
             lines = server.log_path.read_text(errors="replace").splitlines()
             raise StartFailed(
@@ -333,12 +335,11 @@ def serve(
             )
         except _Signal as s:
             received = s.name
-            if on_stopping:
-                on_stopping(s.name)
+            watch.on_stopping(s.name)
         finally:
             guard.ignore()
             forward = signal.SIGINT if received in (None, "SIGINT") else signal.SIGTERM
-            stopped = server.stop(forward, stop_timeout_s)
+            stopped = server.stop(forward, watch.stop_timeout_s)
     return replace(stopped, signal=received)
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.planning.plan import Plan
