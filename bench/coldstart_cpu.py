@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import qwdeploy  # noqa: E402
 from qwdeploy.planning.plan import Pins  # noqa: E402
 from qwdeploy.vllm import cache_key, install  # noqa: E402
-from qwdeploy.vllm.warm import WarmOptions, warm  # noqa: E402
+from qwdeploy.vllm.warm import WarmOptions, warm_once  # noqa: E402
 
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-qwen3")
 EXTRA = ("--load-format", "dummy", "--skip-tokenizer-init", "--served-model-name", "tiny-qwen3")
@@ -93,7 +93,7 @@ class Contention:
 def start(plan, root: Path, force: bool) -> dict:
     t = time.time()
     with Contention() as seen:
-        r = warm(plan, WarmOptions(cache_root=root, extra_args=EXTRA, env=ENV, force=force, ready_timeout_s=600))
+        r = warm_once(plan, WarmOptions(cache_root=root, extra_args=EXTRA, env=ENV, force=force, ready_timeout_s=600))
     out = r.to_json()
     out["wall_s"] = round(time.time() - t, 2)
     # Another server's last second of shutdown (it released the lock) is not contention.

@@ -9,6 +9,7 @@ of earlier `serve` starts a corrected calibration. The planner itself is pure.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.gpus import local as local_gpus
@@ -19,8 +20,10 @@ from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.performance import attach
 from qwdeploy.planning.plan import Pins, Plan
 from qwdeploy.planning.versions import VLLM_VERSION
-from qwdeploy.vllm import cache_key, cpu, launch, records
-from qwdeploy.vllm.install import VllmInstall, missing_vllm
+from qwdeploy.vllm import cache_key, records
+
+if TYPE_CHECKING:
+    from qwdeploy.vllm.install import VllmInstall
 
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 DEFAULT_GPUS_PER_NODE = 8
@@ -67,6 +70,9 @@ def plan_for_launch(request: PlanRequest, install: VllmInstall | None) -> tuple[
     except QwdeployError as e:
         if e.exit_code not in (ExitCode.NVML_MISSING, ExitCode.NO_GPUS):
             raise
+        from qwdeploy.vllm import cpu, launch  # the CPU fallback of serve and warm
+        from qwdeploy.vllm.install import missing_vllm
+
         if install is None:
             raise missing_vllm(gpu_found=False) from None
         if not install.cpu:

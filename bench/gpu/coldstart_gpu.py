@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import qwdeploy  # noqa: E402
 from qwdeploy.planning.plan import Pins  # noqa: E402
 from qwdeploy.vllm import cache  # noqa: E402
-from qwdeploy.vllm.warm import WarmOptions, warm  # noqa: E402
+from qwdeploy.vllm.warm import WarmOptions, warm_once  # noqa: E402
 
 CASES = {
     # name: (model config, profile, cache sub-root, DeepGEMM override)
@@ -107,7 +107,7 @@ def main() -> int:
     options = WarmOptions(
         cache_root=root / sub, extra_args=EXTRA, force=True, deep_gemm=dg, env=env, log_path=log, ready_timeout_s=590
     )
-    r = warm(plan, options, device=cache.detect_device(plan))
+    r = warm_once(plan, options, device=cache.detect_device(plan))
     record = {
         "case": a.case,
         "model": config,

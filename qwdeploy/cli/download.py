@@ -6,11 +6,10 @@ from typing import Annotated
 
 import typer
 
-from qwdeploy.cli import progress, render
+from qwdeploy.cli import render
 from qwdeploy.cli.app import app, reported_errors
 from qwdeploy.cli.options import DtypeOpt, JsonOpt, ModelArg
 from qwdeploy.errors import ExitCode
-from qwdeploy.hub import download as hub
 from qwdeploy.hub.files import Plan as DownloadPlan
 from qwdeploy.hub.files import check_disk
 
@@ -49,6 +48,9 @@ def download(  # noqa: PLR0913 - Typer declares each option as a parameter
     Exit codes: 0 done, 20 not found, 21 gated or unauthorised, 22 network, 23 not enough disk,
     24 verification failed, 1 other errors you can fix, 130 interrupted (run again to resume).
     """
+    from qwdeploy.cli import progress  # rich's progress bars and the hub clients: only here
+    from qwdeploy.hub import download as hub
+
     bar = progress.RichProgress(bars=False if as_json else None)
     where = hub.Where(source=source, endpoint=endpoint, revision=revision, local_dir=local_dir)
     try:

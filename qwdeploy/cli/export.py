@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from qwdeploy import api
-from qwdeploy import export as exports
 from qwdeploy.api import PlanRequest
 from qwdeploy.cli import render
 from qwdeploy.cli.app import app, reported_errors
@@ -61,6 +60,8 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
     LeaderWorkerSet (Ray head + workers). Exit codes: 0 written, 3 the plan does not fit
     (nothing written), 1 an error you can fix, 2 usage.
     """
+    from qwdeploy import export as exports
+
     opts = exports.ExportOptions(
         name=name,
         port=port,

@@ -15,6 +15,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -33,7 +34,7 @@ class RichProgress(files.Progress):
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.bars = self.console.is_terminal if bars is None else bars
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._files = [0, 0]
         self._lock = threading.Lock()
 
@@ -84,13 +85,13 @@ class RichProgress(files.Progress):
         return f"{min(done, total)}/{total} files"
 
     def advance(self, nbytes: int = 0, files: int = 0) -> None:
-        progress = self._progress
-        if progress is None:
+        progress, task = self._progress, self._task
+        if progress is None or task is None:
             return
         with self._lock:
             self._files[0] += files
             text = self._files_text()
-        progress.update(self._task, advance=nbytes, files=text)
+        progress.update(task, advance=nbytes, files=text)
 
     def stop(self) -> None:
         if self._progress is not None:

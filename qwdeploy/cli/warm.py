@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,8 +16,9 @@ from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.planning.plan import Plan
 from qwdeploy.planning.startup import DEEP_GEMM_MODES
 from qwdeploy.vllm import cache, install
-from qwdeploy.vllm.warm import WarmOptions, WarmResult
-from qwdeploy.vllm.warm import warm as warm_cache
+
+if TYPE_CHECKING:
+    from qwdeploy.vllm.warm import WarmOptions, WarmResult
 
 VllmArgs = Annotated[
     list[str] | None,
@@ -69,6 +70,8 @@ def warm(  # noqa: PLR0913 - Typer declares each option as a parameter
     Exit codes: 0 warm, 3 the plan does not fit, 30 vLLM is not installed, 31 vLLM failed to
     start, 1 an error you can fix, 2 usage.
     """
+    from qwdeploy.vllm.warm import WarmOptions, warm_once  # vLLM's supervisor: only for a start
+
     options = WarmOptions(
         cache_root=Path(cache_dir) if cache_dir else None,
         extra_args=tuple(vllm_args or ()),
@@ -92,7 +95,7 @@ def warm(  # noqa: PLR0913 - Typer declares each option as a parameter
             )
         if not as_json:
             _announce(plan, options)
-        outcome = warm_cache(plan, options)
+        outcome = warm_once(plan, options)
     _report(outcome, as_json)
 
 

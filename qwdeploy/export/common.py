@@ -14,6 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 import yaml
 
@@ -129,11 +130,11 @@ def single_node_only(plan: Plan, fmt: str) -> None:
 
 
 class _Dumper(yaml.SafeDumper):
-    def ignore_aliases(self, data) -> bool:  # repeated pieces are written out, never &anchors
+    def ignore_aliases(self, data: Any) -> bool:  # repeated pieces are written out, never &anchors
         return True
 
 
-def _str(dumper: yaml.SafeDumper, value: str):
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
@@ -141,7 +142,7 @@ def _str(dumper: yaml.SafeDumper, value: str):
 _Dumper.add_representer(str, _str)
 
 
-def to_yaml(data) -> str:
+def to_yaml(data: Any) -> str:
     return yaml.dump(
         data,
         Dumper=_Dumper,

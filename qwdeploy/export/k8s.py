@@ -31,8 +31,8 @@ def _labels(name: str) -> dict[str, Any]:
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "qwdeploy"}
 
 
-def _meta(name: str, opts: ExportOptions, **extra) -> dict[str, Any]:
-    meta = {"name": name}
+def _meta(name: str, opts: ExportOptions, **extra: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
     if opts.namespace:
         meta["namespace"] = opts.namespace
     meta.update(extra)
@@ -83,7 +83,7 @@ def _env(plan: Plan, opts: ExportOptions, name: str) -> list[dict[str, Any]]:
         **start_env(plan),
     }
     env.update({k: v for k, v in plan.env.items() if k != "CUDA_VISIBLE_DEVICES"})
-    out = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     if opts.api_key:
         out.append(
             {
@@ -124,7 +124,7 @@ def _vllm_container(
     name: str,
     command: list[str],
     args: list[str],
-    extra_env: list[dict[str, Any]] = (),
+    extra_env: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
     mounts, _ = _volumes(plan, opts)
     return {
@@ -256,7 +256,7 @@ def _deployment(plan: Plan, opts: ExportOptions, name: str) -> list[dict[str, An
     return docs
 
 
-_HOST_IP = {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+_HOST_IP: dict[str, Any] = {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 
 
 def _leader_worker_set(plan: Plan, opts: ExportOptions, name: str) -> list[dict[str, Any]]:
@@ -304,7 +304,7 @@ def _ray_leader(plan: Plan, opts: ExportOptions, name: str) -> dict[str, Any]:
         script = _api_key_wrapper("vllm serve").replace("exec vllm", f"{ray_head} && exec vllm")
     else:
         script = f'{ray_head} && exec vllm serve "$@"'
-    return _vllm_container(plan, opts, name, ["/bin/sh", "-c", script, "vllm"], vllm_argv(plan, opts), [_HOST_IP])
+    return _vllm_container(plan, opts, name, ["/bin/sh", "-c", script, "vllm"], vllm_argv(plan, opts), (_HOST_IP,))
 
 
 def _ray_worker(plan: Plan, opts: ExportOptions, name: str) -> dict[str, Any]:

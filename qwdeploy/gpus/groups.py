@@ -57,7 +57,7 @@ def best_group(gpus: Sequence[Gpu], count: int) -> tuple[Gpu, ...]:
     return tuple(sorted(best, key=_cuda_index))
 
 
-def _link_ranks(group) -> tuple[int, int]:
+def _link_ranks(group: Sequence[Gpu]) -> tuple[int, int]:
     ranks = [LINK_RANK.get(link_kind(a, b) or "", UNKNOWN_LINK) for i, a in enumerate(group) for b in group[i + 1 :]]
     return (max(ranks), sum(ranks)) if ranks else (0, 0)
 

@@ -110,4 +110,4 @@ def named(name: str, count: int) -> list[Gpu]:
 
 def driver_reserved_bytes() -> int:
     data = json.loads((resources.files("qwdeploy") / "data" / "gpus.json").read_text())
-    return data["driver_reserved_mib"] * MiB
+    return int(data["driver_reserved_mib"]) * MiB

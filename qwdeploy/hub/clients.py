@@ -11,7 +11,7 @@ import glob
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ def _ms_token(env: Mapping[str, str]) -> str | None:
 
 
 @contextlib.contextmanager
-def _hf_session(source: Source):
+def _hf_session(source: Source) -> Iterator[None]:
     """Xet off for non-default endpoints (hf-xet ignores HF_ENDPOINT), quiet logs and bars."""
     import huggingface_hub.constants as hf_constants
     from huggingface_hub.utils import (
@@ -75,7 +75,7 @@ def _hf_session(source: Source):
 
 
 @contextlib.contextmanager
-def _ms_session():
+def _ms_session() -> Iterator[None]:
     """modelscope_hub draws tqdm bars and logs per file unconditionally; keep stderr for our own."""
     loggers = [logging.getLogger(n) for n in ("modelscope_hub", "modelscope")]
     levels = [lg.level for lg in loggers]
@@ -98,7 +98,7 @@ def _ms_session():
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
         if patched:
-            patched[0].tqdm = patched[1]
+            patched[0].tqdm = patched[1]  # type: ignore[attr-defined]
 
 
 def list_files(source: Source, repo_id: str, revision: str | None, env: Mapping[str, str]) -> Manifest:
@@ -257,8 +257,8 @@ class _HfBar:
     def __enter__(self) -> _HfBar:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
-        return False
+    def __exit__(self, *exc: object) -> None:
+        return None
 
     def __getattr__(self, name: str) -> Any:  # refresh, close, set_description, set_postfix_str, ...
         return lambda *a, **k: None

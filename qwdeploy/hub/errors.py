@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from qwdeploy.errors import ExitCode, QwdeployError
@@ -156,7 +156,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def client_errors(source: Source, repo_id: str):
+def client_errors(source: Source, repo_id: str) -> Iterator[None]:
     """Client exceptions become one-line DownloadErrors with an exit code; others stay bugs."""
     try:
         yield

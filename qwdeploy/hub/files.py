@@ -203,8 +203,9 @@ def choose_sources(source: str, endpoint: str | None, env: Mapping[str, str]) ->
     if source in ("hf", "hf-mirror"):
         default = HF_ENDPOINT if source == "hf" else HF_MIRROR_ENDPOINT
         return [Source(source, (endpoint or hf_env or default).rstrip("/"), True)], False
-    if endpoint or hf_env:
-        ep = (endpoint or hf_env).rstrip("/")
+    pinned = endpoint or hf_env
+    if pinned:
+        ep = pinned.rstrip("/")
         return [Source(_hf_name(ep), ep, True)], False
     ms = _ms_env_endpoint(env)
     if ms or _truthy(env.get("VLLM_USE_MODELSCOPE")):

@@ -50,7 +50,7 @@ def verify(
             elif f.sha256 and sha256 != f.sha256:
                 bad.append((f.path, f"sha256 {sha256[:12]}…, the hub lists {f.sha256[:12]}…"))
             elif not f.sha256 and f.git_oid and git_oid != f.git_oid:
-                bad.append((f.path, f"git oid {git_oid[:12]}…, the hub lists {f.git_oid[:12]}…"))
+                bad.append((f.path, f"git oid {(git_oid or '')[:12]}…, the hub lists {f.git_oid[:12]}…"))
             else:
                 good.append(replace(f, sha256=sha256))
             progress.advance(files=1)

@@ -194,9 +194,13 @@ def variants() -> tuple[Variant, ...]:
 def config_json(variant: Variant) -> dict[str, Any]:
     """The full config.json of a variant (shipped copy, or the local directory's)."""
     if variant.local_path is not None:
-        return json.loads((variant.local_path / "config.json").read_text())
-    file = variant.repo_id.replace("/", "--") + ".json"
-    return json.loads((resources.files("qwdeploy") / "data" / "configs" / file).read_text())
+        text = (variant.local_path / "config.json").read_text()
+    else:
+        text = (
+            resources.files("qwdeploy") / "data" / "configs" / (variant.repo_id.replace("/", "--") + ".json")
+        ).read_text()
+    config: dict[str, Any] = json.loads(text)
+    return config
 
 
 def family(base: str) -> list[Variant]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from qwdeploy.planning import startup
+from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.kv import kv_bytes_per_token
+from qwdeploy.planning.plan import Plan
 from qwdeploy.planning.weights import layer_weight_bytes, parameter_count
 from qwdeploy.units import GB
 
@@ -46,7 +48,7 @@ class Efficiency:
 EFFICIENCY = Efficiency()
 
 
-def _active_weight_bytes(plan, batch: int) -> float:
+def _active_weight_bytes(plan: Plan, batch: int) -> float:
     """Weight bytes one decode step reads on one GPU (of the stage that holds the most)."""
     s = plan.variant.spec
     total = plan.memory.weights_bytes
@@ -60,11 +62,11 @@ def _active_weight_bytes(plan, batch: int) -> float:
     return max(total - untouched, 0.0)
 
 
-def _no_experts(variant):
+def _no_experts(variant: Variant) -> Variant:
     return replace(variant, spec=replace(variant.spec, num_experts=0, intermediate_size=0))
 
 
-def _active_params(plan) -> float:
+def _active_params(plan: Plan) -> float:
     s = plan.variant.spec
     p = parameter_count(plan.variant)
     if s.is_moe:
@@ -73,7 +75,7 @@ def _active_params(plan) -> float:
     return p
 
 
-def _bandwidth(plan, eff: Efficiency) -> float:
+def _bandwidth(plan: Plan, eff: Efficiency) -> float:
     q = plan.quantization
     factor = (
         eff.decode_bandwidth if q is None else eff.decode_bandwidth_fp8 if q == "fp8" else eff.decode_bandwidth_int4
@@ -81,14 +83,14 @@ def _bandwidth(plan, eff: Efficiency) -> float:
     return plan.gpu.spec.memory_bandwidth_gbps * GB * factor
 
 
-def _peak_flops(plan, eff: Efficiency) -> float:
+def _peak_flops(plan: Plan, eff: Efficiency) -> float:
     spec = plan.gpu.spec
     fp8 = plan.quantization == "fp8" and spec.fp8_tflops
     peak = (spec.fp8_tflops if fp8 else spec.bf16_tflops) * 1e12
     return peak * (eff.prefill_compute if plan.quantization in (None, "fp8") else eff.prefill_compute_int4)
 
 
-def step_seconds(plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -> float | None:
+def step_seconds(plan: Plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -> float | None:
     """One decode step of `batch` sequences holding `context` tokens each, on one stage."""
     if not plan.gpu.spec.memory_bandwidth_gbps:
         return None
@@ -107,7 +109,7 @@ def step_seconds(plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -
     return step
 
 
-def decode_tokens_per_s(plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -> float | None:
+def decode_tokens_per_s(plan: Plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -> float | None:
     """Steady decode rate of `batch` sequences (pipeline stages overlap once batch > 1)."""
     step = step_seconds(plan, batch, context, eff)
     if step is None:
@@ -117,14 +119,16 @@ def decode_tokens_per_s(plan, batch: int, context: int, eff: Efficiency = EFFICI
     return batch / step
 
 
-def prefill_tokens_per_s(plan, eff: Efficiency = EFFICIENCY) -> float | None:
+def prefill_tokens_per_s(plan: Plan, eff: Efficiency = EFFICIENCY) -> float | None:
     if not plan.gpu.spec.bf16_tflops:
         return None
     flops_per_token = 2 * _active_params(plan) / plan.tensor_parallel_size / plan.pipeline_parallel_size
     return _peak_flops(plan, eff) / flops_per_token
 
 
-def benchmark_tokens_per_s(plan, batch: int, prompt: int, output: int, eff: Efficiency = EFFICIENCY) -> float | None:
+def benchmark_tokens_per_s(
+    plan: Plan, batch: int, prompt: int, output: int, eff: Efficiency = EFFICIENCY
+) -> float | None:
     """Output tokens/s of `batch` requests of `prompt` + `output` tokens started together
     (prefill included), the way the validation harness measures decode."""
     pre = prefill_tokens_per_s(plan, eff)
@@ -133,11 +137,13 @@ def benchmark_tokens_per_s(plan, batch: int, prompt: int, output: int, eff: Effi
     total = batch * prompt / pre
     for i in range(0, output, 16):  # the context grows as the sequences decode
         step = step_seconds(plan, batch, prompt + i + 8, eff)
+        if step is None:
+            return None
         total += step * min(16, output - i) * (plan.pipeline_parallel_size if batch == 1 else 1)
     return batch * output / total
 
 
-def attach(plan):
+def attach(plan: Plan) -> Plan:
     """The plan with its `performance` predictions filled in."""
     prof = plan.profile
     context = min(plan.max_model_len, prof.typical_prompt_tokens + prof.typical_output_tokens // 2)

@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -99,7 +99,7 @@ def parse(text: str, source: str, name: str) -> Profile:
         if key not in data:
             raise ProfileError(f"{source}: missing key {key!r}")
     check = _Checker(source, data)
-    values = dict(
+    values: dict[str, Any] = dict(
         description=check.text("description", ""),
         weights=check.choices("weights", WEIGHT_CHOICES),
         kv_cache_dtype=check.choices("kv_cache_dtype", KV_CHOICES),
@@ -118,13 +118,12 @@ def parse(text: str, source: str, name: str) -> Profile:
         typical_prompt_tokens=check.integer("typical_prompt_tokens", 1, 1_048_576, 1024),
         typical_output_tokens=check.integer("typical_output_tokens", 1, 1_048_576, 512),
     )
-    values["min_max_model_len"] = check.integer(
-        "min_max_model_len", 16, values["max_model_len"], min(8192, values["max_model_len"])
-    )
-    if values["max_num_batched_tokens"] < values["max_num_seqs"]:
+    target = check.integer("max_model_len", 256, 1_048_576)
+    values["min_max_model_len"] = check.integer("min_max_model_len", 16, target, min(8192, target))
+    mnbt, mns = check.integer("max_num_batched_tokens", 16, 1_048_576), check.integer("max_num_seqs", 1, 65_536)
+    if mnbt < mns:
         raise ProfileError(
-            f"{source}: max_num_batched_tokens ({values['max_num_batched_tokens']}) must be at "
-            f"least max_num_seqs ({values['max_num_seqs']})",
+            f"{source}: max_num_batched_tokens ({mnbt}) must be at least max_num_seqs ({mns})",
             hint="vLLM refuses that combination",
         )
     return Profile(name=name, source=source, **values)
@@ -136,7 +135,7 @@ class _Checker:
     def __init__(self, source: str, data: dict[str, Any]):
         self.source, self.data = source, data
 
-    def _fail(self, key: str, allowed: str) -> None:
+    def _fail(self, key: str, allowed: str) -> NoReturn:
         raise ProfileError(f"{self.source}: {key}: {self.data[key]!r} is not allowed", hint=f"allowed: {allowed}")
 
     def text(self, key: str, default: str) -> str:
@@ -169,7 +168,7 @@ class _Checker:
             return None
         if value not in allowed:
             self._fail(key, ", ".join(allowed) + (", null" if nullable else ""))
-        return value
+        return str(value)
 
     def choices(self, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
         value = self.data[key]

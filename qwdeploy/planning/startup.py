@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwdeploy.planning.memory import cudagraph_capture_sizes
+from qwdeploy.planning.plan import Plan
 from qwdeploy.units import GB, GiB
 
 # Order of DeepGEMM warm-up thoroughness (vllm/envs.py VLLM_DEEP_GEMM_WARMUP choices).
@@ -62,7 +63,7 @@ class StartCosts:
 START_COSTS = StartCosts()
 
 
-def cold_start_s(plan, eff: StartCosts = START_COSTS, weights_from_disk: bool = True) -> dict[str, Any]:
+def cold_start_s(plan: Plan, eff: StartCosts = START_COSTS, weights_from_disk: bool = True) -> dict[str, Any]:
     """Seconds of each phase from process start to ready, cold and warm compile cache."""
     layers = plan.variant.spec.num_hidden_layers
     total_weight_bytes = plan.memory.weights_bytes * plan.tensor_parallel_size
@@ -89,23 +90,23 @@ def start_seconds(
 ) -> float:
     """Seconds to ready from `cold_start_s` phases; `via_llm_class`: vLLM's LLM class with its
     default caches (the validation harness) instead of qwdeploy's server start."""
-    parts = ("import_s", "load_weights_s", "graph_capture_s")
+    parts: tuple[str, ...] = ("import_s", "load_weights_s", "graph_capture_s")
     if warm:
         parts += ("engine_setup_warm_s", "compile_warm_s")
     else:
         parts += ("engine_setup_s", "compile_cold_s", "deep_gemm_jit_cold_s")
     extra = eff.llm_class_sampler_jit_s if warm and via_llm_class and phases.get("compile_warm_s") else 0.0
-    return round(sum(phases.get(p, 0.0) for p in parts) + extra, 1)
+    return round(sum(float(phases.get(p, 0.0) or 0.0) for p in parts) + extra, 1)
 
 
-def uses_deep_gemm(plan) -> bool:
+def uses_deep_gemm(plan: Plan) -> bool:
     """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (SM90+)
     ("Selected DeepGemmFp8BlockScaledMMKernel", g03), JIT-compiling a kernel per new M shape."""
     q = plan.variant.spec.quantization
     return q is not None and q.method == "fp8" and tuple(plan.gpu.spec.compute_capability) >= (9, 0)
 
 
-def deep_gemm_warmup(plan, override: str | None = None) -> str | None:
+def deep_gemm_warmup(plan: Plan, override: str | None = None) -> str | None:
     """VLLM_DEEP_GEMM_WARMUP for this plan, or None where vLLM runs no DeepGEMM warm-up pass.
 
     The shapes of the profiling run and of CUDA-graph capture are JIT-compiled on a cold cache
@@ -125,7 +126,7 @@ def deep_gemm_warmup(plan, override: str | None = None) -> str | None:
     return "relax" if plan.profile.name == "low-latency" else "skip"
 
 
-def deep_gemm_jit_s(plan, mode: str | None = None) -> float:
+def deep_gemm_jit_s(plan: Plan, mode: str | None = None) -> float:
     """Seconds a start adds JIT-compiling DeepGEMM kernels into an empty cache (0 if none).
 
     `mode` is VLLM_DEEP_GEMM_WARMUP (default: the plan's choice). "full" runs every M up to
@@ -141,7 +142,7 @@ def deep_gemm_jit_s(plan, mode: str | None = None) -> float:
     return round(seconds, 1)
 
 
-def predicted_start_s(plan, warm: bool, deep_gemm_cold: bool) -> float | None:
+def predicted_start_s(plan: Plan, warm: bool, deep_gemm_cold: bool) -> float | None:
     """Seconds to ready from the plan's performance model (+ DeepGEMM JIT when it will run)."""
     perf = plan.performance or {}
     base = perf.get("predicted_warm_start_s" if warm else "predicted_cold_start_s")

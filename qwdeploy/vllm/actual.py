@@ -16,7 +16,7 @@ def predictions(plan: Plan, device: str, kv: CpuKv | None = None) -> dict[str, A
     """What the plan expects vLLM to log, per GPU (or for the CPU node)."""
     m, cap = plan.memory, plan.capacity
     if device == "cpu":
-        out = {"weights_bytes": m.weights_bytes}
+        out: dict[str, Any] = {"weights_bytes": m.weights_bytes}
         if kv is not None and kv.space_gib is not None:
             c = kv_capacity(kv.space_gib * GiB, plan.variant.spec, plan.kv_cache_dtype, 1, plan.max_model_len)
             out.update(
@@ -60,7 +60,9 @@ COMPARED = (
 )
 
 
-def compare(predicted: dict[str, Any], report: StartupReport, start_s: tuple | None = None) -> list[Row]:
+def compare(
+    predicted: dict[str, Any], report: StartupReport, start_s: tuple[float | None, float | None] | None = None
+) -> list[Row]:
     """Plan vs what vLLM's log says, for every figure at least one side knows."""
     rows = [Row(label, unit, predicted.get(key), getattr(report, key)) for label, key, unit in COMPARED]
     rows = [r for r in rows if r.predicted is not None or r.actual is not None]

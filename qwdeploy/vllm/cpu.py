@@ -110,9 +110,10 @@ def cpu_kv_space(
 
 def check_cpu_kv(kv: CpuKv, max_model_len: int) -> None:
     """Refuse before starting when the KV space cannot hold one full-length sequence."""
-    if kv.space_gib is None or kv.tokens >= max_model_len:
+    tokens = kv.tokens
+    if tokens is None or tokens >= max_model_len:
         return
-    longest = kv.tokens // BLOCK_SIZE * BLOCK_SIZE
+    longest = tokens // BLOCK_SIZE * BLOCK_SIZE
     raise QwdeployError(
         f"a {kv.space_gib} GiB KV cache holds {kv.tokens:,} tokens, less than one "
         f"{max_model_len}-token sequence; use --max-model-len {longest}",

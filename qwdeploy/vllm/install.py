@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from importlib.util import find_spec
 
 from qwdeploy.errors import ExitCode, QwdeployError
@@ -24,6 +23,8 @@ class VllmInstall:
 
 def detect_vllm() -> VllmInstall | None:
     """The vLLM of this Python environment, from package metadata (nothing is imported)."""
+    from importlib import metadata  # slow to import; only when vLLM matters
+
     if find_spec("vllm") is None:
         return None
     for dist in DISTRIBUTIONS:

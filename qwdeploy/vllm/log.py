@@ -390,6 +390,7 @@ def start_phases(report: StartupReport, ready_s: float | None) -> dict[str, floa
         "ready_s": None if ready_s is None else round(ready_s, 2),
     }
     if report.weights_bytes and report.weights_load_s:
-        out["weights_gib"] = round(report.weights_bytes / GiB, 2)
-        out["load_gib_per_s"] = round(out["weights_gib"] / report.weights_load_s, 2)
+        weights_gib = round(report.weights_bytes / GiB, 2)
+        out["weights_gib"] = weights_gib
+        out["load_gib_per_s"] = round(weights_gib / report.weights_load_s, 2)
     return {k: float(val) for k, val in out.items() if val is not None}

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwdeploy.paths import cache_root
 from qwdeploy.planning.calibration import Calibration
@@ -19,7 +19,9 @@ from qwdeploy.planning.correction import baseline, correction
 from qwdeploy.planning.plan import Plan
 from qwdeploy.planning.versions import VLLM_VERSION
 from qwdeploy.vllm.install import detect_vllm
-from qwdeploy.vllm.log import StartupReport
+
+if TYPE_CHECKING:
+    from qwdeploy.vllm.log import StartupReport
 
 FILE = "calibration.jsonl"
 SCHEMA = 1

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.vllm import failures
@@ -154,14 +154,20 @@ class Server:
         self.launch, self.log_path, self.api_key = launch, Path(log_path), api_key
         self.environ = os.environ if environ is None else environ
         self.parser = LogParser()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.t0 = 0.0
-        self._reader = None
+        self._reader: TextIO | None = None
         self._partial = ""
 
     @property
+    def process(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise RuntimeError("vLLM was not started")
+        return self.proc
+
+    @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.process.pid
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,9 +210,9 @@ class Server:
                 if on_phase:
                     on_phase(phase, self.elapsed())
                 last_beat = self.elapsed()
-            if self.proc.poll() is not None:
+            if self.process.poll() is not None:
                 raise self._failed(
-                    f"vLLM exited with code {self.proc.returncode} before it was ready", self.proc.returncode
+                    f"vLLM exited with code {self.process.returncode} before it was ready", self.process.returncode
                 )
             if not listed:
                 listed = model_listed(self.launch.base_url, self.launch.served_model_name, self.api_key)
@@ -216,7 +222,7 @@ class Server:
                     seconds = self.elapsed()
                     self.follow()
                     return Ready(
-                        self.launch.endpoint, self.launch.served_model_name, seconds, self.report(), self.proc.pid
+                        self.launch.endpoint, self.launch.served_model_name, seconds, self.report(), self.process.pid
                     )
             if time.monotonic() > deadline:
                 why = f"; last warm-up answer: {last_try}" if last_try else ""
@@ -236,9 +242,9 @@ class Server:
 
     def wait(self) -> int:
         """Block until vLLM exits by itself; its exit code."""
-        while self.proc.poll() is None:
+        while self.process.poll() is None:
             time.sleep(POLL_S)
-        return self.proc.returncode
+        return self.process.returncode
 
     def _failed(self, message: str, code: int | None, hint: str | None = None) -> StartFailed:
         self.follow()
@@ -258,8 +264,8 @@ class Server:
         name = signal.Signals(sig).name
         if self.proc is None:
             return Stopped(name, None, False, 0)
-        pgid, killed = self.proc.pid, False
-        if self.proc.poll() is None:
+        pgid, killed = self.process.pid, False
+        if self.process.poll() is None:
             _killpg(pgid, sig)
             try:
                 self.proc.wait(timeout=timeout_s)
@@ -347,9 +353,9 @@ class vllm_lock:
     """Exclusive flock on /tmp/qwdeploy-vllm.lock: never two vLLM servers at once here."""
 
     def __init__(self, path: Path = VLLM_LOCK, timeout_s: float = 1800.0):
-        self.path, self.timeout_s, self.fd = Path(path), timeout_s, None
+        self.path, self.timeout_s, self.fd = Path(path), timeout_s, -1
 
-    def __enter__(self):
+    def __enter__(self) -> vllm_lock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         deadline = time.monotonic() + self.timeout_s
         while True:

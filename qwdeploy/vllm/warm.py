@@ -83,7 +83,10 @@ class WarmOptions:
     log_path: Path | None = None  # vLLM's output (default: the cache directory's qwdeploy-last-start.log)
 
 
-def warm(plan: Plan, options: WarmOptions = WarmOptions(), device: str | None = None) -> WarmResult:
+DEFAULT_WARM = WarmOptions()
+
+
+def warm_once(plan: Plan, options: WarmOptions = DEFAULT_WARM, device: str | None = None) -> WarmResult:
     """Start vLLM once with `plan` so its caches are built, stop it, and record the start.
 
     Does nothing when the cache is already warm, unless `options.force`.
