@@ -43,8 +43,31 @@ GEN_CONFIG = {"bos_token_id": 151643, "eos_token_id": 151645}
 
 
 def smi_query() -> dict:
-    """nvidia-smi memory of GPU 0 and its compute processes (no CUDA context needed)."""
+    """nvidia-smi memory of GPU 0 (flat keys, as at TP=1), of every GPU (`gpus`) and the compute
+    processes (no CUDA context needed)."""
     out: dict = {}
+    try:
+        r = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=index,memory.used,memory.total,memory.reserved",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        gpus = []
+        for line in r.stdout.strip().splitlines():
+            p = [x.strip() for x in line.split(",")]
+            if len(p) >= 3 and p[0].isdigit():
+                g = {"index": int(p[0]), "used_MiB": int(p[1]), "total_MiB": int(p[2])}
+                if len(p) > 3 and p[3].isdigit():
+                    g["reserved_MiB"] = int(p[3])
+                gpus.append(g)
+        out["gpus"] = gpus
+    except Exception as e:  # noqa: BLE001
+        out["gpus_error"] = repr(e)
     try:
         r = subprocess.run(
             [
@@ -67,7 +90,11 @@ def smi_query() -> dict:
         out["smi_error"] = repr(e)
     try:
         r = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader,nounits"],
+            [
+                "nvidia-smi",
+                "--query-compute-apps=pid,process_name,used_memory,gpu_bus_id",
+                "--format=csv,noheader,nounits",
+            ],
             capture_output=True,
             text=True,
             timeout=20,
@@ -76,7 +103,10 @@ def smi_query() -> dict:
         for line in r.stdout.strip().splitlines():
             p = [x.strip() for x in line.split(",")]
             if len(p) >= 3:
-                apps.append({"pid": p[0], "name": p[1], "used_MiB": p[2]})
+                a = {"pid": p[0], "name": p[1], "used_MiB": p[2]}
+                if len(p) > 3:
+                    a["gpu_bus_id"] = p[3]
+                apps.append(a)
         out["compute_apps"] = apps
     except Exception as e:  # noqa: BLE001
         out["compute_apps_error"] = repr(e)
@@ -213,17 +243,299 @@ def parse_log(text: str) -> dict:
             line = re.sub(r"^\(EngineCore[^)]*\)\s*", "", line)
             notes.append(line[:400])
     res["notable_lines"] = notes
+    ranks = parse_log_ranks(text)
+    if ranks:
+        res["per_rank"] = ranks
     return res
+
+
+_RANK_PREFIX = re.compile(r"^\((Worker[^ )]*) pid=(\d+)\) ")
+RANK_KEYS = (
+    "model_loading_GiB",
+    "model_loading_s",
+    "available_kv_GiB",
+    "graph_capture_s",
+    "graph_capture_GiB",
+    "torch_compile_s",
+    "dynamo_transform_s",
+    "initial_profiling_s",
+    "estimated_cudagraph_GiB",
+)
+
+
+def parse_log_ranks(text: str) -> dict:
+    """The per-worker figures of a TP>1 log: lines prefixed "(Worker_TP<r> pid=N) " (the early
+    ones "(Worker_<r> pid=N) ", before the worker knows its TP rank) grouped by pid."""
+    by_pid: dict = {}
+    names: dict = {}
+    for line in text.split("\n"):
+        m = _RANK_PREFIX.match(line)
+        if not m:
+            continue
+        by_pid.setdefault(m.group(2), []).append(line[m.end() :])
+        if "_TP" in m.group(1) or m.group(2) not in names:
+            names[m.group(2)] = m.group(1)
+    out: dict = {}
+    for pid, lines in by_pid.items():
+        t = "\n".join(lines)
+        r: dict = {"pid": int(pid)}
+        for key in RANK_KEYS:
+            pat, conv = PATTERNS[key]
+            m = re.findall(pat, t)
+            if m:
+                try:
+                    r[key] = conv(m[-1])
+                except ValueError:
+                    r[key] = m[-1]
+        m = ACTUAL_USAGE.findall(t)
+        if m:
+            for k, v in zip(ACTUAL_KEYS, m[-1]):
+                r[k] = int(v) if k.endswith("_bytes") else float(v)
+        m = re.findall(r"Using (\[[^\]]*\]) all-reduce backends", t)
+        if m:
+            r["all_reduce_backends"] = m[-1]
+        if len(r) > 1:
+            out[names[pid]] = r
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # child
 
 
+def _mem_now(tag: str) -> dict:
+    """cudaMemGetInfo and the torch allocator's counters of the current device, as {tag_*: bytes}."""
+    import torch
+
+    d: dict = {}
+    try:
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info()
+        d[tag + "_free"] = int(free)
+        d[tag + "_total"] = int(total)
+        d[tag + "_torch_allocated"] = int(torch.cuda.memory_allocated())
+        d[tag + "_torch_reserved"] = int(torch.cuda.memory_reserved())
+        d[tag + "_torch_peak_allocated"] = int(torch.cuda.max_memory_allocated())
+        d[tag + "_torch_peak_reserved"] = int(torch.cuda.max_memory_reserved())
+    except Exception as e:  # noqa: BLE001
+        d[tag + "_error"] = repr(e)[:300]
+    return d
+
+
+def install_probes() -> dict:
+    """Wrap three steps of vLLM's GPU worker so that each worker records (in the module dict
+    `vllm.v1.worker.gpu_worker._QW_PROBE`, read back by `_worker_probe`):
+
+      pre_dist_* / post_dist_*   cudaMemGetInfo right before and after
+                                 init_worker_distributed_environment (NCCL communicators, custom
+                                 all-reduce and symmetric-memory buffers), i.e. what the rank
+                                 holds when Worker.init_device takes its init_snapshot
+      graph_capture_bytes        the exact return value of model_runner.capture_model()
+      pre_cowu_* / pre_warmup_* / post_warmup_*
+                                 before compile_or_warm_up_model, before and after the kernel
+                                 warm-up that follows graph capture (V2: warmup_kernels; torch
+                                 peak counters reset right before it)
+      pre_profile_* / post_profile_*  around determine_available_memory
+
+    Installed in the child before LLM(): the engine and its workers are forked (CUDA is not
+    initialised here), so they inherit the wrappers.  With a spawn start the wrappers are absent
+    and the probe says so (`probe_patch_active` False)."""
+    info: dict = {}
+    try:
+        import vllm.v1.worker.gpu_worker as gw
+    except Exception as e:  # noqa: BLE001
+        return {"error": repr(e)[:300]}
+    if getattr(gw, "_QW_PROBE", None) is not None:
+        return {"already": True}
+    gw._QW_PROBE = {}
+    rec = gw._QW_PROBE
+
+    orig_dist = gw.init_worker_distributed_environment
+
+    def dist_wrapper(*a, **k):
+        rec.update(_mem_now("pre_dist"))
+        r = orig_dist(*a, **k)
+        rec.update(_mem_now("post_dist"))
+        return r
+
+    gw.init_worker_distributed_environment = dist_wrapper
+    info["init_worker_distributed_environment"] = True
+
+    if hasattr(gw, "warmup_kernels"):
+        orig_wk = gw.warmup_kernels
+
+        def wk_wrapper(*a, **k):
+            import torch
+
+            rec.update(_mem_now("pre_warmup"))
+            try:
+                torch.cuda.reset_peak_memory_stats()
+            except Exception:  # noqa: BLE001
+                pass
+            t = time.time()
+            r = orig_wk(*a, **k)
+            rec["warmup_s"] = round(time.time() - t, 3)
+            rec.update(_mem_now("post_warmup"))
+            return r
+
+        gw.warmup_kernels = wk_wrapper
+        info["warmup_kernels"] = True
+
+    W = gw.Worker
+    orig_cowu = W.compile_or_warm_up_model
+
+    def cowu_wrapper(self, *a, **k):
+        rec.update(_mem_now("pre_cowu"))
+        mr = self.model_runner
+        orig_cap = mr.capture_model
+
+        def cap(*ca, **ck):
+            rec.update(_mem_now("pre_capture"))
+            b = orig_cap(*ca, **ck)
+            rec["graph_capture_bytes"] = int(b) if isinstance(b, (int, float)) else None
+            rec.update(_mem_now("post_capture"))
+            return b
+
+        mr.capture_model = cap
+        try:
+            return orig_cowu(self, *a, **k)
+        finally:
+            rec.update(_mem_now("post_cowu"))
+            try:
+                del mr.capture_model
+            except Exception:  # noqa: BLE001
+                pass
+
+    W.compile_or_warm_up_model = cowu_wrapper
+    info["compile_or_warm_up_model"] = True
+
+    orig_dam = W.determine_available_memory
+
+    def dam_wrapper(self, *a, **k):
+        rec.update(_mem_now("pre_profile"))
+        r = orig_dam(self, *a, **k)
+        rec.update(_mem_now("post_profile"))
+        return r
+
+    W.determine_available_memory = dam_wrapper
+    info["determine_available_memory"] = True
+    return info
+
+
+def _comm_info(group) -> dict:
+    """What a GroupCoordinator's device communicator holds (custom all-reduce, symmetric memory,
+    PyNccl), with the byte sizes of the buffers vLLM allocated for them."""
+    d: dict = {"world_size": getattr(group, "world_size", None), "unique_name": getattr(group, "unique_name", None)}
+    dc = getattr(group, "device_communicator", None)
+    if dc is None:
+        d["device_communicator"] = None
+        return d
+    d["device_communicator"] = type(dc).__name__
+    ca = getattr(dc, "ca_comm", None)
+    if ca is not None:
+        c = {"disabled": bool(getattr(ca, "disabled", True))}
+        if not c["disabled"]:
+            try:
+                from vllm import _custom_ops as ops
+
+                c["meta_size"] = int(ops.meta_size())
+            except Exception as e:  # noqa: BLE001
+                c["meta_size_error"] = repr(e)[:200]
+            c["max_size"] = getattr(ca, "max_size", None)
+            rd = getattr(ca, "rank_data", None)
+            c["rank_data_bytes"] = int(rd.numel() * rd.element_size()) if rd is not None else None
+            c["fully_connected"] = getattr(ca, "fully_connected", None)
+        d["custom_allreduce"] = c
+    else:
+        d["custom_allreduce"] = None
+    sm = getattr(dc, "symm_mem_comm", None)
+    if sm is not None:
+        b = getattr(sm, "buffer", None)
+        d["symm_mem"] = {
+            "disabled": bool(getattr(sm, "disabled", True)),
+            "buffer_bytes": int(b.numel() * b.element_size()) if b is not None else None,
+            "max_size": getattr(sm, "max_size", None),
+        }
+    else:
+        d["symm_mem"] = None
+    pn = getattr(dc, "pynccl_comm", None)
+    d["pynccl"] = (
+        None
+        if pn is None
+        else {"disabled": bool(getattr(pn, "disabled", True)), "nccl_version": getattr(pn, "nccl_version", None)}
+    )
+    for a in ("qr_comm", "fi_ar_comm", "aiter_ar_comm"):
+        v = getattr(dc, a, None)
+        d[a] = None if v is None else {"disabled": bool(getattr(v, "disabled", True))}
+    d["all2all_manager"] = type(getattr(dc, "all2all_manager", None)).__name__
+    return d
+
+
+def _worker_probe_light(self):  # after the benchmark: what the rank holds now
+    import sys as _s
+
+    out = _mem_now("now")
+    try:
+        import torch
+
+        st = torch.cuda.memory_stats()
+        out["num_alloc_retries"] = int(st.get("num_alloc_retries", 0))
+        out["num_ooms"] = int(st.get("num_ooms", 0))
+    except Exception as e:  # noqa: BLE001
+        out["stats_error"] = repr(e)[:200]
+    out["rank"] = getattr(self, "rank", None)
+    out["pid"] = os.getpid()
+    gw = _s.modules.get("vllm.v1.worker.gpu_worker")
+    out["probe"] = dict(getattr(gw, "_QW_PROBE", None) or {}) if gw is not None else None
+    return out
+
+
 def _worker_probe(self):  # runs inside the vLLM worker (EngineCore process) via collective_rpc
+    import sys as _s
+
     import torch
 
     out = {}
+    out["rank"] = getattr(self, "rank", None)
+    out["local_rank"] = getattr(self, "local_rank", None)
+    out["pid"] = os.getpid()
+    try:
+        out["device_index"] = int(torch.cuda.current_device())
+        out["device_name"] = torch.cuda.get_device_name()
+    except Exception as e:  # noqa: BLE001
+        out["device_error"] = repr(e)[:200]
+    gw = _s.modules.get("vllm.v1.worker.gpu_worker")
+    pr = getattr(gw, "_QW_PROBE", None) if gw is not None else None
+    out["probe_patch_active"] = pr is not None and bool(pr)
+    out["probe"] = dict(pr or {})
+    try:
+        from vllm.distributed import parallel_state as ps
+
+        groups = {}
+        for name in ("_TP", "_PP", "_DP", "_EP", "_DCP", "_PCP", "_WORLD"):
+            g = getattr(ps, name, None)
+            if g is not None:
+                groups[name.strip("_").lower()] = _comm_info(g)
+        out["groups"] = groups
+    except Exception as e:  # noqa: BLE001
+        out["groups_error"] = repr(e)[:300]
+    try:
+        st = torch.cuda.memory_stats()
+        out["torch_stats"] = {
+            k: int(st.get(k, 0))
+            for k in (
+                "allocated_bytes.all.current",
+                "allocated_bytes.all.peak",
+                "reserved_bytes.all.current",
+                "reserved_bytes.all.peak",
+                "num_alloc_retries",
+                "num_ooms",
+                "num_device_alloc",
+                "num_device_free",
+            )
+        }
+    except Exception as e:  # noqa: BLE001
+        out["torch_stats_error"] = repr(e)[:200]
     for a in (
         "requested_memory",
         "peak_activation_memory",
@@ -284,6 +596,8 @@ def child_main(args) -> int:
     result["python_start_to_imported_s"] = round(time.time() - t_start, 2)
     result["vllm_version"] = vllm.__version__
     result["torch_version"] = torch.__version__
+    if os.environ.get("QW_NO_PROBES") != "1":
+        result["probes_installed"] = install_probes()
     result["cuda_initialized_after_import"] = bool(torch.cuda.is_initialized())
     print("WAITING_FOR_GO", flush=True)
     line = sys.stdin.readline()
@@ -294,6 +608,9 @@ def child_main(args) -> int:
     }
     t_go = time.time()
     kwargs = dict(case["llm_kwargs"])
+    if go.get("kwargs"):
+        kwargs.update(go["kwargs"])
+        result["kwargs_at_go"] = go["kwargs"]
     print("=== GO", case["name"], time.strftime("%H:%M:%S"), flush=True)
     print("LLM kwargs:", json.dumps(kwargs), flush=True)
 
@@ -339,7 +656,8 @@ def child_main(args) -> int:
     except Exception as e:  # noqa: BLE001
         result["engine_error"] = repr(e)
     try:
-        w = llm.collective_rpc(_worker_probe, timeout=20)
+        w = llm.collective_rpc(_worker_probe, timeout=30)
+        result["workers"] = list(w) if w else []
         result["worker"] = w[0] if w else None
     except Exception as e:  # noqa: BLE001
         result["worker_error"] = repr(e)[:1000]
@@ -401,10 +719,14 @@ def child_main(args) -> int:
                     "in_tokens": n_in,
                     "prefill_tok_per_s": round(n_in / s, 1),
                 }
-            result.update({("after_bench_" + k): v for k, v in smi_query().items() if k == "smi_used_MiB"})
+            result.update({("after_bench_" + k): v for k, v in smi_query().items() if k in ("smi_used_MiB", "gpus")})
         except Exception as e:  # noqa: BLE001
             tp["error"] = f"{type(e).__name__}: {e}"[:2000]
         result["throughput"] = tp
+        try:
+            result["workers_after_bench"] = list(llm.collective_rpc(_worker_probe_light, timeout=30))
+        except Exception as e:  # noqa: BLE001
+            result["workers_after_bench_error"] = repr(e)[:500]
     result["child_total_s"] = round(time.time() - t_start, 2)
     dump()
     print("RESULT", json.dumps(result, default=str), flush=True)
@@ -436,7 +758,7 @@ def build_llm_kwargs(case: dict, model_dir: str) -> dict:
         "load_format": "dummy",
         "skip_tokenizer_init": True,
         "seed": 0,
-        "tensor_parallel_size": 1,
+        "tensor_parallel_size": int(case.get("tensor_parallel_size", 1)),
         "max_model_len": case["max_model_len"],
         "gpu_memory_utilization": case["gpu_memory_utilization"],
         "max_num_seqs": case["max_num_seqs"],
@@ -446,6 +768,7 @@ def build_llm_kwargs(case: dict, model_dir: str) -> dict:
     }
     if case.get("hf_overrides"):
         kw["hf_overrides"] = case["hf_overrides"]
+    kw.update(case.get("extra_llm_kwargs") or {})
     return kw
 
 
@@ -478,10 +801,10 @@ class Child:
             text=True,
         )
 
-    def go(self, env_over: dict):
+    def go(self, env_over: dict, kwargs_over: dict | None = None):
         self.t_go = time.time()
         try:
-            self.proc.stdin.write(json.dumps({"env": env_over}) + "\n")
+            self.proc.stdin.write(json.dumps({"env": env_over, "kwargs": kwargs_over or {}}) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as e:
             self.logf.write(f"=== go failed: {e!r}\n")
@@ -508,11 +831,92 @@ def wait_gpu_idle(max_s: float = 30.0, threshold_mib: int = 1024) -> dict:
     last: dict = {}
     while time.time() - t < max_s:
         last = smi_query()
-        if last.get("smi_used_MiB", 0) < threshold_mib:
+        used = [g.get("used_MiB", 0) for g in last.get("gpus", [])] or [last.get("smi_used_MiB", 0)]
+        if max(used) < threshold_mib:
             break
         time.sleep(1.0)
     last["waited_s"] = round(time.time() - t, 1)
     return last
+
+
+NVLS_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def rank_summary(ch: dict) -> str:
+    """One short line per rank: init free, pre-snapshot held, graph bytes, KV bytes (MiB)."""
+    parts = []
+    for w in ch.get("workers") or []:
+        if not isinstance(w, dict):
+            continue
+        pr = w.get("probe") or {}
+        tot = w.get("init_snapshot_total_memory") or 0
+        free = w.get("init_snapshot_free_memory") or 0
+        mib = lambda b: None if b is None else round(b / 2**20)  # noqa: E731
+        parts.append(
+            f"r{w.get('rank')}:free0={mib(free)} held={mib(tot - free) if tot else None} "
+            f"G={mib(pr.get('graph_capture_bytes'))} KV={mib(w.get('available_kv_cache_memory_bytes'))} "
+            f"after={mib(tot - w['mem_get_info_free']) if tot and w.get('mem_get_info_free') else None}"
+        )
+    return ";".join(parts)
+
+
+def max_gmu_from(spec: dict, out_raw: str) -> dict:
+    """The highest gpu_memory_utilization the ranks of an earlier case leave room for.
+
+    Per rank r of case spec["from"] (same model and settings, lower gmu):
+      init_free_r   cudaMemGetInfo free at vLLM's init snapshot (everything the rank already holds
+                    -- CUDA context, NCCL, custom all-reduce -- is outside it)
+      G_r           CUDA-graph pool (capture_model's exact return value; on top of the budget in
+                    vLLM 0.26's V2 runner)
+      X_r           what the post-capture kernel warm-up took from the device beyond the activation
+                    room the budget already reserves: max(0, warm-up free-memory drop - peak activation)
+    gmu = floor_4dp(min_r(init_free_r - G_r - X_r - margin) / total)
+    """
+    import math
+
+    res: dict = {"from": spec.get("from"), "margin_bytes": int(spec.get("margin_mib", 256)) * 2**20}
+    try:
+        with open(os.path.join(out_raw, spec["from"] + ".json")) as f:
+            src = json.load(f)
+        workers = (src.get("child") or {}).get("workers") or []
+        per = []
+        for w in workers:
+            pr = w.get("probe") or {}
+            total = int(w["init_snapshot_total_memory"])
+            free0 = int(w["init_snapshot_free_memory"])
+            g = pr.get("graph_capture_bytes")
+            if g is None:
+                rk = [v for k, v in ((src.get("log") or {}).get("per_rank") or {}).items()]
+                g = int(max(r.get("cudagraph_GiB", 0) for r in rk) * 2**30) if rk else 0
+            warm = 0
+            if pr.get("pre_warmup_free") is not None and pr.get("post_warmup_free") is not None:
+                warm = max(0, int(pr["pre_warmup_free"]) - int(pr["post_warmup_free"]))
+            act = int(w.get("peak_activation_memory") or 0)
+            x = max(0, warm - act)
+            room = free0 - int(g) - x - res["margin_bytes"]
+            per.append(
+                {
+                    "rank": w.get("rank"),
+                    "total": total,
+                    "init_free": free0,
+                    "graph": int(g),
+                    "warmup_drop": warm,
+                    "peak_activation": act,
+                    "warmup_excess": x,
+                    "room": room,
+                    "gmu": math.floor(room / total * 1e4) / 1e4,
+                }
+            )
+        res["per_rank"] = per
+        if per:
+            gmu = min(p["gmu"] for p in per)
+            lo, hi = spec.get("min", 0.5), spec.get("max", 0.999)
+            res["gpu_memory_utilization"] = max(lo, min(hi, gmu))
+    except Exception as e:  # noqa: BLE001
+        res["error"] = repr(e)[:500]
+        if spec.get("fallback"):
+            res["gpu_memory_utilization"] = spec["fallback"]
+    return res
 
 
 def orchestrate(args) -> int:
@@ -530,6 +934,8 @@ def orchestrate(args) -> int:
     base_env = dict(os.environ)
     base_env["PYTHONUNBUFFERED"] = "1"
     base_env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # for collective_rpc(callable) read-back only
+    # NVLink multicast must stay off on the shared multi-GPU machines, in every process.
+    base_env.update(NVLS_OFF)
     meta = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cases": [c["name"] for c in cases],
@@ -544,7 +950,7 @@ def orchestrate(args) -> int:
         ).stdout
     except Exception as e:  # noqa: BLE001
         meta["smi_error"] = repr(e)
-    with open(os.path.join(args.out, "batch_meta.json"), "w") as f:
+    with open(os.path.join(args.out, args.meta_name), "w") as f:
         json.dump(meta, f, indent=1)
     progress = open(os.path.join(args.out, "progress.log"), "a")
 
@@ -564,10 +970,17 @@ def orchestrate(args) -> int:
         if case.get("is_fp8_weights") and fp8_fallback and case.get("fp8_fallback_env"):
             env_over.update(case["fp8_fallback_env"])
             fallback_applied = True
-        child.go(env_over)
+        kwargs_over = {}
+        gmu_note = None
+        if case.get("gmu_auto"):
+            gmu_note = max_gmu_from(case["gmu_auto"], out_raw)
+            if gmu_note.get("gpu_memory_utilization"):
+                kwargs_over["gpu_memory_utilization"] = gmu_note["gpu_memory_utilization"]
+            note(f"gmu_auto {case['name']}: {json.dumps(gmu_note)[:600]}")
+        child.go(env_over, kwargs_over)
         note(
-            f"GO {case['name']} (gpu used before {idle.get('smi_used_MiB')} MiB, "
-            f"apps {idle.get('compute_apps')}) env={env_over}"
+            f"GO {case['name']} (gpu used before {[g.get('used_MiB') for g in idle.get('gpus', [])]} MiB, "
+            f"apps {idle.get('compute_apps')}) env={env_over} kwargs={kwargs_over}"
         )
         # pre-spawn the next case: it only imports vLLM, then blocks on stdin
         pending = Child(cases[i + 1], out_raw, base_env) if i + 1 < len(cases) else None
@@ -598,6 +1011,10 @@ def orchestrate(args) -> int:
         res = {k: v for k, v in case.items() if k not in ("llm_kwargs",)}
         res["llm_kwargs"] = case["llm_kwargs"]
         res["env_overrides"] = env_over
+        res["kwargs_overrides"] = kwargs_over
+        if gmu_note is not None:
+            res["gmu_auto_result"] = gmu_note
+            res["llm_kwargs"] = {**case["llm_kwargs"], **kwargs_over}
         res["fp8_fallback_applied"] = fallback_applied
         res["gpu_before_go"] = idle
         res["returncode"] = rc
@@ -630,11 +1047,12 @@ def orchestrate(args) -> int:
             f"W={lg.get('weights_GiB')} A={lg.get('peak_activation_GiB')} N={lg.get('non_torch_GiB')} "
             f"C={lg.get('cudagraph_GiB')} KV={lg.get('available_kv_GiB')} tok={lg.get('kv_tokens')} "
             f"blocks={(ch.get('engine') or {}).get('num_gpu_blocks')} est={lg.get('estimated_max_model_len')} "
+            f"ranks={rank_summary(ch)} "
             f"tp={json.dumps(ch.get('throughput', {}))[:300]} err={(lg.get('error_lines') or [''])[-1][:200]}"
         )
     if pending is not None:
         pending.kill()
-    with open(os.path.join(args.out, "DONE"), "w") as f:
+    with open(os.path.join(args.out, args.done_file), "w") as f:
         f.write(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     note("ALL DONE")
     return 0
@@ -650,6 +1068,8 @@ def main() -> int:
     o.add_argument("--models", default="/root/models")
     o.add_argument("--only", default="")
     o.add_argument("--timeout", type=float, default=420)
+    o.add_argument("--done-file", default="DONE", help="file written in --out when all cases ran")
+    o.add_argument("--meta-name", default="batch_meta.json")
     c = sub.add_parser("child")
     c.add_argument("--case-json", required=True)
     c.add_argument("--result", required=True)

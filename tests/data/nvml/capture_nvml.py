@@ -112,16 +112,30 @@ def run(cmd, timeout=60):
 
 
 def torch_mem_get_info():
+    """cudaMemGetInfo of device 0 (top-level keys, as in the single-GPU captures) and, on a machine
+    with several GPUs, of every device (`per_device`), each read in its own fresh process that
+    creates a CUDA context on that device only (so free = total - that context - other users)."""
     code = (
-        "import json,torch;f,t=torch.cuda.mem_get_info();"
-        "print(json.dumps({'free_bytes':f,'total_bytes':t,'device_name':torch.cuda.get_device_name(0),"
-        "'torch':torch.__version__,'device_count':torch.cuda.device_count()}))"
+        "import json,sys,torch;i=int(sys.argv[1]);torch.cuda.set_device(i);f,t=torch.cuda.mem_get_info(i);"
+        "print(json.dumps({'index':i,'free_bytes':f,'total_bytes':t,'device_name':torch.cuda.get_device_name(i),"
+        "'torch':torch.__version__,'device_count':torch.cuda.device_count(),"
+        "'can_access_peer':{j:torch.cuda.can_device_access_peer(i,j) "
+        "for j in range(torch.cuda.device_count()) if j!=i}}))"
     )
-    out = run([sys.executable, "-c", code], timeout=120)
-    try:
-        return json.loads(out.strip().splitlines()[-1])
-    except Exception:  # noqa: BLE001
-        return {"error": out[-2000:]}
+
+    def one(i):
+        out = run([sys.executable, "-c", code, str(i)], timeout=120)
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except Exception:  # noqa: BLE001
+            return {"index": i, "error": out[-2000:]}
+
+    first = one(0)
+    doc = {k: v for k, v in first.items() if k not in ("index", "can_access_peer")}
+    n = first.get("device_count") or 1
+    if n > 1:
+        doc["per_device"] = [first] + [one(i) for i in range(1, n)]
+    return doc
 
 
 def capture(label: str) -> dict:
