@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.gpus import local as local_gpus
-from qwdeploy.gpus.specs import Gpu, named
+from qwdeploy.gpus.specs import Gpu, named, unlisted
 from qwdeploy.planning import catalog, planner, profiles
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.catalog import Variant
@@ -38,6 +38,8 @@ class PlanRequest:
     profile: str = "chat"  # a shipped profile's name or a YAML file
     gpu: str | None = None  # a GPU model to plan for; None: the local GPUs (NVML)
     num_gpus: int | None = None  # how many of `gpu` (one node)
+    gpu_memory_bytes: int | None = None  # a GPU that is not listed: CUDA's total (with compute_capability)
+    compute_capability: tuple[int, int] | None = None  # of that GPU, e.g. (7, 5)
     nodes: int | None = None  # pipeline parallel across this many nodes of `gpu`
     gpus_per_node: int | None = None
     pins: Pins = Pins()
@@ -93,19 +95,43 @@ def _gpus(request: PlanRequest) -> tuple[list[Gpu], bool, int]:
     """(one node's GPUs, probed locally?, nodes)."""
     nodes = request.nodes or 1
     if nodes > 1:
-        if not request.gpu:
+        if not (request.gpu or request.gpu_memory_bytes):
             raise QwdeployError(
                 "--nodes needs --gpu NAME (the GPU of every node)",
                 hint="e.g. --nodes 2 --gpu H100 --num-gpus-per-node 8",
             )
-        return named(request.gpu, request.gpus_per_node or request.num_gpus or DEFAULT_GPUS_PER_NODE), False, nodes
+        return (
+            _named_or_given(request, request.gpus_per_node or request.num_gpus or DEFAULT_GPUS_PER_NODE),
+            False,
+            nodes,
+        )
     if request.nodes is not None and request.nodes < 1:
         raise QwdeployError("a multi-node plan needs at least 2 nodes", hint="for one node, plan without --nodes")
-    if request.gpu:
-        return named(request.gpu, request.num_gpus or 1), False, 1
+    if request.gpu or request.gpu_memory_bytes or request.compute_capability:
+        return _named_or_given(request, request.num_gpus or 1), False, 1
     if request.num_gpus:
         raise QwdeployError("--num-gpus needs --gpu NAME", hint="e.g. --gpu H100 --num-gpus 2")
     return local_gpus.local_gpus(), True, 1
+
+
+def _named_or_given(request: PlanRequest, count: int) -> list[Gpu]:
+    """`count` GPUs named by --gpu, or described by --gpu-memory and --compute-capability."""
+    if request.gpu and (request.gpu_memory_bytes or request.compute_capability):
+        raise QwdeployError(
+            "--gpu-memory and --compute-capability describe a GPU that is not listed; --gpu NAME has its own",
+            hint="drop --gpu, or drop --gpu-memory and --compute-capability",
+            exit_code=ExitCode.USAGE,
+        )
+    if request.gpu:
+        return named(request.gpu, count)
+    if not (request.gpu_memory_bytes and request.compute_capability):
+        missing = "--compute-capability" if request.gpu_memory_bytes else "--gpu-memory"
+        raise QwdeployError(
+            f"a GPU that is not listed needs both --gpu-memory and --compute-capability; {missing} is missing",
+            hint="e.g. --gpu-memory 24GiB --compute-capability 7.5",
+            exit_code=ExitCode.USAGE,
+        )
+    return unlisted(request.gpu_memory_bytes, request.compute_capability, count)
 
 
 def _calibration(gpus: list[Gpu], variant: Variant, local: bool) -> tuple[Calibration, str | None]:

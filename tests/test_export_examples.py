@@ -59,7 +59,8 @@ def test_ci_gate_passes_a_model_that_fits_and_reports_its_figures(tmp_path, read
         env={"GITHUB_OUTPUT": str(out)},
     )
     assert r.returncode == 0, r.stderr
-    assert "max_model_len=32768" in r.stdout and "max_model_len=32768" in out.read_text()
+    mml = f"max_model_len={1024 + 32768}"  # chat, thinking on: a typical prompt + Qwen's thinking budget
+    assert mml in r.stdout and mml in out.read_text()
     assert json.loads((tmp_path / "plan.json").read_text())["fits"] is True
 
 

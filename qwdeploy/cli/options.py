@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, get_type_hints
 
@@ -18,6 +19,7 @@ from qwdeploy.api import PlanRequest
 from qwdeploy.cli.app import reported_errors
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.planning.plan import Pins
+from qwdeploy.units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,6 +68,22 @@ GpusPerNodeOpt = Annotated[
     int | None,
     typer.Option("--num-gpus-per-node", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8)."),
 ]
+GpuMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu-memory",
+        help="Plan for a GPU that is not listed: its CUDA total memory (24GiB, 80GB, bytes); "
+        "needs --compute-capability.",
+    ),
+]
+ComputeCapabilityOpt = Annotated[
+    str | None,
+    typer.Option("--compute-capability", help="With --gpu-memory: the GPU's compute capability (7.5, 8.6, 9.0)."),
+]
+ThinkingOpt = Annotated[
+    str | None,
+    typer.Option("--thinking", help="on or off: hybrid Qwen3 models think by default or not (default: the profile's)."),
+]
 CompileCacheOpt = Annotated[
     str,
     typer.Option(
@@ -80,6 +98,9 @@ PLAN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("profile", ProfileOpt, "chat"),
     ("gpu", GpuOpt, None),
     ("num_gpus", NumGpusOpt, None),
+    ("gpu_memory", GpuMemoryOpt, None),
+    ("compute_capability", ComputeCapabilityOpt, None),
+    ("thinking", ThinkingOpt, None),
     ("tensor_parallel_size", TpOpt, None),
     ("max_model_len", MmlOpt, None),
     ("gpu_memory_utilization", GmuOpt, None),
@@ -98,9 +119,7 @@ def request_from(model: str, values: dict[str, Any]) -> PlanRequest:
     v = {name: default for name, _, default in PLAN_OPTIONS} | values
     compile_cache = v["compile_cache"]
     if compile_cache not in ("cold", "warm"):
-        raise QwdeployError(
-            f"--compile-cache {compile_cache!r} is not allowed", hint="cold or warm", exit_code=ExitCode.USAGE
-        )
+        raise _usage(f"--compile-cache {compile_cache!r} is not allowed", "cold or warm")
     pins = Pins(
         tensor_parallel_size=v["tensor_parallel_size"],
         max_model_len=v["max_model_len"],
@@ -109,6 +128,7 @@ def request_from(model: str, values: dict[str, Any]) -> PlanRequest:
         max_num_seqs=v["max_num_seqs"],
         max_num_batched_tokens=v["max_num_batched_tokens"],
         enforce_eager=v["enforce_eager"],
+        thinking=_on_off("--thinking", v["thinking"]),
         compile_cache_warm=compile_cache == "warm",
     )
     return PlanRequest(
@@ -117,10 +137,40 @@ def request_from(model: str, values: dict[str, Any]) -> PlanRequest:
         profile=v["profile"],
         gpu=v["gpu"],
         num_gpus=v["num_gpus"],
+        gpu_memory_bytes=_size("--gpu-memory", v["gpu_memory"]),
+        compute_capability=_capability(v["compute_capability"]),
         nodes=v["nodes"],
         gpus_per_node=v["num_gpus_per_node"],
         pins=pins,
     )
+
+
+def _usage(message: str, hint: str) -> QwdeployError:
+    return QwdeployError(message, hint=hint, exit_code=ExitCode.USAGE)
+
+
+def _on_off(flag: str, value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value.lower() not in ("on", "off"):
+        raise _usage(f"{flag} {value!r} is not allowed", "on or off")
+    return value.lower() == "on"
+
+
+def _size(flag: str, value: str | None) -> int | None:
+    try:
+        return None if value is None else parse_size(value)
+    except ValueError as e:
+        raise _usage(f"{flag} {e}", "e.g. 24GiB, 80GB or a number of bytes") from None
+
+
+def _capability(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\.(\d)\s*", value)
+    if m is None:
+        raise _usage(f"--compute-capability {value!r} is not allowed", "major.minor, e.g. 7.5, 8.6, 9.0")
+    return int(m.group(1)), int(m.group(2))
 
 
 def plan_options(exclude: tuple[str, ...] = ()) -> Callable[[F], F]:

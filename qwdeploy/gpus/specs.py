@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 
 from qwdeploy.errors import UnknownGpuError
-from qwdeploy.units import MiB
+from qwdeploy.units import GiB, MiB
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class GpuSpec:
     aliases: tuple[str, ...]
     cuda_total_bytes: int  # cudaMemGetInfo total: what vLLM multiplies by gpu_memory_utilization
     nvml_total_mib: int  # what nvidia-smi / NVML report as total
-    total_source: str  # "measured" or "estimated" (see data/gpus.json "_reserved_note")
+    total_source: str  # "measured", "estimated" (see data/gpus.json "_reserved_note") or "given" (--gpu-memory)
     memory_bandwidth_gbps: float  # GB/s, datasheet
     bf16_tflops: float  # dense, datasheet
     fp8_tflops: float  # dense, datasheet; 0 where the GPU has no fp8 tensor cores
@@ -111,3 +111,24 @@ def named(name: str, count: int) -> list[Gpu]:
 def driver_reserved_bytes() -> int:
     data = json.loads((resources.files("qwdeploy") / "data" / "gpus.json").read_text())
     return int(data["driver_reserved_mib"]) * MiB
+
+
+def unlisted(total_bytes: int, compute_capability: tuple[int, int], count: int) -> list[Gpu]:
+    """`count` idle GPUs that data/gpus.json does not list, from the CUDA total and compute capability
+    the user gives (--gpu-memory, --compute-capability). Bandwidth and TFLOP/s are unknown (0)."""
+    if count < 1:
+        raise UnknownGpuError(f"--num-gpus must be at least 1, not {count}")
+    size = f"{total_bytes / GiB:.2f}".rstrip("0").rstrip(".")
+    major, minor = compute_capability
+    s = GpuSpec(
+        name=f"GPU-{size}GiB-cc{major}.{minor}",
+        aliases=(),
+        cuda_total_bytes=total_bytes,
+        nvml_total_mib=total_bytes // MiB,
+        total_source="given",
+        memory_bandwidth_gbps=0.0,
+        bf16_tflops=0.0,
+        fp8_tflops=0.0,
+        compute_capability=compute_capability,
+    )
+    return [Gpu(spec=s, total_bytes=total_bytes, free_bytes=total_bytes, index=i) for i in range(count)]

@@ -16,10 +16,18 @@ from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.context import context_ceiling, derived_context, rope_for, rope_max_position, round_context
 from qwdeploy.planning.engine import Engine
 from qwdeploy.planning.kv import BLOCK_SIZE, KvCapacity, kv_bytes_per_token
-from qwdeploy.planning.memory import MemoryBreakdown, cudagraph_on_top_bytes, max_utilization
+from qwdeploy.planning.memory import (
+    MemoryBreakdown,
+    attention_workspace_bytes,
+    cudagraph_on_top_bytes,
+    max_utilization,
+)
 from qwdeploy.planning.plan import Pins
+from qwdeploy.planning.platform import attention_backend, block_size_supported
+from qwdeploy.planning.platform import refusal as platform_refusal
 from qwdeploy.planning.profiles import Profile
 from qwdeploy.planning.stages import Stage, most_layers, stage_memory, tightest
+from qwdeploy.planning.thinking import context_target, thinking_for
 from qwdeploy.units import GiB, MiB
 
 # Headroom left free beside vLLM when choosing gpu_memory_utilization (allocator slack,
@@ -110,7 +118,8 @@ def engine_for(variant: Variant, kv: str, placement: Placement, goal: Goal) -> E
     profile, pins = goal.profile, goal.pins
     mns = pins.max_num_seqs or profile.max_num_seqs
     ceiling = context_ceiling(variant, profile.allow_yarn or bool(pins.max_model_len))
-    target = pins.max_model_len or min(profile.max_model_len, ceiling)
+    wanted = context_target(profile, thinking_for(variant, profile, pins.thinking))
+    target = pins.max_model_len or min(wanted, ceiling)
     return Engine(
         tensor_parallel_size=placement.tp,
         max_model_len=target,
@@ -129,8 +138,9 @@ def evaluate(variant: Variant, kv: str, placement: Placement, goal: Goal) -> Can
     engine = engine_for(variant, kv, placement, goal)
     target = engine.max_model_len
     graphs = cudagraph_on_top_bytes(variant, engine, most_layers(variant, placement.pp), goal.cal)
+    on_top = graphs + attention_workspace_bytes(variant, engine)
     gmu_cap = min(
-        max_utilization(g.total_bytes, g.free_bytes, graphs, FREE_MEMORY_MARGIN_BYTES, goal.cal) for g in placement.gpus
+        max_utilization(g.total_bytes, g.free_bytes, on_top, FREE_MEMORY_MARGIN_BYTES, goal.cal) for g in placement.gpus
     )
     gmu = goal.pins.gpu_memory_utilization or min(goal.profile.gpu_memory_utilization, gmu_cap)
     rope = rope_for(variant, target)
@@ -172,7 +182,17 @@ def _judged(c: Candidate, target: int, goal: Goal) -> Candidate:
 
 def refusal_of(c: Candidate, ceiling: int, pins: Pins) -> str | None:
     """The reason vLLM would refuse to start (or die while starting), or None."""
-    return _context_refusal(c, ceiling) or _kv_refusal(c) or _free_memory_refusal(c, pins)
+    return _platform_refusal(c) or _context_refusal(c, ceiling) or _kv_refusal(c) or _free_memory_refusal(c, pins)
+
+
+def _platform_refusal(c: Candidate) -> str | None:
+    """What vLLM 0.26 cannot run on this GPU at all (platform rules, qwdeploy.planning.platform)."""
+    gpu = c.placement.smallest.spec
+    cc = gpu.compute_capability
+    backend = attention_backend(cc, c.kv_cache_dtype)
+    if not block_size_supported(backend, BLOCK_SIZE):
+        return f"the {backend} attention backend vLLM picks here takes no KV-cache block size of {BLOCK_SIZE}"
+    return platform_refusal(gpu.name, cc)
 
 
 def _context_refusal(c: Candidate, ceiling: int) -> str | None:
@@ -215,9 +235,11 @@ def _free_memory_refusal(c: Candidate, pins: Pins) -> str | None:
                 f"{_gib(free_after_context)} is free on GPU {g.index} once "
                 f"vLLM's CUDA context exists; vLLM refuses to start"
             )
-        if m.requested_bytes + c.graphs_on_top + m.cuda_context_bytes > g.free_bytes:
+        workspace = m.attention_workspace_bytes
+        if m.requested_bytes + c.graphs_on_top + workspace + m.cuda_context_bytes > g.free_bytes:
+            extra = f" and the attention workspace ({_gib(workspace)})" if workspace else ""
             return (
-                f"gpu_memory_utilization {c.gmu:g} plus CUDA graphs ({_gib(c.graphs_on_top)}) exceeds the "
+                f"gpu_memory_utilization {c.gmu:g} plus CUDA graphs ({_gib(c.graphs_on_top)}){extra} exceeds the "
                 f"{_gib(g.free_bytes)} free on GPU {g.index}: out of memory while capturing graphs"
             )
     return None

@@ -8,16 +8,27 @@ from qwdeploy.planning.candidate import Candidate, Goal
 from qwdeploy.planning.context import context_ceiling
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
 from qwdeploy.planning.plan import Alternative, Choice, Plan
+from qwdeploy.planning.platform import (
+    attention_backend,
+    fp8_weights_through_marlin,
+    int_weights_kernel,
+    model_dtype,
+    supports_bf16,
+    uses_deep_gemm,
+)
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
+from qwdeploy.planning.thinking import Thinking, context_target, thinking_for
 from qwdeploy.planning.versions import VLLM_VERSION
-from qwdeploy.units import GiB
+from qwdeploy.units import GiB, MiB
 
 CLI = "set on the command line"
 
 
 def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternative, ...], gpus_per_node: int) -> Plan:
+    thinking = thinking_for(c.variant, goal.profile, goal.pins.thinking)
     notes = _verdict_notes(c, goal)
     notes += _stage_notes(c, gpus_per_node) if c.pp > 1 else _gpu_notes(c, goal, local)
+    notes += _thinking_notes(c, goal, thinking)
     gpus = c.gpus if c.pp == 1 else tuple(replace(c.gpus[0], index=i % c.tp) for i in range(c.tp * c.pp))
     return Plan(
         variant=c.variant,
@@ -37,7 +48,8 @@ def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternati
         capacity=c.capacity,
         fits=c.fits,
         local=local,
-        choices=tuple(reasons(c, goal)),
+        thinking=thinking,
+        choices=tuple(reasons(c, goal, thinking)),
         notes=tuple(notes),
         alternatives=alternatives,
         meets_profile=c.meets_profile,
@@ -94,6 +106,11 @@ def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
 
 def _estimated_total_note(c: Candidate) -> list[str]:
     gpu = c.gpus[0]
+    if gpu.spec.total_source == "given":
+        return [
+            f"{gpu.name}: memory total and compute capability as given (--gpu-memory, --compute-capability); "
+            f"no bandwidth or TFLOP/s, so no speed predictions."
+        ]
     if gpu.spec.total_source != "estimated":
         return []
     return [
@@ -104,12 +121,20 @@ def _estimated_total_note(c: Candidate) -> list[str]:
 
 def _weights_notes(c: Candidate) -> list[str]:
     gpu, notes = c.gpus[0], []
-    if c.variant.weight_dtype == "fp8" and not gpu.spec.fp8_native:
+    cc = gpu.spec.compute_capability
+    if c.variant.weight_dtype == "fp8" and fp8_weights_through_marlin(cc):
         notes.append(
             f"{gpu.name} has no FP8 tensor cores: vLLM runs FP8 weights as "
             f"w8a16 through Marlin (memory savings, slower prefill)."
         )
-    if c.variant.weight_dtype == "fp8" and c.variant.spec.quantization and not c.eager:
+    kernel = int_weights_kernel(c.variant, cc)
+    if kernel and not supports_bf16(cc):
+        notes.append(
+            f"{gpu.name} (compute capability {cc[0]}.{cc[1]}): vLLM runs {c.variant.weight_dtype} weights through "
+            f"its {kernel} kernels (from 7.5 up; Machete is Hopper's) with fp16 activations."
+        )
+    fp8_block = c.variant.weight_dtype == "fp8" and c.variant.spec.quantization
+    if fp8_block and uses_deep_gemm(cc) and not c.eager:
         notes.append(
             "FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on a first start "
             "(during profiling and CUDA-graph capture, even with VLLM_DEEP_GEMM_WARMUP=skip: "
@@ -163,11 +188,25 @@ def _stage_note(s: Stage) -> str:
 # ---- reasons, one per setting -------------------------------------------------------------
 
 
-def reasons(c: Candidate, goal: Goal) -> list[Choice]:
+def _thinking_notes(c: Candidate, goal: Goal, thinking: Thinking) -> list[str]:
+    """A thinking plan whose context cannot hold a typical prompt plus Qwen's thinking budget."""
+    prompt = goal.profile.typical_prompt_tokens
+    if not thinking.on or c.max_model_len >= prompt + thinking.output_tokens:
+        return []
+    left = max(0, c.max_model_len - prompt)
+    off = " (--thinking off answers need no such room)" if thinking.switchable else ""
+    return [
+        f"Thinking on: Qwen recommends up to {thinking.output_tokens:,} output tokens for thinking answers; "
+        f"max_model_len {c.max_model_len:,} leaves {left:,} after a typical {prompt:,}-token prompt, so long "
+        f"reasoning is cut short{off}."
+    ]
+
+
+def reasons(c: Candidate, goal: Goal, thinking: Thinking) -> list[Choice]:
     out = [_model_reason(c, goal), _tp_reason(c, goal)]
     if c.pp > 1:
         out += _pipeline_reasons(c)
-    out.append(_context_reason(c, goal))
+    out.append(_context_reason(c, goal, thinking))
     if c.rope_scaling:
         out.append(
             Choice(
@@ -177,7 +216,7 @@ def reasons(c: Candidate, goal: Goal) -> list[Choice]:
                 f"{c.variant.spec.max_position_embeddings}",
             )
         )
-    return out + _engine_reasons(c, goal)
+    return out + _engine_reasons(c, goal) + _platform_reasons(c) + [_thinking_reason(thinking, goal)]
 
 
 def _model_reason(c: Candidate, goal: Goal) -> Choice:
@@ -221,21 +260,62 @@ def _pipeline_reasons(c: Candidate) -> list[Choice]:
     ]
 
 
-def _context_reason(c: Candidate, goal: Goal) -> Choice:
+def _context_reason(c: Candidate, goal: Goal, thinking: Thinking) -> Choice:
     profile = goal.profile
     if goal.pins.max_model_len:
         return Choice("max_model_len", c.max_model_len, CLI)
-    if c.max_model_len >= profile.max_model_len or c.max_model_len >= context_ceiling(c.variant, profile.allow_yarn):
+    target = context_target(profile, thinking)
+    named = (
+        f"target {target}: a {profile.typical_prompt_tokens}-token prompt + {thinking.output_tokens} thinking tokens"
+        if target > profile.max_model_len
+        else f"target {target}"
+    )
+    if c.max_model_len >= target or c.max_model_len >= context_ceiling(c.variant, profile.allow_yarn):
         why = (
-            f"the profile's target; the KV cache holds {c.capacity.max_concurrency:.1f} such "
+            f"the profile's {named}; the KV cache holds {c.capacity.max_concurrency:.1f} such "
             f"sequences (at least {profile.min_concurrency} wanted)"
         )
     else:
         why = (
-            f"the longest that keeps {profile.min_concurrency} full-length sequences in "
-            f"the KV cache (profile target {profile.max_model_len})"
+            f"the longest that keeps {profile.min_concurrency} full-length sequences in the KV cache (profile {named})"
         )
     return Choice("max_model_len", c.max_model_len, why)
+
+
+def _platform_reasons(c: Candidate) -> list[Choice]:
+    """--dtype and the attention backend: what vLLM does on this GPU's compute capability."""
+    spec = c.placement.smallest.spec
+    cc = spec.compute_capability
+    fp16 = c.variant.weights == "fp16" or c.variant.spec.torch_dtype in ("float16", "fp16")
+    stored = "float16" if fp16 else "bfloat16"
+    dtype = model_dtype(stored, cc)
+    where = f"{spec.name} (compute capability {cc[0]}.{cc[1]})"
+    why = f"the checkpoint's {stored}" if dtype == stored else f"{where} has no bf16: vLLM needs fp16 (8.0+ for bf16)"
+    out = [Choice("dtype", dtype, why)]
+    backend = attention_backend(cc, c.kv_cache_dtype)
+    if backend:
+        workspace = c.memory.attention_workspace_bytes
+        extra = f"; its buffers ({_size(workspace)}) come on top of the KV budget" if workspace else ""
+        out.append(Choice("attention_backend", backend, f"what vLLM {VLLM_VERSION} picks on {where}{extra}"))
+    return out
+
+
+def _thinking_reason(thinking: Thinking, goal: Goal) -> Choice:
+    if thinking.on:
+        hard = f" ({thinking.hard_task_output_tokens:,} for hard tasks)" if thinking.hard_task_output_tokens else ""
+        why = (
+            f"{thinking.source}; Qwen's thinking sampling, answers up to {thinking.output_tokens:,} tokens{hard}; "
+            f"the {thinking.reasoning_parser} reasoning parser returns the thinking as `reasoning`"
+        )
+    elif thinking.switchable:
+        why = (
+            f"{thinking.source}; --default-chat-template-kwargs turns thinking off server-wide (a request's "
+            f"chat_template_kwargs may turn it on); Qwen's non-thinking sampling, answers up to "
+            f"{thinking.output_tokens:,} tokens"
+        )
+    else:
+        why = f"{thinking.source}; Qwen's non-thinking sampling, answers up to {thinking.output_tokens:,} tokens"
+    return Choice("thinking", "on" if thinking.on else "off", why)
 
 
 def _engine_reasons(c: Candidate, goal: Goal) -> list[Choice]:
@@ -280,3 +360,7 @@ def _engine_reasons(c: Candidate, goal: Goal) -> list[Choice]:
 
 def _gib(n: float) -> str:
     return f"{n / GiB:.2f} GiB"
+
+
+def _size(n: float) -> str:
+    return _gib(n) if n >= GiB // 10 else f"{n / MiB:.1f} MiB"

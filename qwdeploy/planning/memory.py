@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.engine import WHOLE_MODEL, Engine, Span
+from qwdeploy.planning.platform import FLASHINFER, TRITON_ATTN, attention_backend
 from qwdeploy.planning.weights import padded_vocab, weight_bytes
+from qwdeploy.units import MiB
+
+FLASHINFER_WORKSPACE_BYTES = 394 * MiB  # envs.py VLLM_FLASHINFER_WORKSPACE_BUFFER_SIZE
+FLASHINFER_PREFILL_BYTES_PER_ELEM = 16  # flashinfer.py FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM
+TRITON_GRID_2D = 128  # triton_attn.py MIN_LAUNCH_GRID_SIZE_2D
+TRITON_SOFTMAX_SEGMENTS = 16  # triton_attn.py NUM_PAR_SOFTMAX_SEGMENTS
 
 
 def activation_bytes(variant: Variant, engine: Engine, cal: Calibration = CALIBRATION, samples: bool = True) -> int:
@@ -97,6 +104,34 @@ def cudagraph_on_top_bytes(
     return cudagraph_bytes(variant, engine, layers, cal) - cudagraph_estimate_bytes(variant, engine, layers, cal)
 
 
+def attention_workspace_bytes(variant: Variant, engine: Engine) -> int:
+    """Buffers the attention backend allocates beside the KV cache, on one GPU (0 for FLASH_ATTN).
+
+    Both come from the backend's metadata builder, which the V2 model runner creates in
+    initialize_kv_cache, after the KV budget is fixed: like the CUDA graphs they sit on top of it.
+    FLASHINFER (flashinfer.py `_get_workspace_buffer`): max(394 MiB, max_num_batched_tokens x query
+    heads x head_dim x 16), plus trtllm-gen's own 394 MiB on Blackwell 10.x (`_get_trtllm_workspace_buffer`).
+    TRITON_ATTN (`TritonAttentionMetadataBuilder.__init__`): fp32 softmax segments for seq_threshold_3D =
+    128 // KV heads sequences (the nearest CUDA-graph size when graphs are captured).
+    Not yet measured on a GPU that uses them (Turing, Ampere/Ada with an fp8 KV cache, Blackwell).
+    """
+    s, tp = variant.spec, engine.tensor_parallel_size
+    backend = attention_backend(engine.compute_capability, engine.kv_cache_dtype)
+    heads = max(1, s.num_attention_heads // tp)
+    if backend == FLASHINFER:
+        prefill = engine.max_num_batched_tokens * heads * s.head_dim * FLASHINFER_PREFILL_BYTES_PER_ELEM
+        trtllm = FLASHINFER_WORKSPACE_BYTES if engine.compute_capability[0] == 10 else 0
+        return max(FLASHINFER_WORKSPACE_BYTES, prefill) + trtllm
+    if backend != TRITON_ATTN:
+        return 0
+    seqs = TRITON_GRID_2D // max(1, s.num_key_value_heads // tp)
+    if not engine.enforce_eager:
+        sizes = cudagraph_capture_sizes(engine.max_num_seqs, engine.max_num_batched_tokens)
+        seqs = min(sizes, key=lambda x: abs(x - seqs))
+    head_dim = 1 << (s.head_dim - 1).bit_length()  # next power of 2
+    return seqs * heads * TRITON_SOFTMAX_SEGMENTS * (head_dim + 2) * 4
+
+
 def non_torch_bytes(tp: int, cal: Calibration = CALIBRATION, variant: Variant | None = None) -> int:
     base = cal.non_torch_moe_bytes if variant is not None and runs_v1_model_runner(variant) else cal.non_torch_bytes
     return base + (cal.non_torch_tp_extra_bytes if tp > 1 else 0)
@@ -115,6 +150,7 @@ class MemoryBreakdown:
     kv_cache_bytes: int  # may be negative: the weights and overheads do not fit
     cuda_context_bytes: int
     cudagraph_in_budget_bytes: int = 0  # the V1 runner's graph estimate, taken from the KV budget
+    attention_workspace_bytes: int = 0  # the attention backend's buffers, on top of the budget
 
     @property
     def cudagraph_on_top_bytes(self) -> int:
@@ -122,8 +158,13 @@ class MemoryBreakdown:
 
     @property
     def footprint_bytes(self) -> int:
-        """What the vLLM process holds on this GPU once started (context + requested + graphs)."""
-        return self.cuda_context_bytes + self.requested_bytes + self.cudagraph_on_top_bytes
+        """What the vLLM process holds on this GPU once started (context + requested + graphs + workspace)."""
+        return (
+            self.cuda_context_bytes
+            + self.requested_bytes
+            + self.cudagraph_on_top_bytes
+            + self.attention_workspace_bytes
+        )
 
 
 def requested_bytes(total_bytes: int, gpu_memory_utilization: float) -> int:
@@ -155,6 +196,7 @@ def breakdown(
         kv_cache_bytes=requested - weights - act - non_torch - in_budget,
         cuda_context_bytes=cal.cuda_context_bytes,
         cudagraph_in_budget_bytes=in_budget,
+        attention_workspace_bytes=attention_workspace_bytes(variant, engine),
     )
 
 

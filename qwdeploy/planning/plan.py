@@ -15,12 +15,11 @@ from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.context import derived_context
 from qwdeploy.planning.kv import BLOCK_SIZE, KvCapacity, kv_bytes_per_token
 from qwdeploy.planning.memory import MemoryBreakdown
+from qwdeploy.planning.platform import attention_backend, model_dtype
 from qwdeploy.planning.profiles import Profile
 from qwdeploy.planning.stages import Stage, tightest
+from qwdeploy.planning.thinking import Thinking
 from qwdeploy.planning.versions import VLLM_VERSION
-
-THINKING_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}
-NON_THINKING_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,7 @@ class Pins:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     enforce_eager: bool | None = None
+    thinking: bool | None = None  # --thinking on|off: overrides the profile for hybrid Qwen3 models
     # vLLM's profile run peaks higher while torch.compile compiles (a cold cache); a restart
     # with a warm cache gets that memory back as KV cache. Plans assume a first start.
     compile_cache_warm: bool = False
@@ -92,6 +92,7 @@ class Plan:
     capacity: KvCapacity
     fits: bool
     local: bool  # planned against probed GPUs (CUDA_VISIBLE_DEVICES applies)
+    thinking: Thinking  # thinking on or off, and the parser, sampling and output budget that go with it
     pipeline_parallel_size: int = 1
     choices: tuple[Choice, ...] = ()
     notes: tuple[str, ...] = ()
@@ -112,9 +113,14 @@ class Plan:
 
     @property
     def dtype(self) -> str:
-        if self.variant.weights == "fp16" or self.variant.spec.torch_dtype in ("float16", "fp16"):
-            return "float16"
-        return "bfloat16"
+        """vLLM's --dtype: the checkpoint's 16-bit type, fp16 on GPUs without bf16 (before Ampere)."""
+        fp16 = self.variant.weights == "fp16" or self.variant.spec.torch_dtype in ("float16", "fp16")
+        return model_dtype("float16" if fp16 else "bfloat16", self.gpu.spec.compute_capability)
+
+    @property
+    def attention_backend(self) -> str | None:
+        """The attention backend vLLM picks on these GPUs (qwdeploy.planning.platform; None on the CPU)."""
+        return attention_backend(self.gpu.spec.compute_capability, self.kv_cache_dtype)
 
     @property
     def hf_overrides(self) -> dict[str, Any] | None:
@@ -124,22 +130,13 @@ class Plan:
         return {"rope_parameters": {"rope_theta": rope_theta, **self.rope_scaling}}
 
     @property
-    def thinking(self) -> bool:
-        """Whether the model thinks under this plan: 2507 models are what they are."""
-        return {"always": True, "never": False}.get(self.variant.thinking, self.profile.thinking)
-
-    @property
     def sampling(self) -> dict[str, Any]:
         """Qwen's recommended sampling defaults for the model and mode."""
-        return dict(THINKING_SAMPLING if self.thinking else NON_THINKING_SAMPLING)
+        return self.thinking.sampling
 
     @property
     def reasoning_parser(self) -> str | None:
-        if self.variant.thinking == "never":
-            return None  # Instruct-2507 never thinks
-        if self.variant.thinking == "always" and self.profile.reasoning_parser:
-            return "deepseek_r1"  # Thinking-2507 templates open <think> themselves (Qwen's README)
-        return self.profile.reasoning_parser
+        return self.thinking.reasoning_parser
 
     @property
     def cuda_visible_devices(self) -> str | None:
@@ -169,6 +166,8 @@ class Plan:
             args += ["--hf-overrides", _compact(self.hf_overrides)]
         if self.reasoning_parser:
             args += ["--reasoning-parser", self.reasoning_parser]
+        if self.thinking.default_chat_template_kwargs:
+            args += ["--default-chat-template-kwargs", _compact(self.thinking.default_chat_template_kwargs)]
         if self.profile.tool_call_parser:
             args += ["--enable-auto-tool-choice", "--tool-call-parser", self.profile.tool_call_parser]
         args += ["--override-generation-config", _compact(self.sampling)]
@@ -227,6 +226,9 @@ class Plan:
             "reasoning_parser": self.reasoning_parser,
             "tool_call_parser": self.profile.tool_call_parser,
             "sampling": self.sampling,
+            "thinking": self.thinking.on,
+            "max_output_tokens": self.thinking.output_tokens,
+            "attention_backend": self.attention_backend,
             "gpu": {
                 "name": self.gpu.name,
                 "total_bytes": self.gpu.total_bytes,
@@ -248,6 +250,7 @@ class Plan:
                 "cudagraph_in_budget_bytes": m.cudagraph_in_budget_bytes,
                 "non_torch_bytes": m.non_torch_bytes,
                 "kv_cache_bytes": max(0, m.kv_cache_bytes),
+                "attention_workspace_bytes": m.attention_workspace_bytes,
                 "cuda_context_bytes": m.cuda_context_bytes,
                 "footprint_bytes": m.footprint_bytes,
             },

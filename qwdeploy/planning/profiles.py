@@ -42,7 +42,7 @@ class Profile:
     allow_yarn: bool = False  # extend past the native context with Qwen's YaRN setting
     reasoning_parser: str | None = "qwen3"
     tool_call_parser: str | None = None
-    thinking: bool = True  # sampling defaults for thinking (True) or non-thinking mode
+    thinking: bool = True  # `thinking: on | off`: hybrid Qwen3 models think by default or not (planning.thinking)
     typical_prompt_tokens: int = 1024
     typical_output_tokens: int = 512
     source: str = ""
@@ -114,7 +114,7 @@ def parse(text: str, source: str, name: str) -> Profile:
         allow_yarn=check.boolean("allow_yarn", False),
         reasoning_parser=check.one_of("reasoning_parser", REASONING_PARSERS, "qwen3", nullable=True),
         tool_call_parser=check.one_of("tool_call_parser", TOOL_PARSERS, None, nullable=True),
-        thinking=check.boolean("thinking", True),
+        thinking=check.switch("thinking", True),
         typical_prompt_tokens=check.integer("typical_prompt_tokens", 1, 1_048_576, 1024),
         typical_output_tokens=check.integer("typical_output_tokens", 1, 1_048_576, 512),
     )
@@ -148,6 +148,15 @@ class _Checker:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             self._fail(key, "true or false")
+        return value
+
+    def switch(self, key: str, default: bool) -> bool:
+        """on | off (YAML also reads an unquoted on/off, and true/false, as a boolean)."""
+        value = self.data.get(key, default)
+        if isinstance(value, str) and value.lower() in ("on", "off"):
+            return value.lower() == "on"
+        if not isinstance(value, bool):
+            self._fail(key, "on, off")
         return value
 
     def integer(self, key: str, low: int, high: int, default: int | None = None) -> int:

