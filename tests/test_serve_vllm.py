@@ -53,12 +53,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_serve(tmp_path, *args, env_drop=("VLLM_CPU_KVCACHE_SPACE",)):
+def start_serve(tmp_path, *args, env_drop=("VLLM_CPU_KVCACHE_SPACE",), model=TINY):
     env = {k: v for k, v in os.environ.items() if k not in env_drop}
     env["QWDEPLOY_CACHE_DIR"] = str(tmp_path / "cache")
     err = open(tmp_path / "stderr.txt", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qwdeploy", "serve", TINY, *args],
+        [sys.executable, "-m", "qwdeploy", "serve", str(model), *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -81,6 +81,17 @@ def wait_for_line(lines: queue.Queue, pattern: str, timeout_s: float) -> re.Matc
         if m:
             return m
     raise AssertionError(f"no line matching {pattern!r} within {timeout_s} s")
+
+
+def interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = 90) -> int:
+    """Send serve `sig` and return its exit code; kill it if it has not exited in time."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def alive(pid: int) -> bool:
