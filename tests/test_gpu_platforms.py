@@ -17,6 +17,7 @@ SMALL = "Qwen/Qwen3-0.6B"
 RUNNABLE = [s.name for s in specs() if s.compute_capability >= platform.WHEEL_MIN]
 TOO_OLD = [s.name for s in specs() if s.compute_capability < platform.WHEEL_MIN]
 T4_LIKE = ["--gpu-memory", "24GiB", "--compute-capability", "7.5"]
+QWEN3_8B = catalog.get("Qwen/Qwen3-8B")
 
 
 def _json(runner, *args) -> tuple[int, dict]:
@@ -137,7 +138,7 @@ def test_the_cpu_node_has_no_cuda_attention_backend():
 
 
 def test_bf16_checkpoints_run_fp16_before_ampere():
-    assert [platform.model_dtype("bfloat16", cc) for cc in [(7, 5), (8, 0)]] == ["float16", "bfloat16"]
+    assert [platform.model_dtype(QWEN3_8B, cc) for cc in [(7, 5), (8, 0)]] == ["float16", "bfloat16"]
 
 
 def test_a_t4_plan_passes_dtype_float16_to_vllm():
@@ -179,8 +180,6 @@ def test_flashinfer_takes_no_128_token_blocks_off_blackwell():
 
 
 # ---- what the attention backend allocates -----------------------------------------------------
-
-QWEN3_8B = catalog.get("Qwen/Qwen3-8B")
 
 
 def test_flashinfer_workspace_grows_with_the_prefill_chunk():

@@ -11,6 +11,7 @@ from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.plan import Alternative, Choice, Plan
 from qwdeploy.planning.platform import (
     attention_backend,
+    checkpoint_dtype,
     fp8_weights_through_marlin,
     int_weights_kernel,
     model_dtype,
@@ -288,9 +289,7 @@ def _platform_reasons(c: Candidate) -> list[Choice]:
     """--dtype and the attention backend: what vLLM does on this GPU's compute capability."""
     spec = c.placement.smallest.spec
     cc = spec.compute_capability
-    fp16 = c.variant.weights == "fp16" or c.variant.spec.torch_dtype in ("float16", "fp16")
-    stored = "float16" if fp16 else "bfloat16"
-    dtype = model_dtype(stored, cc)
+    stored, dtype = checkpoint_dtype(c.variant), model_dtype(c.variant, cc)
     where = f"{spec.name} (compute capability {cc[0]}.{cc[1]})"
     why = f"the checkpoint's {stored}" if dtype == stored else f"{where} has no bf16: vLLM needs fp16 (8.0+ for bf16)"
     out = [Choice("dtype", dtype, why)]

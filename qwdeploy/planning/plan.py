@@ -116,8 +116,7 @@ class Plan:
     @property
     def dtype(self) -> str:
         """vLLM's --dtype: the checkpoint's 16-bit type, fp16 on GPUs without bf16 (before Ampere)."""
-        fp16 = self.variant.weights == "fp16" or self.variant.spec.torch_dtype in ("float16", "fp16")
-        return model_dtype("float16" if fp16 else "bfloat16", self.gpu.spec.compute_capability)
+        return model_dtype(self.variant, self.gpu.spec.compute_capability)
 
     @property
     def attention_backend(self) -> str | None:

@@ -62,9 +62,15 @@ def supports_bf16(cc: Capability) -> bool:
     return not is_cuda(cc) or tuple(cc) >= BF16_MIN
 
 
-def model_dtype(checkpoint_dtype: str, cc: Capability) -> str:
-    """vLLM's --dtype for a checkpoint stored as `checkpoint_dtype` ("bfloat16" or "float16")."""
-    return checkpoint_dtype if supports_bf16(cc) else "float16"
+def checkpoint_dtype(variant: Variant) -> str:
+    """The 16-bit type the checkpoint holds: "float16" (AWQ repos, --dtype fp16) or "bfloat16"."""
+    fp16 = variant.weights == "fp16" or variant.spec.torch_dtype in ("float16", "fp16")
+    return "float16" if fp16 else "bfloat16"
+
+
+def model_dtype(variant: Variant, cc: Capability) -> str:
+    """vLLM's --dtype: the checkpoint's 16-bit type, fp16 on GPUs without bf16 (before Ampere)."""
+    return checkpoint_dtype(variant) if supports_bf16(cc) else "float16"
 
 
 def flash_attn_version(cc: Capability) -> int:
