@@ -90,12 +90,11 @@ def test_thinking_on_aims_for_a_typical_prompt_plus_qwens_thinking_budget():
     assert _plan().max_model_len == chat.typical_prompt_tokens + 32768  # 1024 + 32768 = 33792
 
 
-def test_thinking_on_turns_the_parser_on_even_where_the_profile_has_none(tmp_path):
+def test_thinking_on_without_a_parser_says_the_thinking_stays_in_the_content(tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text(GOOD + "reasoning_parser: null\nthinking: off\n")
-    assert (
-        plan(PlanRequest("Qwen/Qwen3-8B", profile=str(f), pins=Pins(thinking=True), **H100)).reasoning_parser == "qwen3"
-    )
+    f.write_text(GOOD + "reasoning_parser: null\nthinking: on\n")
+    p = plan(PlanRequest("Qwen/Qwen3-8B", profile=str(f), **H100))
+    assert p.reasoning_parser is None and any("stays in the content" in n for n in p.notes)
 
 
 def test_a_context_too_short_for_thinking_says_so():

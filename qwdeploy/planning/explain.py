@@ -192,17 +192,25 @@ def _stage_note(s: Stage) -> str:
 
 
 def _thinking_notes(c: Candidate, goal: Goal, thinking: Thinking) -> list[str]:
-    """A thinking plan whose context cannot hold a typical prompt plus Qwen's thinking budget."""
-    prompt = goal.profile.typical_prompt_tokens
-    if not thinking.on or c.max_model_len >= prompt + thinking.output_tokens:
+    """A thinking plan without a parser, or whose context cannot hold a typical prompt plus Qwen's budget."""
+    if not thinking.on:
         return []
-    left = max(0, c.max_model_len - prompt)
-    off = " (--thinking off answers need no such room)" if thinking.switchable else ""
-    return [
-        f"Thinking on: Qwen recommends up to {thinking.output_tokens:,} output tokens for thinking answers; "
-        f"max_model_len {c.max_model_len:,} leaves {left:,} after a typical {prompt:,}-token prompt, so long "
-        f"reasoning is cut short{off}."
-    ]
+    notes = []
+    if not thinking.reasoning_parser:
+        notes.append(
+            f"Thinking on without a reasoning parser (profile {goal.profile.name}): the thinking stays in the "
+            f"content between <think> tags."
+        )
+    prompt = goal.profile.typical_prompt_tokens
+    if c.max_model_len < prompt + thinking.output_tokens:
+        left = max(0, c.max_model_len - prompt)
+        off = " (--thinking off answers need no such room)" if thinking.switchable else ""
+        notes.append(
+            f"Thinking on: Qwen recommends up to {thinking.output_tokens:,} output tokens for thinking answers; "
+            f"max_model_len {c.max_model_len:,} leaves {left:,} after a typical {prompt:,}-token prompt, so "
+            f"long reasoning is cut short{off}."
+        )
+    return notes
 
 
 def reasons(c: Candidate, goal: Goal, thinking: Thinking) -> list[Choice]:

@@ -77,15 +77,15 @@ def thinking_for(variant: Variant, profile: Profile, pinned: bool | None = None)
             )
         source = f"{variant.name} {kind} thinks"
     tokens, hard = OUTPUT_TOKENS[(kind, on)]
-    return Thinking(on, source, kind == "hybrid", tokens, hard, _parser(kind, on, profile))
+    return Thinking(on, source, kind == "hybrid", tokens, hard, _parser(kind, profile))
 
 
-def _parser(kind: str, on: bool, profile: Profile) -> str | None:
+def _parser(kind: str, profile: Profile) -> str | None:
     if kind == "never":
         return None  # Instruct-2507 never thinks
     if kind == "always":
         return "deepseek_r1"  # Thinking-2507 templates open <think> themselves (Qwen's README)
-    return profile.reasoning_parser or ("qwen3" if on else None)
+    return profile.reasoning_parser  # the shipped profiles: qwen3; a profile's null is kept
 
 
 def context_target(profile: Profile, thinking: Thinking) -> int:
