@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from qwdeploy.planning.candidate import FREE_MEMORY_MARGIN_BYTES, Candidate, Goal
 from qwdeploy.planning.context import context_ceiling
+from qwdeploy.planning.distributed import MEASURED_TP
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
 from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.plan import Alternative, Choice, Plan
@@ -74,6 +75,7 @@ def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
     if not local:
         notes += _estimated_total_note(c)
     notes += _weights_notes(c)
+    notes += _tensor_parallel_notes(c)
     m = c.memory
     if m.cudagraph_in_budget_bytes:
         notes.append(
@@ -118,6 +120,17 @@ def _weights_notes(c: Candidate) -> list[str]:
             "minutes); `qwdeploy warm` and serve keep them in a persistent cache."
         )
     return notes
+
+
+def _tensor_parallel_notes(c: Candidate) -> list[str]:
+    m = c.memory
+    if c.tp <= MEASURED_TP:
+        return []
+    return [
+        f"Tensor parallel {c.tp} was not measured (TP 2 was, on 2 × H200): the communicators' "
+        f"{_gib(m.distributed_init_bytes)} per GPU are the TP 2 figure with a 50 % allowance on NCCL's "
+        f"part, and the CUDA graphs keep their TP 2 size; `qwdeploy serve` records what vLLM really takes."
+    ]
 
 
 def _stage_notes(c: Candidate, gpus_per_node: int) -> list[str]:
