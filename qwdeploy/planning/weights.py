@@ -144,7 +144,7 @@ def weight_bytes(variant: Variant, engine: Engine, span: Span = WHOLE_MODEL, cal
         elif not span.first_stage:
             total += embed  # tied: the last stage holds its own copy as lm_head
     total += rotary_cache_bytes(s, engine.max_position or s.context_length)
-    return total
+    return total + cal.offsets_for(variant.name, tp).weights_bytes
 
 
 def parameter_count(variant: Variant) -> int:
