@@ -11,7 +11,7 @@ from qwdeploy.errors import UnknownModelError
 from qwdeploy.planning import catalog
 from qwdeploy.planning.catalog import Origin
 from qwdeploy.planning.checkpoint import from_config, remote_variant
-from qwdeploy.planning.engine import Engine
+from qwdeploy.planning.engine import Engine, Span
 from qwdeploy.planning.layout import Tensor
 from qwdeploy.planning.weights import rotary_cache_bytes, weight_bytes
 
@@ -120,8 +120,8 @@ def test_a_quant_config_in_its_own_file_quantizes_the_model():
     assert (v.weights, v.spec.quantization.vllm_flag) == ("gptq-int4", "gptq")
 
 
-def test_modules_stored_unquantized_stay_16_bit():
-    # a GPTQ checkpoint whose layer-0 down_proj was left in fp16 (mixed precision)
+def mixed_gptq():
+    """A GPTQ checkpoint whose layer-0 down_proj was left in fp16 (mixed precision)."""
     found = {
         n: (d, s)
         for n, (d, s) in tensors(TINY, "gptq-int4").items()
@@ -131,6 +131,11 @@ def test_modules_stored_unquantized_stay_16_bit():
     v = remote_variant(
         "acme/x", config_of(TINY, "gptq-int4"), None, tuple(Tensor(n, d, s) for n, (d, s) in found.items()), ORIGIN
     )
+    return v
+
+
+def test_modules_stored_unquantized_stay_16_bit():
+    v = mixed_gptq()
     down = [x for x in v.layout.layers[0].linears if x.role == "down"][0]
     assert not down.quantized and v.layout.layers[1] != v.layout.layers[0]
 
@@ -142,17 +147,18 @@ def test_tensors_vllm_has_no_place_for_are_listed_not_counted():
 
 
 def test_a_pipeline_stage_counts_its_own_layers_of_a_mixed_checkpoint():
-    found = {
-        n: (d, s)
-        for n, (d, s) in tensors(TINY, "gptq-int4").items()
-        if not n.startswith("model.layers.0.mlp.down_proj")
-    }
-    found["model.layers.0.mlp.down_proj.weight"] = ("F16", (256, 768))
-    v = remote_variant(
-        "acme/x", config_of(TINY, "gptq-int4"), None, tuple(Tensor(n, d, s) for n, (d, s) in found.items()), ORIGIN
-    )
-    from qwdeploy.planning.engine import Span
-
+    v = mixed_gptq()
     first, second = (weight_bytes(v, Engine(), replace(Span(layers=1), start_layer=i)) for i in (0, 1))
     # layer 0's down_proj in fp16 (256·768·2) against GPTQ int4 through Machete
     assert first - second == 256 * 768 * 2 - (256 * 768 // 2 + 6 * 256 * 2 + 6 * 256 // 2 + 4 * 768)
+
+
+@pytest.mark.parametrize("repo_id", ["Qwen/Qwen3-30B-A3B-GPTQ-Int4", "Qwen/Qwen3-30B-A3B-FP8"])
+def test_real_sized_moe_headers_plan_what_the_catalog_plans(repo_id):
+    shipped = catalog.get(repo_id)
+    config = catalog.config_json(shipped)
+    fmt = "gptq-int4" if "GPTQ" in repo_id else "fp8"
+    found = tuple(Tensor(n, d, s) for n, (d, s) in tensors(config, fmt).items())
+    remote = remote_variant("acme/x", config, None, found, ORIGIN)
+    engine = Engine(tensor_parallel_size=2, compute_capability=(9, 0))
+    assert weight_bytes(remote, engine) == weight_bytes(shipped, engine)

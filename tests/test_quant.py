@@ -16,36 +16,21 @@ GPTQ4 = quant.parse({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc
 GPTQ8 = replace(GPTQ4, bits=8)
 AWQ = quant.parse({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}, "t")
 FP8_BLOCK = quant.parse({"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}, "t")
-CT_FP8_DYNAMIC = quant.parse(
-    {
-        "quant_method": "compressed-tensors",
-        "config_groups": {
-            "g": {
-                "weights": {"num_bits": 8, "type": "float", "strategy": "channel"},
-                "input_activations": {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True},
-            }
-        },
-    },
-    "t",
+
+
+def compressed_tensors(weights: dict, activations: dict | None = None):
+    group = {"weights": weights, **({"input_activations": activations} if activations else {})}
+    return quant.parse({"quant_method": "compressed-tensors", "config_groups": {"group_0": group}}, "t")
+
+
+CT_FP8_DYNAMIC = compressed_tensors(
+    {"num_bits": 8, "type": "float", "strategy": "channel"},
+    {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True},
 )
-CT_W4A16 = quant.parse(
-    {
-        "quant_method": "compressed-tensors",
-        "config_groups": {"g": {"weights": {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128}}},
-    },
-    "t",
-)
-CT_W8A8 = quant.parse(
-    {
-        "quant_method": "compressed-tensors",
-        "config_groups": {
-            "g": {
-                "weights": {"num_bits": 8, "type": "int", "strategy": "channel"},
-                "input_activations": {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True},
-            }
-        },
-    },
-    "t",
+CT_W4A16 = compressed_tensors({"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128})
+CT_W8A8 = compressed_tensors(
+    {"num_bits": 8, "type": "int", "strategy": "channel"},
+    {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True},
 )
 BNB_NF4 = quant.parse({"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, "t")
 HOPPER, ADA, AMPERE = (9, 0), (8, 9), (8, 0)

@@ -81,6 +81,12 @@ def test_download_fetches_a_repo_qwdeploy_does_not_ship(runner, hub, env, repo_i
     assert json.loads(result.stdout)["total_bytes"] == sum(f.size for f in hub.repos[repo_id].values())
 
 
+def test_download_from_modelscope_fetches_a_repo_qwdeploy_does_not_ship(runner, hub, env):
+    result = runner.invoke(app, ["download", "acme/Qwen3-tiny-AWQ", "--source", "modelscope", "--endpoint", hub.url])
+    assert result.exit_code == 0, result.stderr
+    assert (env / "ms" / "models" / "acme--Qwen3-tiny-AWQ" / "snapshots" / "master" / "config.json").is_file()
+
+
 @pytest.mark.parametrize("repo_id", LAYOUTS)
 def test_serve_dry_run_prints_the_command_for_a_repo_qwdeploy_does_not_ship(runner, hub, env, repo_id, monkeypatch):
     monkeypatch.setattr(local_gpus, "local_gpus", lambda: named("H100", 1))
@@ -241,3 +247,25 @@ def test_a_dtype_the_repo_does_not_hold_is_refused(runner, hub, env):
         app, ["plan", "acme/Qwen3-tiny-AWQ", "--dtype", "fp8", "--gpu", "H100", "--endpoint", hub.url]
     )
     assert result.exit_code == ExitCode.ERROR and "holds int4 weights" in result.stderr
+
+
+@pytest.fixture
+def gated(hub):
+    hub.gated, hub.token = True, "hf_" + "g" * 34
+    yield hub
+    hub.gated, hub.token = False, None
+
+
+def test_a_gated_repo_without_a_token_is_exit_21(runner, gated, env):
+    result = runner.invoke(
+        app, ["plan", "acme/Qwen3-tiny-sft", "--gpu", "H100", "--source", "hf", "--endpoint", gated.url]
+    )
+    assert result.exit_code == ExitCode.UNAUTHORIZED
+
+
+def test_a_gated_repo_plans_with_the_users_token(runner, gated, env, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", gated.token)
+    result = runner.invoke(
+        app, ["plan", "acme/Qwen3-tiny-sft", "--gpu", "H100", "--source", "hf", "--endpoint", gated.url]
+    )
+    assert result.exit_code == 0, result.stderr
