@@ -5,7 +5,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from checkpoints import QUANT_CONFIGS, TINY, TINY_MOE, checkpoint_bytes, tensors
+from checkpoints import QUANT_CONFIGS, TINY, TINY_MOE, checkpoint_bytes, linear, tensors
 
 from qwdeploy.errors import UnknownModelError
 from qwdeploy.planning import catalog
@@ -162,3 +162,13 @@ def test_real_sized_moe_headers_plan_what_the_catalog_plans(repo_id):
     remote = remote_variant("acme/x", config, None, found, ORIGIN)
     engine = Engine(tensor_parallel_size=2, compute_capability=(9, 0))
     assert weight_bytes(remote, engine) == weight_bytes(shipped, engine)
+
+
+def test_a_quantized_lm_head_is_held_as_its_kernel_holds_it():
+    # GPTQModel's lm_head: true: the lm_head tensors are packed like any other linear
+    plain = {n: v for n, v in tensors(TINY, "gptq-int4").items() if not n.startswith("lm_head")}
+    found = {**plain, **linear("lm_head", 1024, 256, "gptq-int4")}
+    v = remote_variant(
+        "acme/x", config_of(TINY, "gptq-int4"), None, tuple(Tensor(n, d, s) for n, (d, s) in found.items()), ORIGIN
+    )
+    assert v.layout.lm_head.quantized

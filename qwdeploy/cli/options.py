@@ -70,8 +70,8 @@ SourceOpt = Annotated[
     str,
     typer.Option(
         "--source",
-        help="Hub for a repo qwdeploy does not ship: auto (try hf, hf-mirror, modelscope), hf, hf-mirror "
-        "or modelscope.",
+        help="Hub for downloads and for repos qwdeploy does not ship: auto (try hf, hf-mirror, modelscope), hf, "
+        "hf-mirror or modelscope.",
     ),
 ]
 EndpointOpt = Annotated[

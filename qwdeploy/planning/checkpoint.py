@@ -40,6 +40,7 @@ _ROLE_PROJS = {
     "experts_w2": ("down_proj",),
 }
 
+_TOP = ("model.embed_tokens", "lm_head", "model.norm")
 Parts = dict[str, Tensor]  # one module's tensors by suffix (weight, qweight, scales, ...)
 Key = tuple[int | None, str]  # (expert or None, checkpoint projection name)
 
@@ -81,8 +82,9 @@ def from_tensors(s: ModelSpec, tensors: Iterable[Tensor], source: str) -> Layout
             layers[int(m.group(1))][(expert, proj.group(2))][proj.group(3)] = t
         elif m and m.group(2) in _NORMS:
             norms[int(m.group(1))] += t.elements
-        elif t.name.split(".weight")[0] in ("model.embed_tokens", "lm_head", "model.norm"):
-            top[t.name.split(".weight")[0]][t.name.split(".weight", 1)[1].lstrip(".") or "weight"] = t
+        elif any(t.name.startswith(f"{module}.") for module in _TOP):
+            module = next(module for module in _TOP if t.name.startswith(f"{module}."))
+            top[module][t.name[len(module) + 1 :]] = t
         else:
             ignored.append(t.name)
     if sorted(layers) != list(range(s.num_hidden_layers)):
