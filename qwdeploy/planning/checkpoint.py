@@ -166,7 +166,10 @@ def _quantized(s: ModelSpec, parts: Parts, proj: str, expert: bool, name: str) -
     q, want = s.quantization, _expected(s, proj, expert)
     quantized = any(t.dtype not in FLOAT_DTYPES for t in parts.values())
     if quantized and q is None:
-        raise _disagree(name, "quantized tensors but no quantization config (config.json, quantize_config.json)")
+        raise UnknownModelError(
+            f"{name}: quantized tensors but no quantization config",
+            hint="vLLM 0.26 reads it from config.json's quantization_config, quantize_config.json or quant_config.json",
+        )
     got = _shape(parts, q) if quantized and q else _plain_shape(parts)
     if got is None or (got != want and got != want[0] * want[1]):
         raise _disagree(name, f"the safetensors hold {got}, config.json implies {want[0]}x{want[1]}")
