@@ -10,6 +10,7 @@ from qwdeploy.planning.distributed import MEASURED_TP
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
 from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.plan import Alternative, Choice, Plan
+from qwdeploy.planning.provenance import checkpoint_notes
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
 from qwdeploy.planning.versions import VLLM_VERSION
 from qwdeploy.units import GiB
@@ -19,6 +20,7 @@ CLI = "set on the command line"
 
 def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternative, ...], gpus_per_node: int) -> Plan:
     notes = _verdict_notes(c, goal)
+    notes += checkpoint_notes(c.variant, c.gpus[0], c.tp, c.memory.weights_bytes)
     notes += _stage_notes(c, gpus_per_node) if c.pp > 1 else _gpu_notes(c, goal, local)
     gpus = c.gpus if c.pp == 1 else tuple(replace(c.gpus[0], index=i % c.tp) for i in range(c.tp * c.pp))
     return Plan(
@@ -113,7 +115,8 @@ def _weights_notes(c: Candidate) -> list[str]:
             f"{gpu.name} has no FP8 tensor cores: vLLM runs FP8 weights as "
             f"w8a16 through Marlin (memory savings, slower prefill)."
         )
-    if c.variant.weight_dtype == "fp8" and c.variant.spec.quantization and not c.eager:
+    q = c.variant.spec.quantization
+    if q is not None and q.scheme == "fp8-block" and not c.eager:
         notes.append(
             "FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on a first start "
             "(during profiling and CUDA-graph capture, even with VLLM_DEEP_GEMM_WARMUP=skip: "
