@@ -68,21 +68,32 @@ GpusPerNodeOpt = Annotated[
     int | None,
     typer.Option("--num-gpus-per-node", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8)."),
 ]
-GpuMemoryOpt = Annotated[
-    str | None,
+
+
+def _text_opt(flag: str, help_text: str) -> Any:
+    """An optional text option (the plan options read it at run time, through PLAN_OPTIONS)."""
+    return Annotated[str | None, typer.Option(flag, help=help_text)]
+
+
+GpuMemoryOpt = _text_opt(
+    "--gpu-memory", "Plan for a GPU that is not listed: its CUDA total (24GiB, 80GB, bytes); with --compute-capability."
+)
+ComputeCapabilityOpt = _text_opt("--compute-capability", "With --gpu-memory: its compute capability (7.5, 8.6, 9.0).")
+ThinkingOpt = _text_opt("--thinking", "on or off: hybrid Qwen3 models think by default or not (default: profile's).")
+SourceOpt = Annotated[
+    str,
     typer.Option(
-        "--gpu-memory",
-        help="Plan for a GPU that is not listed: its CUDA total memory (24GiB, 80GB, bytes); "
-        "needs --compute-capability.",
+        "--source",
+        help="Hub for downloads and for repos qwdeploy does not ship: auto (try hf, hf-mirror, modelscope), hf, "
+        "hf-mirror or modelscope.",
     ),
 ]
-ComputeCapabilityOpt = Annotated[
+EndpointOpt = Annotated[
     str | None,
-    typer.Option("--compute-capability", help="With --gpu-memory: the GPU's compute capability (7.5, 8.6, 9.0)."),
+    typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."),
 ]
-ThinkingOpt = Annotated[
-    str | None,
-    typer.Option("--thinking", help="on or off: hybrid Qwen3 models think by default or not (default: the profile's)."),
+RevisionOpt = Annotated[
+    str | None, typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")
 ]
 CompileCacheOpt = Annotated[
     str,
@@ -111,6 +122,9 @@ PLAN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("nodes", NodesOpt, None),
     ("num_gpus_per_node", GpusPerNodeOpt, None),
     ("compile_cache", CompileCacheOpt, "cold"),
+    ("source", SourceOpt, "auto"),
+    ("endpoint", EndpointOpt, None),
+    ("revision", RevisionOpt, None),
 )
 
 
@@ -142,6 +156,9 @@ def request_from(model: str, values: dict[str, Any]) -> PlanRequest:
         nodes=v["nodes"],
         gpus_per_node=v["num_gpus_per_node"],
         pins=pins,
+        source=v["source"],
+        endpoint=v["endpoint"],
+        revision=v["revision"],
     )
 
 

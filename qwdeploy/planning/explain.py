@@ -6,18 +6,12 @@ from dataclasses import replace
 
 from qwdeploy.planning.candidate import FREE_MEMORY_MARGIN_BYTES, Candidate, Goal
 from qwdeploy.planning.context import context_ceiling
+from qwdeploy.planning.distributed import MEASURED_TP
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
 from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.plan import Alternative, Choice, Plan
-from qwdeploy.planning.platform import (
-    attention_backend,
-    checkpoint_dtype,
-    fp8_weights_through_marlin,
-    int_weights_kernel,
-    model_dtype,
-    supports_bf16,
-    uses_deep_gemm,
-)
+from qwdeploy.planning.platform import attention_backend, checkpoint_dtype, model_dtype, supports_bf16, uses_deep_gemm
+from qwdeploy.planning.provenance import checkpoint_notes, kernel_phrase
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
 from qwdeploy.planning.thinking import Thinking, context_target, thinking_for
 from qwdeploy.planning.versions import VLLM_VERSION
@@ -29,6 +23,7 @@ CLI = "set on the command line"
 def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternative, ...], gpus_per_node: int) -> Plan:
     thinking = thinking_for(c.variant, goal.profile, goal.pins.thinking)
     notes = _verdict_notes(c, goal)
+    notes += checkpoint_notes(c.variant, c.gpus[0], c.tp, c.memory.weights_bytes)
     notes += _stage_notes(c, gpus_per_node) if c.pp > 1 else _gpu_notes(c, goal, local)
     notes += _thinking_notes(c, goal, thinking)
     gpus = c.gpus if c.pp == 1 else tuple(replace(c.gpus[0], index=i % c.tp) for i in range(c.tp * c.pp))
@@ -87,6 +82,7 @@ def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
     if not local:
         notes += _estimated_total_note(c)
     notes += _weights_notes(c)
+    notes += _tensor_parallel_notes(c)
     m = c.memory
     if m.cudagraph_in_budget_bytes:
         notes.append(
@@ -125,25 +121,35 @@ def _estimated_total_note(c: Candidate) -> list[str]:
 def _weights_notes(c: Candidate) -> list[str]:
     gpu, notes = c.gpus[0], []
     cc = gpu.spec.compute_capability
-    if c.variant.weight_dtype == "fp8" and fp8_weights_through_marlin(cc):
+    if c.variant.weight_dtype == "fp8" and not gpu.spec.fp8_native:
         notes.append(
             f"{gpu.name} has no FP8 tensor cores: vLLM runs FP8 weights as "
             f"w8a16 through Marlin (memory savings, slower prefill)."
         )
-    kernel = int_weights_kernel(c.variant, cc)
-    if kernel and not supports_bf16(cc):
+    q = c.variant.spec.quantization
+    if q is not None and not supports_bf16(cc):
         notes.append(
-            f"{gpu.name} (compute capability {cc[0]}.{cc[1]}): vLLM runs {c.variant.weight_dtype} weights through "
-            f"its {kernel} kernels (from 7.5 up; Machete is Hopper's) with fp16 activations."
+            f"{gpu.name} (compute capability {cc[0]}.{cc[1]}) has no bf16: vLLM runs these weights with fp16 "
+            f"activations{kernel_phrase(c.variant, gpu, c.tp)}."
         )
-    fp8_block = c.variant.weight_dtype == "fp8" and c.variant.spec.quantization
-    if fp8_block and uses_deep_gemm(cc) and not c.eager:
+    if q is not None and q.scheme == "fp8-block" and uses_deep_gemm(cc) and not c.eager:
         notes.append(
             "FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on a first start "
             "(during profiling and CUDA-graph capture, even with VLLM_DEEP_GEMM_WARMUP=skip: "
             "minutes); `qwdeploy warm` and serve keep them in a persistent cache."
         )
     return notes
+
+
+def _tensor_parallel_notes(c: Candidate) -> list[str]:
+    m = c.memory
+    if c.tp <= MEASURED_TP:
+        return []
+    return [
+        f"Tensor parallel {c.tp} was not measured (TP 2 was, on 2 × H200): the communicators' "
+        f"{_gib(m.distributed_init_bytes)} per GPU are the TP 2 figure with a 50 % allowance on NCCL's "
+        f"part, and the CUDA graphs keep their TP 2 size; `qwdeploy serve` records what vLLM really takes."
+    ]
 
 
 def _stage_notes(c: Candidate, gpus_per_node: int) -> list[str]:

@@ -13,18 +13,15 @@ Read from the vLLM 0.26.0 wheel (paths below are under vllm/):
   cache only as FA3 on 9.x (v1/attention/backends/flash_attn.py); FLASHINFER runs 8.0 to 12.1 (held
   back from 7.5: flashinfer#3620) with fp8 KV; TRITON_ATTN runs anywhere but refuses an fp8 KV cache
   below 8.9 (triton_attn.py `TritonAttentionImpl.__init__`).
-* FP8 weights: fp8.py `Fp8Config.get_min_capability` = 75; below 8.9 they run as w8a16 through
-  Marlin (kernels/linear/scaled_mm/marlin.py `MarlinFP8ScaledMMLinearKernel.is_supported`).
 * DeepGEMM: platforms/cuda.py `support_deep_gemm`: 9.0, 10.x and 12.x only.
-* int4/int8 weights (AWQ, GPTQ): Machete on 9.0, Marlin from 7.5 (utils/marlin_utils.py
-  `query_marlin_supported_quant_types` returns no type below 75; auto_awq.py's minimum is 75).
+* Which kernel runs quantized weights (FP8 Marlin before 8.9, Machete on 9.0, Marlin from 7.5) and
+  the bytes it holds: qwdeploy.planning.quant.
 """
 
 from __future__ import annotations
 
 from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.versions import VLLM_VERSION
-from qwdeploy.planning.weights import uses_machete
 
 Capability = tuple[int, int]
 
@@ -33,8 +30,6 @@ WHEEL_MIN: Capability = (7, 5)  # the oldest GPU the vLLM 0.26 wheels hold kerne
 BF16_MIN: Capability = (8, 0)
 FLASH_ATTN_MIN: Capability = (8, 0)
 FLASHINFER_RANGE: tuple[Capability, Capability] = ((8, 0), (12, 1))
-FP8_NATIVE_MIN: Capability = (8, 9)  # fp8 tensor cores: Triton fp8 KV, w8a8 FP8 GEMMs
-MARLIN_MIN: Capability = (7, 5)
 
 FLASH_ATTN, FLASHINFER, TRITON_ATTN = "FLASH_ATTN", "FLASHINFER", "TRITON_ATTN"
 # KV-cache block sizes each backend accepts for Qwen3: a multiple of 16, or a list (get_supported_kernel_block_sizes;
@@ -104,16 +99,3 @@ def block_size_supported(backend: str | None, block_size: int) -> bool:
 def uses_deep_gemm(cc: Capability) -> bool:
     """vLLM 0.26 runs block-FP8 GEMMs through DeepGEMM (and JIT-compiles it) on this GPU."""
     return tuple(cc) == (9, 0) or cc[0] in (10, 12)
-
-
-def fp8_weights_through_marlin(cc: Capability) -> bool:
-    """FP8 checkpoints run as w8a16 through Marlin: compute capability 7.5 up to (not incl.) 8.9."""
-    return MARLIN_MIN <= tuple(cc) < FP8_NATIVE_MIN
-
-
-def int_weights_kernel(variant: Variant, cc: Capability) -> str | None:
-    """The GEMM kernel vLLM 0.26 runs AWQ/GPTQ weights through (None: not an int checkpoint, or off CUDA)."""
-    q = variant.spec.quantization
-    if q is None or q.method not in ("awq", "gptq") or not is_cuda(cc):
-        return None
-    return "Machete" if uses_machete(variant, cc) else "Marlin"
