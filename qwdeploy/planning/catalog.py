@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qwdeploy.errors import UnknownModelError
+from qwdeploy.errors import ExitCode, UnknownModelError
 
 QWEN3_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
 
@@ -106,54 +106,99 @@ class Variant:
         return "hybrid"
 
 
-def spec_from_config(config: dict[str, Any], source: str) -> ModelSpec:
-    """Read the memory-relevant facts of a Qwen3 config.json."""
+def spec_from_config(config: Any, source: str) -> ModelSpec:
+    """Read the memory-relevant facts of a Qwen3 config.json, refusing impossible values."""
+    if not isinstance(config, dict):
+        raise UnknownModelError(f"{source}: config.json is not a JSON object ({type(config).__name__})")
     architectures = config.get("architectures") or []
-    arch = next((a for a in architectures if a in QWEN3_ARCHITECTURES), None)
+    arch = (
+        next((a for a in architectures if a in QWEN3_ARCHITECTURES), None) if isinstance(architectures, list) else None
+    )
     if arch is None:
         raise UnknownModelError(
             f"{source}: architectures {architectures} is not a Qwen3 architecture",
             hint=f"qwdeploy plans {', '.join(QWEN3_ARCHITECTURES)} models",
         )
-    try:
-        hidden = int(config["hidden_size"])
-        heads = int(config["num_attention_heads"])
-        spec = ModelSpec(
-            hidden_size=hidden,
-            intermediate_size=int(config.get("intermediate_size", 0)),
-            num_hidden_layers=int(config["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(config.get("num_key_value_heads", heads)),
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            vocab_size=int(config["vocab_size"]),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(config.get("max_position_embeddings", 40960)),
-            torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
-            num_experts=int(config.get("num_experts", 0) or 0),
-            num_experts_per_tok=int(config.get("num_experts_per_tok", 0) or 0),
-            moe_intermediate_size=int(config.get("moe_intermediate_size", 0) or 0),
-            rope_scaling=config.get("rope_scaling") or None,
-            quantization=_quantization(config.get("quantization_config"), source),
-            architecture=arch,
-        )
-    except KeyError as missing:
-        raise UnknownModelError(f"{source}: config.json lacks {missing}") from None
+    read = _Facts(config, source)
+    hidden, heads = read.positive("hidden_size"), read.positive("num_attention_heads")
+    experts = read.count("num_experts")
+    spec = ModelSpec(
+        hidden_size=hidden,
+        intermediate_size=read.count("intermediate_size") if experts else read.positive("intermediate_size"),
+        num_hidden_layers=read.positive("num_hidden_layers"),
+        num_attention_heads=heads,
+        num_key_value_heads=read.positive("num_key_value_heads", heads),
+        head_dim=read.positive("head_dim", hidden // heads),
+        vocab_size=read.positive("vocab_size"),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        max_position_embeddings=read.positive("max_position_embeddings", 40960),
+        torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
+        num_experts=experts,
+        num_experts_per_tok=read.positive("num_experts_per_tok") if experts else 0,
+        moe_intermediate_size=read.positive("moe_intermediate_size") if experts else 0,
+        rope_scaling=config.get("rope_scaling") or None,
+        quantization=_quantization(config.get("quantization_config"), source),
+        architecture=arch,
+    )
+    read.consistent(spec)
     return spec
 
 
-def _quantization(qc: dict[str, Any] | None, source: str) -> Quantization | None:
+def _whole(value: Any, what: str) -> int:
+    """`value` as a count, length or size: a whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnknownModelError(f"{what} must be a whole number >= 1, not {value!r}")
+    return value
+
+
+class _Facts:
+    """Typed reads of config.json keys; each error names the file and the key."""
+
+    def __init__(self, config: dict[str, Any], source: str):
+        self.config, self.source = config, source
+
+    def positive(self, key: str, default: int | None = None) -> int:
+        """A whole number >= 1; `default` where the key is absent or null (else it is required)."""
+        value = self.config.get(key)
+        if value is None and default is None:
+            raise UnknownModelError(f"{self.source}: config.json lacks {key!r}")
+        return _whole(default if value is None else value, f"{self.source}: {key}")
+
+    def count(self, key: str) -> int:
+        """A whole number >= 0; absent or null is 0."""
+        return 0 if not self.config.get(key) else self.positive(key)
+
+    def consistent(self, s: ModelSpec) -> None:
+        if s.num_attention_heads % s.num_key_value_heads:
+            raise UnknownModelError(
+                f"{self.source}: num_key_value_heads ({s.num_key_value_heads}) does not divide "
+                f"num_attention_heads ({s.num_attention_heads})"
+            )
+        if s.num_experts_per_tok > s.num_experts:
+            raise UnknownModelError(
+                f"{self.source}: num_experts_per_tok ({s.num_experts_per_tok}) exceeds num_experts ({s.num_experts})"
+            )
+
+
+def _quantization(qc: Any, source: str) -> Quantization | None:
     if not qc:
         return None
+    if not isinstance(qc, dict):
+        raise UnknownModelError(f"{source}: quantization_config is not a JSON object")
+    read = _Facts(qc, f"{source}: quantization_config")
     method = str(qc.get("quant_method", "")).lower()
     if method == "fp8":
         block = qc.get("weight_block_size") or [128, 128]
+        edge = _whole(block[0] if isinstance(block, list) else block, f"{read.source}: weight_block_size")
         keeps = tuple(qc.get("modules_to_not_convert") or ())
-        return Quantization("fp8", 8, int(block[0]), keeps_16bit=keeps)
-    if method in ("awq", "awq_marlin"):
-        return Quantization("awq", int(qc.get("bits", 4)), int(qc.get("group_size", 128)))
-    if method in ("gptq", "gptq_marlin"):
+        return Quantization("fp8", 8, edge, keeps_16bit=keeps)
+    if method in ("awq", "awq_marlin", "gptq", "gptq_marlin"):
+        bits = read.positive("bits", 4)
+        if bits not in (4, 8):
+            raise UnknownModelError(f"{read.source}: bits must be 4 or 8, not {bits}")
+        group, desc_act = read.positive("group_size", 128), bool(qc.get("desc_act", False))
         return Quantization(
-            "gptq", int(qc.get("bits", 4)), int(qc.get("group_size", 128)), desc_act=bool(qc.get("desc_act", False))
+            method.removesuffix("_marlin"), bits, group, desc_act=desc_act and method.startswith("gptq")
         )
     raise UnknownModelError(
         f"{source}: quant_method {method!r} is not supported",
@@ -233,6 +278,12 @@ def get(model: str, dtype: str | None = None) -> Variant:
         raise UnknownModelError(f"unknown model {model!r}", hint=_closest(key, known))
     if dtype is None:
         return variant
+    if variant.repo_id != variant.base and dtype.lower() in WEIGHT_DTYPES and dtype.lower() != variant.weight_dtype:
+        raise UnknownModelError(
+            f"{variant.repo_id} holds {variant.weight_dtype} weights, not {dtype}",
+            hint=f"drop --dtype, or name the base id ({variant.base} --dtype {dtype})",
+            exit_code=ExitCode.USAGE,
+        )
     return pick_dtype(variant, dtype)
 
 
@@ -246,6 +297,7 @@ def pick_dtype(variant: Variant, dtype: str) -> Variant:
             raise UnknownModelError(
                 f"{variant.name} holds {variant.weight_dtype} weights, not {dtype}",
                 hint="quantize the checkpoint first, or drop --dtype",
+                exit_code=ExitCode.USAGE,
             )
         return _as_fp16(variant) if dtype == "fp16" else variant
     if dtype in ("bf16", "fp16"):
