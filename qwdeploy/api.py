@@ -140,5 +140,5 @@ def _calibration(gpus: list[Gpu], variant: Variant, local: bool) -> tuple[Calibr
     """`serve`'s plan-vs-actual records for this GPU and vLLM: corrected overheads, or defaults.
     Local GPUs: records of the installed vLLM; named GPUs: of the vLLM the memory model targets."""
     version = None if local else VLLM_VERSION
-    found = records.for_plan(gpus[0].name, variant.name, version)
+    found = records.for_plan(gpus[0].name, variant, version, compute_capability=gpus[0].spec.compute_capability)
     return found or (CALIBRATION, None)

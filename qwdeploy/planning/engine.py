@@ -10,6 +10,7 @@ class Engine:
     """What vLLM is started with, as far as one GPU's memory is concerned."""
 
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     max_model_len: int = 32768
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256

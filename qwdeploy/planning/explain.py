@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from qwdeploy.planning.candidate import Candidate, Goal
+from qwdeploy.planning.candidate import FREE_MEMORY_MARGIN_BYTES, Candidate, Goal
 from qwdeploy.planning.context import context_ceiling
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
+from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.plan import Alternative, Choice, Plan
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
 from qwdeploy.planning.startup import deep_gemm_runs
@@ -47,6 +48,7 @@ def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternati
         meets_profile=c.meets_profile,
         profile_misses=c.misses,
         stages=c.stages,
+        gpu_memory_utilization_max=c.gmu_cap,
     )
 
 
@@ -291,8 +293,9 @@ def _engine_reasons(c: Candidate, goal: Goal) -> list[Choice]:
     gmu = (
         CLI
         if pins.gpu_memory_utilization
-        else f"profile {p}; the most these GPUs allow is {c.gmu_cap:g} (free memory, vLLM's "
-        f"CUDA context and {_gib(m.cudagraph_bytes)} of CUDA graphs on top)"
+        else f"profile {p}; the most these GPUs allow is {c.gmu_cap:g} (free memory less vLLM's "
+        f"CUDA context{_communicators(m)}, {_gib(m.cudagraph_on_top_bytes)} of CUDA graphs on top and "
+        f"{_gib(max(m.activation_bytes, FREE_MEMORY_MARGIN_BYTES))} for the warm-up after graph capture)"
     )
     kv = (
         CLI
@@ -324,6 +327,10 @@ def _engine_reasons(c: Candidate, goal: Goal) -> list[Choice]:
         Choice("enforce_eager", c.eager, eager),
         Choice("enable_prefix_caching", goal.profile.enable_prefix_caching, f"profile {p}"),
     ]
+
+
+def _communicators(m: MemoryBreakdown) -> str:
+    return f", {_gib(m.distributed_init_bytes)} of communicators" if m.distributed_init_bytes else ""
 
 
 def _gib(n: float) -> str:

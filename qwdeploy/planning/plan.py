@@ -104,6 +104,8 @@ class Plan:
     profile_misses: tuple[str, ...] = ()  # the profile targets missed (empty when it meets the profile)
     performance: dict[str, Any] = field(default_factory=dict[str, Any])
     stages: tuple[Stage, ...] = ()  # one per pipeline stage (node)
+    # the largest gpu_memory_utilization these GPUs keep through vLLM's whole start
+    gpu_memory_utilization_max: float | None = None
 
     # ---- derived facts -------------------------------------------------------------------
     @property
@@ -220,6 +222,7 @@ class Plan:
             "pipeline_parallel_size": self.pipeline_parallel_size,
             "max_model_len": self.max_model_len,
             "gpu_memory_utilization": self.gpu_memory_utilization,
+            "gpu_memory_utilization_max": self.gpu_memory_utilization_max,
             "kv_cache_dtype": self.kv_cache_dtype,
             "max_num_seqs": self.max_num_seqs,
             "max_num_batched_tokens": self.max_num_batched_tokens,
@@ -233,6 +236,7 @@ class Plan:
             "gpu": {
                 "name": self.gpu.name,
                 "total_bytes": self.gpu.total_bytes,
+                "total_source": self.gpu.spec.total_source,
                 "free_bytes": min(g.free_bytes for g in self.gpus),
                 "count": len(self.gpus),
             },
@@ -252,6 +256,7 @@ class Plan:
                 "non_torch_bytes": m.non_torch_bytes,
                 "kv_cache_bytes": max(0, m.kv_cache_bytes),
                 "cuda_context_bytes": m.cuda_context_bytes,
+                "distributed_init_bytes": m.distributed_init_bytes,
                 "footprint_bytes": m.footprint_bytes,
             },
             "kv_cache_bytes_per_token": kv_bytes_per_token(

@@ -136,7 +136,7 @@ def weight_bytes(variant: Variant, engine: Engine, span: Span = WHOLE_MODEL, cal
         if not s.tie_word_embeddings or not span.first_stage:
             total += embed  # lm_head (tied: the embedding is reused, on the first stage)
     total += rotary_cache_bytes(s, engine.max_position or s.max_position_embeddings)
-    return total
+    return total + cal.offsets_for(variant.name, tp).weights_bytes
 
 
 def parameter_count(variant: Variant) -> int:
