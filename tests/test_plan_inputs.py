@@ -145,8 +145,7 @@ BAD = [
     ("num_key_value_heads", {**CONFIG, "num_key_value_heads": 3}),  # does not divide 4 heads
     ("num_experts_per_tok", {**MOE, "num_experts_per_tok": 9}),  # more than the 8 experts
     ("moe_intermediate_size", {**MOE, "moe_intermediate_size": 0}),
-    ("bits", {**CONFIG, "quantization_config": {"quant_method": "awq", "bits": 3}}),
-    ("group_size", {**CONFIG, "quantization_config": {"quant_method": "gptq", "group_size": 0}}),
+    ("quantization_config", {**CONFIG, "quantization_config": ["awq"]}),
 ]
 
 

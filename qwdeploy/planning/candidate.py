@@ -146,7 +146,7 @@ def evaluate(variant: Variant, kv: str, placement: Placement, goal: Goal) -> Can
     rope = rope_for(variant, target)
     stages = _stages(variant, engine, placement, gmu, goal)
     mml = goal.pins.max_model_len or _fitted_context(tightest(stages).capacity, target, goal.profile)
-    if mml < target and rope and mml <= variant.spec.max_position_embeddings:
+    if mml < target and rope and mml <= variant.spec.context_length:
         rope = None  # the reduced context no longer needs YaRN
     engine = replace(engine, max_model_len=mml, max_position=rope_max_position(rope))
     stages = _stages(variant, engine, placement, gmu, goal)

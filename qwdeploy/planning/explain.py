@@ -6,9 +6,11 @@ from dataclasses import replace
 
 from qwdeploy.planning.candidate import FREE_MEMORY_MARGIN_BYTES, Candidate, Goal
 from qwdeploy.planning.context import context_ceiling
+from qwdeploy.planning.distributed import MEASURED_TP
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
 from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.plan import Alternative, Choice, Plan
+from qwdeploy.planning.provenance import checkpoint_notes
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
 from qwdeploy.planning.startup import deep_gemm_runs
 from qwdeploy.planning.versions import VLLM_VERSION
@@ -20,6 +22,7 @@ FLASHINFER_WORKSPACE_BYTES = 394 * MiB  # vLLM 0.26 VLLM_FLASHINFER_WORKSPACE_BU
 
 def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternative, ...], gpus_per_node: int) -> Plan:
     notes = _verdict_notes(c, goal)
+    notes += checkpoint_notes(c.variant, c.gpus[0], c.tp, c.memory.weights_bytes)
     notes += _stage_notes(c, gpus_per_node, alternatives) if c.pp > 1 else _gpu_notes(c, goal, local)
     if c.pp == 1 and c.tp < gpus_per_node:
         notes.append(_idle_note(c, goal, gpus_per_node, alternatives))
@@ -97,6 +100,7 @@ def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
         notes += _estimated_total_note(c)
     notes += _weights_notes(c)
     notes += _kv_notes(c)
+    notes += _tensor_parallel_notes(c)
     m = c.memory
     if m.cudagraph_in_budget_bytes:
         notes.append(
@@ -155,6 +159,17 @@ def _kv_notes(c: Candidate) -> list[str]:
         f"vLLM {VLLM_VERSION} runs an fp8 KV cache on {c.gpus[0].name} (compute capability "
         f"{cc[0]}.{cc[1]}) through FlashInfer, not FlashAttention; FlashInfer's workspace "
         f"({workspace / MiB:.0f} MiB, not measured) comes on top of these figures."
+    ]
+
+
+def _tensor_parallel_notes(c: Candidate) -> list[str]:
+    m = c.memory
+    if c.tp <= MEASURED_TP:
+        return []
+    return [
+        f"Tensor parallel {c.tp} was not measured (TP 2 was, on 2 × H200): the communicators' "
+        f"{_gib(m.distributed_init_bytes)} per GPU are the TP 2 figure with a 50 % allowance on NCCL's "
+        f"part, and the CUDA graphs keep their TP 2 size; `qwdeploy serve` records what vLLM really takes."
     ]
 
 

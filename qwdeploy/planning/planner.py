@@ -22,6 +22,7 @@ from qwdeploy.planning.context import context_ceiling
 from qwdeploy.planning.explain import to_plan
 from qwdeploy.planning.plan import Pins, Plan
 from qwdeploy.planning.profiles import Profile
+from qwdeploy.planning.quant import gpu_problem, runs_on
 from qwdeploy.planning.stages import layout_problem
 from qwdeploy.planning.versions import VLLM_VERSION
 from qwdeploy.planning.weights import tp_problem, valid_tp_sizes
@@ -45,6 +46,7 @@ class Problem:
 def plan(problem: Problem) -> Plan:
     """The configuration to run, chosen among `problem.variants` (in order of preference)."""
     _check(problem)
+    problem = _runnable(problem)
     goal = Goal(problem.profile, problem.pins, problem.cal, problem.weights_chosen)
     candidates: list[Candidate] = []
     for candidate in _search_order(problem, goal):
@@ -90,7 +92,9 @@ def _check_context(variant: Variant, pins: Pins) -> None:
     """A pinned max_model_len within what the model serves (native, or Qwen's YaRN factor 4)."""
     longest = context_ceiling(variant, allow_yarn=True)
     if pins.max_model_len and pins.max_model_len > longest:
-        how = "natively" if longest == variant.spec.max_position_embeddings else "with Qwen's YaRN setting (factor 4)"
+        how = "with Qwen's YaRN setting (factor 4)"
+        if longest == variant.spec.context_length:
+            how = "as its config.json scales RoPE" if variant.spec.rope_scaling else "natively"
         raise QwdeployError(
             f"--max-model-len {pins.max_model_len} is longer than {variant.name} serves: "
             f"at most {longest} tokens {how}",
@@ -113,6 +117,20 @@ def _check_kv_dtype(pins: Pins, gpus: tuple[Gpu, ...]) -> None:
             hint="use --kv-cache-dtype auto",
             exit_code=ExitCode.USAGE,
         )
+
+
+def _runnable(problem: Problem) -> Problem:
+    """The variants whose format vLLM runs on these GPUs; none: an error naming what runs there."""
+    gpu = min(problem.gpus, key=lambda g: g.spec.compute_capability)
+    cc = gpu.spec.compute_capability
+    runnable = tuple(v for v in problem.variants if gpu_problem(v.spec.quantization, cc) is None)
+    if runnable:
+        return replace(problem, variants=runnable)
+    v = problem.variants[0]
+    raise QwdeployError(
+        f"{v.name} cannot run on {gpu.name}: {gpu_problem(v.spec.quantization, cc)}",
+        hint=f"vLLM 0.26 runs {', '.join(runs_on(cc))} weights there",
+    )
 
 
 def _search_order(problem: Problem, goal: Goal) -> Iterator[Candidate]:

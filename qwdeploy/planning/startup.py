@@ -110,9 +110,9 @@ def uses_deep_gemm(plan: Plan) -> bool:
 
 
 def deep_gemm_runs(variant: Variant, compute_capability: tuple[int, int]) -> bool:
-    """FP8 weights on a GPU where vLLM picks DeepGEMM (SM90+; Ampere/Ada run them elsewhere)."""
+    """FP8 block weights on a GPU where vLLM picks DeepGEMM (SM90+; Ampere/Ada run them elsewhere)."""
     q = variant.spec.quantization
-    return q is not None and q.method == "fp8" and tuple(compute_capability) >= (9, 0)
+    return q is not None and q.scheme == "fp8-block" and tuple(compute_capability) >= (9, 0)
 
 
 def deep_gemm_warmup(plan: Plan, override: str | None = None) -> str | None:
