@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwdeploy.planning import platform
+from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.memory import cudagraph_capture_sizes
 from qwdeploy.planning.plan import Plan
 from qwdeploy.units import GB, GiB
@@ -104,10 +105,15 @@ def start_seconds(
 
 
 def uses_deep_gemm(plan: Plan) -> bool:
-    """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (platform.uses_deep_gemm;
-    "Selected DeepGemmFp8BlockScaledMMKernel", g03), JIT-compiling a kernel per new M shape."""
-    q = plan.variant.spec.quantization
-    return q is not None and q.scheme == "fp8-block" and platform.uses_deep_gemm(plan.gpu.spec.compute_capability)
+    """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell
+    ("Selected DeepGemmFp8BlockScaledMMKernel", g03), JIT-compiling a kernel per new M shape."""
+    return deep_gemm_runs(plan.variant, plan.gpu.spec.compute_capability)
+
+
+def deep_gemm_runs(variant: Variant, compute_capability: tuple[int, int]) -> bool:
+    """FP8 block weights on a GPU where vLLM picks DeepGEMM (platform.uses_deep_gemm: 9.0, 10.x, 12.x)."""
+    q = variant.spec.quantization
+    return q is not None and q.scheme == "fp8-block" and platform.uses_deep_gemm(compute_capability)
 
 
 def deep_gemm_warmup(plan: Plan, override: str | None = None) -> str | None:

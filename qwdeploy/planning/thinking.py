@@ -94,3 +94,44 @@ def context_target(profile: Profile, thinking: Thinking) -> int:
     if not thinking.on:
         return profile.max_model_len
     return max(profile.max_model_len, profile.typical_prompt_tokens + thinking.output_tokens)
+
+
+def thinking_notes(thinking: Thinking, profile: Profile, max_model_len: int) -> list[str]:
+    """A thinking plan without a parser, or whose context cannot hold a typical prompt plus Qwen's budget."""
+    if not thinking.on:
+        return []
+    notes = []
+    if not thinking.reasoning_parser:
+        notes.append(
+            f"Thinking on without a reasoning parser (profile {profile.name}): the thinking stays in the "
+            f"content between <think> tags."
+        )
+    prompt = profile.typical_prompt_tokens
+    if max_model_len < prompt + thinking.output_tokens:
+        left = max(0, max_model_len - prompt)
+        off = " (--thinking off answers need no such room)" if thinking.switchable else ""
+        notes.append(
+            f"Thinking on: Qwen recommends up to {thinking.output_tokens:,} output tokens for thinking answers; "
+            f"max_model_len {max_model_len:,} leaves {left:,} after a typical {prompt:,}-token prompt, so "
+            f"long reasoning is cut short{off}."
+        )
+    return notes
+
+
+def thinking_reason(thinking: Thinking) -> str:
+    """Why the plan thinks or not, and what that sets."""
+    answers = f"answers up to {thinking.output_tokens:,} tokens"
+    if thinking.on:
+        hard = f" ({thinking.hard_task_output_tokens:,} for hard tasks)" if thinking.hard_task_output_tokens else ""
+        parser = (
+            f"the {thinking.reasoning_parser} reasoning parser returns the thinking as `reasoning`"
+            if thinking.reasoning_parser
+            else "no reasoning parser: the thinking stays in the content"
+        )
+        return f"{thinking.source}; Qwen's thinking sampling, {answers}{hard}; {parser}"
+    if thinking.switchable:
+        return (
+            f"{thinking.source}; --default-chat-template-kwargs turns thinking off server-wide (a request's "
+            f"chat_template_kwargs may turn it on); Qwen's non-thinking sampling, {answers}"
+        )
+    return f"{thinking.source}; Qwen's non-thinking sampling, {answers}"
