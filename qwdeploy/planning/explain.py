@@ -10,7 +10,7 @@ from qwdeploy.planning.distributed import MEASURED_TP
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
 from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.plan import Alternative, Choice, Plan
-from qwdeploy.planning.platform import attention_backend, checkpoint_dtype, model_dtype, supports_bf16
+from qwdeploy.planning.platform import FLASHINFER, attention_backend, checkpoint_dtype, model_dtype, supports_bf16
 from qwdeploy.planning.provenance import checkpoint_notes, kernel_phrase
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
 from qwdeploy.planning.startup import deep_gemm_runs
@@ -19,7 +19,6 @@ from qwdeploy.planning.versions import VLLM_VERSION
 from qwdeploy.units import GiB, MiB
 
 CLI = "set on the command line"
-FLASHINFER_WORKSPACE_BYTES = 394 * MiB  # vLLM 0.26 VLLM_FLASHINFER_WORKSPACE_BUFFER_SIZE default
 
 
 def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternative, ...], gpus_per_node: int) -> Plan:
@@ -168,14 +167,12 @@ def _kv_notes(c: Candidate) -> list[str]:
     """Where vLLM runs an fp8 KV cache through FlashInfer (every CUDA GPU of SM80+ but Hopper,
     whose FlashAttention 3 reads fp8 KV): its workspace is allocated beside the KV cache."""
     cc = c.placement.smallest.spec.compute_capability
-    if not c.kv_cache_dtype.startswith("fp8") or cc < (8, 0) or cc[0] == 9:
+    if not c.kv_cache_dtype.startswith("fp8") or attention_backend(cc, c.kv_cache_dtype) != FLASHINFER:
         return []
-    s = c.variant.spec
-    workspace = max(FLASHINFER_WORKSPACE_BYTES, c.mnbt * (s.num_attention_heads // c.tp) * s.head_dim * 16)
     return [
         f"vLLM {VLLM_VERSION} runs an fp8 KV cache on {c.gpus[0].name} (compute capability "
         f"{cc[0]}.{cc[1]}) through FlashInfer, not FlashAttention; FlashInfer's workspace "
-        f"({workspace / MiB:.0f} MiB, not measured) comes on top of these figures."
+        f"({c.memory.attention_workspace_bytes / MiB:.0f} MiB, not measured) comes on top of the KV budget."
     ]
 
 

