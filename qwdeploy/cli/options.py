@@ -73,6 +73,14 @@ CompileCacheOpt = Annotated[
         help="cold (a first start: torch.compile's peak counts) or warm (a restart reusing the compile cache).",
     ),
 ]
+VllmVersionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vllm-version",
+        help="Plan for this vLLM release (e.g. 0.30.0; default: $QWDEPLOY_VLLM_VERSION, else the installed vLLM, "
+        "else 0.26.0).",
+    ),
+]
 
 # (parameter name, annotation, default), in the order --help lists them.
 PLAN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
@@ -90,6 +98,7 @@ PLAN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("nodes", NodesOpt, None),
     ("num_gpus_per_node", GpusPerNodeOpt, None),
     ("compile_cache", CompileCacheOpt, "cold"),
+    ("vllm_version", VllmVersionOpt, None),
 )
 
 
@@ -120,6 +129,7 @@ def request_from(model: str, values: dict[str, Any]) -> PlanRequest:
         nodes=v["nodes"],
         gpus_per_node=v["num_gpus_per_node"],
         pins=pins,
+        vllm_version=v["vllm_version"],
     )
 
 

@@ -126,8 +126,10 @@ class Calibration:
     # layer (14B-AWQ +183 MB over 40 layers, 32B-AWQ +267 MB over 64, 4B-AWQ under +52 MB).
     fp8_extra_per_layer: int = 1 * MiB
     machete_extra_per_hidden_sq: float = 0.167
-    # What this machine's `qwdeploy serve` records measured (qwdeploy.planning.correction).
+    # What this machine's `qwdeploy serve` records measured (qwdeploy.planning.correction),
+    # and how many recorded starts that is.
     offsets: tuple[Offsets, ...] = ()
+    recorded_starts: int = 0
 
     def offsets_for(self, model: str, tensor_parallel_size: int) -> Offsets:
         """The closest measured offsets: this model at this TP, any model at this TP, this

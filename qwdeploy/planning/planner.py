@@ -22,6 +22,7 @@ from qwdeploy.planning.explain import to_plan
 from qwdeploy.planning.plan import Pins, Plan
 from qwdeploy.planning.profiles import Profile
 from qwdeploy.planning.stages import layout_problem
+from qwdeploy.planning.versions import DEFAULT_TARGET, VllmTarget
 from qwdeploy.planning.weights import tp_problem, valid_tp_sizes
 
 
@@ -37,12 +38,13 @@ class Problem:
     local: bool = False  # probed GPUs: CUDA_VISIBLE_DEVICES pins the group
     cal: Calibration = CALIBRATION  # overheads, corrected by serve's records on this machine
     calibration_note: str | None = None  # says where a corrected `cal` came from
+    vllm: VllmTarget = DEFAULT_TARGET  # the vLLM release to plan for (qwdeploy.planning.versions)
 
 
 def plan(problem: Problem) -> Plan:
     """The configuration to run, chosen among `problem.variants` (in order of preference)."""
     _check(problem)
-    goal = Goal(problem.profile, problem.pins, problem.cal)
+    goal = Goal(problem.profile, problem.pins, problem.cal, problem.vllm)
     candidates: list[Candidate] = []
     for candidate in _search_order(problem, goal):
         candidates.append(candidate)
