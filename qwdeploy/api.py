@@ -85,8 +85,8 @@ def vllm_target(asked: str | None) -> VllmTarget:
     return (target(install.version, "installed") if install else None) or DEFAULT_TARGET
 
 
-def _with_version_note(result: Plan, recorded_starts: int) -> Plan:
-    note = version_note(result.vllm, recorded_starts)
+def _with_version_note(result: Plan, recorded_starts: int, gpu: bool = True) -> Plan:
+    note = version_note(result.vllm, recorded_starts, gpu)
     return replace(result, notes=result.notes + (note,)) if note else result
 
 
@@ -107,7 +107,7 @@ def plan_for_launch(request: PlanRequest, install: VllmInstall | None) -> tuple[
             raise
         variant, vllm = catalog.get(request.model, request.dtype), vllm_target(request.vllm_version)
         found = cpu.cpu_plan(variant, profiles.load(request.profile), request.pins, launch.read_host_memory(), vllm)
-        return _launched_by(_with_version_note(found, 0), install), "cpu"
+        return _launched_by(_with_version_note(found, 0, gpu=False), install), "cpu"
 
 
 def _launched_by(result: Plan, install: VllmInstall | None) -> Plan:

