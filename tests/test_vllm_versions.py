@@ -195,6 +195,11 @@ def test_029_captures_graphs_twice_per_start(runner):
     assert seconds[1] == pytest.approx(seconds[0] * (1 + 53 / 86), abs=0.1)
 
 
+def test_029_eager_plans_capture_nothing_twice(runner):
+    plan = _plan(runner, "Qwen/Qwen3-8B", "--gpu", "H100", "--enforce-eager", version="0.29.0")
+    assert plan["performance"]["cold_start_phases_s"]["graph_capture_s"] == 0.0
+
+
 def test_029_max_num_seqs_is_in_the_compile_key():
     # 256 and 512 sequences capture the same sizes (up to 512): one key before 0.29, two after
     a, b = (make_plan(PlanRequest("Qwen/Qwen3-8B", gpu="H100", pins=Pins(max_num_seqs=n))) for n in (256, 512))

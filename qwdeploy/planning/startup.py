@@ -98,7 +98,7 @@ def captures(plan: Plan) -> float:
         return 1.0
     sizes = plan.cudagraph_capture_sizes
     full = len([x for x in sizes if x <= plan.max_num_seqs])
-    return 1.0 + (len(sizes) + min(PROFILED_FULL_GRAPHS, full)) / (len(sizes) + full)
+    return 1.0 + (len(sizes) + min(PROFILED_FULL_GRAPHS, full)) / (len(sizes) + full) if sizes else 1.0
 
 
 def start_seconds(
