@@ -289,3 +289,19 @@ def test_the_tp2_records_leave_tp1_plans_on_the_default_model_for_this_tp(cache_
     default = constants.CALIBRATION.non_torch_bytes
     # a TP 2 offset is the best guess for TP 1 when nothing else is recorded: small and bounded
     assert abs(tp1.memory.non_torch_bytes - default) < 0.01 * GiB
+
+
+def test_the_records_of_the_first_tp2_serve_predicted_the_confirming_serve(cache_dir, tmp_path):
+    # the device run: plan from the two recorded serves, then one more serve on a fresh machine
+    model = tmp_path / "Qwen--Qwen3-32B"
+    model.mkdir()
+    (model / "config.json").write_text((ROOT.parent / "qwdeploy/data/configs/Qwen--Qwen3-32B.json").read_text())
+    recorded = (ROOT / "data/serve_h200x2/calibration.jsonl").read_text()
+    cache_dir.mkdir(parents=True)
+    (cache_dir / "calibration.jsonl").write_text(recorded.replace("/root/models/Qwen--Qwen3-32B", str(model)))
+    pins = Pins(tensor_parallel_size=2)
+    replanned = make_plan(PlanRequest(str(model), gpu="H200", num_gpus=2, pins=pins))
+    confirm = SERVE_H200.parent / "confirm" / "logs"
+    (log,) = confirm.glob("serve-*.log")
+    measured = vllm_log.parse(log.read_text().splitlines()).kv_cache_tokens
+    assert replanned.capacity.tokens == pytest.approx(measured, rel=0.002)

@@ -4,6 +4,7 @@ import pytest
 
 from qwdeploy.planning import catalog, kv, memory, weights
 from qwdeploy.planning.engine import Engine
+from qwdeploy.planning.layout import Linear
 
 GiB = 1 << 30
 
@@ -51,12 +52,13 @@ def test_concurrency_is_blocks_over_blocks_per_request():
 def test_fp8_block_weights_carry_float32_scales():
     # q,k,v fused 6144×4096 fp8 + ceil(6144/128)·ceil(4096/128) fp32 scales
     v = catalog.get("Qwen/Qwen3-8B-FP8")
-    assert weights._linear_bytes(6144, 4096, v, "qkv_proj") == 6144 * 4096 + 48 * 32 * 4
+    assert weights.linear_bytes(Linear("qkv", 6144, 4096), v.spec, 1, (9, 0)) == 6144 * 4096 + 48 * 32 * 4
 
 
 def test_awq_int4_linear_through_marlin_is_0_5195_bytes_per_weight():
     v = catalog.get("Qwen/Qwen3-14B-AWQ")
-    assert weights._linear_bytes(5120, 17408, v, "down_proj") == pytest.approx(5120 * 17408 * 0.51953125)
+    down = Linear("down", 5120, 17408)
+    assert weights.linear_bytes(down, v.spec, 1, (8, 9)) == pytest.approx(5120 * 17408 * 0.51953125)
 
 
 @pytest.mark.parametrize(
@@ -84,8 +86,9 @@ def test_requested_memory_rounds_up_like_vllm():
 
 def test_awq_on_hopper_goes_through_machete_with_fp16_zero_points():
     v = catalog.get("Qwen/Qwen3-14B-AWQ")
-    marlin = weights._linear_bytes(5120, 17408, v, "down_proj")
-    machete = weights._linear_bytes(5120, 17408, v, "down_proj", machete=True)
+    down = Linear("down", 5120, 17408)
+    marlin = weights.linear_bytes(down, v.spec, 1, (8, 9))
+    machete = weights.linear_bytes(down, v.spec, 1, (9, 0))
     assert machete - marlin == 17408 // 128 * 5120 * (2 - 0.5)
     assert weights.uses_machete(v, (9, 0)) and not weights.uses_machete(v, (8, 9))
 

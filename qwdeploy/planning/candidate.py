@@ -146,7 +146,7 @@ def evaluate(variant: Variant, kv: str, placement: Placement, goal: Goal) -> Can
     rope = rope_for(variant, target)
     stages = _stages(variant, engine, placement, gmu, goal)
     mml = goal.pins.max_model_len or _fitted_context(variant, tightest(stages).capacity, target, goal.profile)
-    if mml < target and rope and mml <= variant.spec.max_position_embeddings:
+    if mml < target and rope and mml <= variant.spec.context_length:
         rope = None  # the reduced context no longer needs YaRN
     engine = replace(engine, max_model_len=max(mml, BLOCK_SIZE), max_position=rope_max_position(rope))
     stages = _stages(variant, engine, placement, gmu, goal)
@@ -233,7 +233,8 @@ def _free_memory_refusal(c: Candidate, pins: Pins) -> str | None:
                 f"{_gib(g.free_bytes - held)} is free on GPU {g.index} once "
                 f"vLLM's {what}; vLLM refuses to start"
             )
-        if m.requested_bytes + c.graphs_on_top + held > g.free_bytes:
+        # capture_model empties torch's cache first: the profile run's activation blocks go back
+        if m.requested_bytes - m.activation_bytes + c.graphs_on_top + held > g.free_bytes:
             return (
                 f"gpu_memory_utilization {c.gmu:g} plus CUDA graphs ({_gib(c.graphs_on_top)}) exceeds the "
                 f"{_gib(g.free_bytes)} free on GPU {g.index}: out of memory while capturing graphs"
@@ -241,8 +242,8 @@ def _free_memory_refusal(c: Candidate, pins: Pins) -> str | None:
     if pins.gpu_memory_utilization and c.gmu > c.gmu_cap:
         return (
             f"gpu_memory_utilization {c.gmu:g} leaves too little memory for vLLM's kernel warm-up "
-            f"and first requests after CUDA-graph capture (they grow past the budget by about the "
-            f"activation peak, {_gib(m.activation_bytes)}): out of memory after start; at most {c.gmu_cap:g}"
+            f"after CUDA-graph capture and its first requests (they grow past the budget by about the "
+            f"activation peak, {_gib(m.activation_bytes)}): out of memory once started; at most {c.gmu_cap:g}"
         )
     return None
 

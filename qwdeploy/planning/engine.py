@@ -29,6 +29,7 @@ class Span:
     """The decoder layers one GPU holds: all of them, or one pipeline stage's."""
 
     layers: int | None = None  # None: every layer of the model
+    start_layer: int = 0  # the first of them
     first_stage: bool = True  # holds embed_tokens
     last_stage: bool = True  # holds the final norm and lm_head
     samples: bool = True  # runs the sampler (the last stage)

@@ -6,9 +6,11 @@ from dataclasses import replace
 
 from qwdeploy.planning.candidate import FREE_MEMORY_MARGIN_BYTES, Candidate, Goal
 from qwdeploy.planning.context import context_ceiling
+from qwdeploy.planning.distributed import MEASURED_TP
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
 from qwdeploy.planning.memory import MemoryBreakdown, runner_buffer_bytes, runs_v1_model_runner
 from qwdeploy.planning.plan import Alternative, Choice, Plan
+from qwdeploy.planning.provenance import checkpoint_notes
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
 from qwdeploy.units import GiB
 
@@ -17,6 +19,7 @@ CLI = "set on the command line"
 
 def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternative, ...], gpus_per_node: int) -> Plan:
     notes = _verdict_notes(c, goal)
+    notes += checkpoint_notes(c.variant, c.gpus[0], c.tp, c.memory.weights_bytes)
     notes += _stage_notes(c, gpus_per_node, goal.vllm.version) if c.pp > 1 else _gpu_notes(c, goal, local)
     gpus = c.gpus if c.pp == 1 else tuple(replace(c.gpus[0], index=i % c.tp) for i in range(c.tp * c.pp))
     return Plan(
@@ -74,6 +77,7 @@ def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
     if not local:
         notes += _estimated_total_note(c)
     notes += _weights_notes(c)
+    notes += _tensor_parallel_notes(c)
     notes += _version_notes(c, goal.vllm.version)
     if not c.eager and not goal.pins.compile_cache_warm:
         notes.append(
@@ -128,13 +132,25 @@ def _weights_notes(c: Candidate) -> list[str]:
             f"{gpu.name} has no FP8 tensor cores: vLLM runs FP8 weights as "
             f"w8a16 through Marlin (memory savings, slower prefill)."
         )
-    if c.variant.weight_dtype == "fp8" and c.variant.spec.quantization and not c.eager:
+    q = c.variant.spec.quantization
+    if q is not None and q.scheme == "fp8-block" and not c.eager:
         notes.append(
             "FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on a first start "
             "(during profiling and CUDA-graph capture, even with VLLM_DEEP_GEMM_WARMUP=skip: "
             "minutes); `qwdeploy warm` and serve keep them in a persistent cache."
         )
     return notes
+
+
+def _tensor_parallel_notes(c: Candidate) -> list[str]:
+    m = c.memory
+    if c.tp <= MEASURED_TP:
+        return []
+    return [
+        f"Tensor parallel {c.tp} was not measured (TP 2 was, on 2 × H200): the communicators' "
+        f"{_gib(m.distributed_init_bytes)} per GPU are the TP 2 figure with a 50 % allowance on NCCL's "
+        f"part, and the CUDA graphs keep their TP 2 size; `qwdeploy serve` records what vLLM really takes."
+    ]
 
 
 def _stage_notes(c: Candidate, gpus_per_node: int, version: str) -> list[str]:

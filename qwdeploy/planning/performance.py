@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from qwdeploy.planning import startup
-from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.kv import kv_bytes_per_token
 from qwdeploy.planning.plan import Plan
 from qwdeploy.planning.weights import layer_weight_bytes, parameter_count
@@ -62,15 +61,11 @@ def _active_weight_bytes(plan: Plan, batch: int) -> float:
     if not s.is_moe:
         return total
     tp = plan.tensor_parallel_size
-    experts = layer_weight_bytes(plan.variant, tp) - layer_weight_bytes(_no_experts(plan.variant), tp)
+    experts = layer_weight_bytes(plan.variant, tp, plan.gpu.spec.compute_capability, experts_only=True)
     per_expert_layer = experts / s.num_experts
     touched = s.num_experts * (1 - (1 - s.num_experts_per_tok / s.num_experts) ** batch)
     untouched = (s.num_experts - touched) * per_expert_layer * plan.layers_per_gpu
     return max(total - untouched, 0.0)
-
-
-def _no_experts(variant: Variant) -> Variant:
-    return replace(variant, spec=replace(variant.spec, num_experts=0, intermediate_size=0))
 
 
 def _active_params(plan: Plan) -> float:
@@ -83,20 +78,24 @@ def _active_params(plan: Plan) -> float:
 
 
 def _bandwidth(plan: Plan, eff: Efficiency) -> float:
-    q = plan.quantization
+    q = plan.variant.weight_dtype
     factor = (
-        eff.decode_bandwidth if q is None else eff.decode_bandwidth_fp8 if q == "fp8" else eff.decode_bandwidth_int4
+        eff.decode_bandwidth_fp8
+        if q == "fp8"
+        else eff.decode_bandwidth_int4
+        if q.startswith("int")
+        else eff.decode_bandwidth
     )
     return plan.gpu.spec.memory_bandwidth_gbps * GB * factor
 
 
 def _peak_flops(plan: Plan, eff: Efficiency) -> float:
     spec = plan.gpu.spec
-    fp8 = plan.quantization == "fp8" and spec.fp8_tflops
+    fp8 = plan.variant.weight_dtype == "fp8" and spec.fp8_tflops
     peak = (spec.fp8_tflops if fp8 else spec.bf16_tflops) * 1e12
     if plan.variant.spec.is_moe:
         return peak * eff.prefill_compute_moe
-    return peak * (eff.prefill_compute if plan.quantization in (None, "fp8") else eff.prefill_compute_int4)
+    return peak * (eff.prefill_compute_int4 if plan.variant.weight_dtype.startswith("int") else eff.prefill_compute)
 
 
 def step_seconds(plan: Plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -> float | None:

@@ -125,7 +125,7 @@ class Plan:
         derives max_model_len from that alone (0.26-0.29 from original × factor, the same value)."""
         if not self.rope_scaling:
             return None
-        rope_theta = 5000000 if self.variant.is_2507 else 1000000
+        rope_theta = self.variant.spec.rope_theta or (5000000 if self.variant.is_2507 else 1000000)
         return {
             "rope_parameters": {"rope_theta": rope_theta, **self.rope_scaling},
             "max_position_embeddings": derived_context(self.variant, self.rope_scaling),
@@ -176,6 +176,9 @@ class Plan:
             args += ["--distributed-executor-backend", "ray"]  # vLLM's multi-node path
         if self.hf_overrides:
             args += ["--hf-overrides", _compact(self.hf_overrides)]
+        q = self.variant.spec.quantization
+        if q is not None and q.vllm_flag:  # the quant config is in a file of its own
+            args += ["--quantization", q.vllm_flag]
         if self.reasoning_parser:
             args += ["--reasoning-parser", self.reasoning_parser]
         if self.profile.tool_call_parser:

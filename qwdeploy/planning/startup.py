@@ -119,7 +119,7 @@ def uses_deep_gemm(plan: Plan) -> bool:
     """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (SM90+)
     ("Selected DeepGemmFp8BlockScaledMMKernel", g03), JIT-compiling a kernel per new M shape."""
     q = plan.variant.spec.quantization
-    return q is not None and q.method == "fp8" and tuple(plan.gpu.spec.compute_capability) >= (9, 0)
+    return q is not None and q.scheme == "fp8-block" and tuple(plan.gpu.spec.compute_capability) >= (9, 0)
 
 
 def deep_gemm_warmup(plan: Plan, override: str | None = None) -> str | None:
