@@ -211,6 +211,11 @@ def test_029_max_num_seqs_is_in_the_compile_key():
     assert cache_key.key_change(a29, b29) == ["max_num_seqs"]
 
 
+def test_compile_key_follows_the_vllm_that_runs_the_plan():
+    plan = make_plan(PlanRequest("Qwen/Qwen3-8B", gpu="H100", vllm_version="0.26.0"))
+    assert "max_num_seqs" not in cache_key.key_fields(plan) and "max_num_seqs" in cache_key.key_fields(plan, "0.32.0")
+
+
 def test_031_captures_max_num_seqs_off_the_grid():
     assert 100 not in memory.cudagraph_capture_sizes(100, 8192, _rules("0.30"))
     assert 100 in memory.cudagraph_capture_sizes(100, 8192, _rules("0.31"))

@@ -19,7 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from qwdeploy.planning.memory import cudagraph_capture_sizes
 from qwdeploy.planning.plan import Plan
+from qwdeploy.planning.versions import target
 
 # Settings vLLM hashes into its compile cache, in the order they are reported. Everything a
 # plan sets that is not here (gpu_memory_utilization, enable_prefix_caching, the parsers,
@@ -49,7 +51,13 @@ def _model_id(plan: Plan) -> str:
 
 
 def key_fields(plan: Plan, vllm_version: str | None = None, device: str | None = None) -> dict[str, Any]:
-    """The plan's settings that vLLM's compile cache depends on (nothing else)."""
+    """The plan's settings that vLLM's compile cache depends on (nothing else), as the vLLM that
+    runs it (`vllm_version`, default: the one planned for) hashes them."""
+    version = vllm_version or plan.vllm.version
+    running = target(version, "installed")
+    rules = running.rules if running else plan.vllm.rules
+    cc = plan.gpu.spec.compute_capability
+    sizes = cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens, rules, cc)
     fields: dict[str, Any] = {
         "model": _model_id(plan),
         "quantization": plan.quantization,
@@ -60,12 +68,12 @@ def key_fields(plan: Plan, vllm_version: str | None = None, device: str | None =
         "tensor_parallel_size": plan.tensor_parallel_size,
         "pipeline_parallel_size": plan.pipeline_parallel_size,
         "enforce_eager": plan.enforce_eager,
-        "cudagraph_capture_sizes": plan.cudagraph_capture_sizes,
+        "cudagraph_capture_sizes": [] if plan.enforce_eager else sizes,
         "hf_overrides": plan.hf_overrides,
-        "vllm_version": vllm_version or plan.vllm.version,
+        "vllm_version": version,
         "device": device or plan.gpu.name,
     }
-    if plan.vllm.rules.max_num_seqs_in_compile_key:
+    if rules.max_num_seqs_in_compile_key:
         fields["max_num_seqs"] = plan.max_num_seqs
     return fields
 
