@@ -59,3 +59,21 @@ def env(tmp_path, monkeypatch):
     except ImportError:  # modelscope <= 1.37 has its own client
         pass
     return tmp_path
+
+
+@pytest.fixture
+def replay_nvml(monkeypatch):
+    """NVML answers as recorded on a real machine (tests/data/nvml): `replay_nvml(name)` -> the fake."""
+    import fake_pynvml
+
+    from qwdeploy.gpus import nvml
+
+    def use(name: str):
+        fake = fake_pynvml.load(name)
+        monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
+        monkeypatch.setattr(nvml, "_proc_comm", fake.process_name)
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+        return fake
+
+    return use

@@ -8,7 +8,7 @@ import pytest
 from checkpoints import QUANT_CONFIGS, TINY, TINY_MOE, checkpoint_bytes, linear, tensors
 
 from qwdeploy.errors import UnknownModelError
-from qwdeploy.planning import catalog
+from qwdeploy.planning import catalog, weights
 from qwdeploy.planning.catalog import Origin
 from qwdeploy.planning.checkpoint import from_config, remote_variant
 from qwdeploy.planning.engine import Engine, Span
@@ -148,7 +148,8 @@ def test_tensors_vllm_has_no_place_for_are_listed_not_counted():
 
 def test_a_pipeline_stage_counts_its_own_layers_of_a_mixed_checkpoint():
     v = mixed_gptq()
-    first, second = (weight_bytes(v, Engine(), replace(Span(layers=1), start_layer=i)) for i in (0, 1))
+    stages = (weights.tensors(v, Engine(), replace(Span(layers=1), start_layer=i)) for i in (0, 1))
+    first, second = (sum(built) + rebuilt for built, rebuilt in stages)
     # layer 0's down_proj in fp16 (256·768·2) against GPTQ int4 through Machete
     assert first - second == 256 * 768 * 2 - (256 * 768 // 2 + 6 * 256 * 2 + 6 * 256 // 2 + 4 * 768)
 

@@ -16,10 +16,17 @@ def test_parameter_counts_match_the_shapes():
     assert weights.parameter_count(catalog.get("Qwen/Qwen3-235B-A22B")) == 235_093_634_560
 
 
-def test_bf16_weights_are_two_bytes_a_parameter_plus_the_rotary_cache():
+def test_bf16_tensors_are_two_bytes_a_parameter_plus_the_rotary_cache():
     v = catalog.get("Qwen/Qwen3-8B")
     rotary = 40960 * 128 * 2
-    assert weights.weight_bytes(v, Engine()) == 8_190_735_360 * 2 + rotary
+    built, rebuilt = weights.tensors(v, Engine())
+    assert sum(built) + rebuilt == 8_190_735_360 * 2 + rotary
+
+
+def test_bf16_weights_add_what_the_allocator_rounds_and_nothing_else():
+    # Qwen3-8B at TP 1: embed_tokens and lm_head are 1,187 MiB each, in 1,188 MiB segments
+    v = catalog.get("Qwen/Qwen3-8B")
+    assert weights.weight_bytes(v, Engine()) - sum(weights.tensors(v, Engine())[0]) == 2 * 1_048_576
 
 
 def test_kv_bytes_per_token_dense_8b_is_144_kib():

@@ -33,6 +33,31 @@ def test_weights_within_2_percent_of_model_loading_took(runner, run):
     assert plan["memory_per_gpu"]["weights_bytes"] / GiB == pytest.approx(run["weights_GiB"], rel=0.02)
 
 
+@pytest.mark.parametrize(
+    "run", [r for r in RUNS if (r.get("exact") or {}).get("weights_bytes")], ids=lambda r: r["run"]
+)
+def test_weights_at_tensor_parallel_2_within_0_3_percent_of_what_each_rank_loaded(runner, run):
+    plan = _plan(runner, run)
+    assert plan["memory_per_gpu"]["weights_bytes"] == pytest.approx(run["exact"]["weights_bytes"], rel=0.003)
+
+
+@pytest.mark.parametrize(
+    "run", [r for r in RUNS if r.get("tp", 1) > 1 and not r.get("refused")], ids=lambda r: r["run"]
+)
+def test_kv_cache_tokens_at_tensor_parallel_2_within_0_5_percent_of_vllm(runner, run):
+    plan = _plan(runner, run)
+    assert plan["kv_cache_tokens"] == pytest.approx(run["kv_tokens"], rel=0.005)
+
+
+@pytest.mark.parametrize(
+    "run", [r for r in RUNS if (r.get("exact") or {}).get("kv_cache_bytes")], ids=lambda r: r["run"]
+)
+def test_kv_cache_bytes_at_tensor_parallel_2_miss_by_less_than_32_mib_whatever_the_budget(runner, run):
+    # an absolute bound: the old model's ~1 GiB per GPU became several percent at a small budget
+    plan = _plan(runner, run)
+    assert abs(plan["memory_per_gpu"]["kv_cache_bytes"] - run["exact"]["kv_cache_bytes"]) < 32 * 2**20
+
+
 @pytest.mark.parametrize("run", SERVED, ids=lambda r: r["run"])
 def test_runs_vllm_served_are_planned_as_fitting(runner, run):
     assert _plan(runner, run)["fits"] is True

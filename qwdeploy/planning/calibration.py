@@ -121,11 +121,13 @@ class Calibration:
     # and the pool 608,174,080 B (1.074 × the estimate).
     moe_graph_estimate_distributed_factor: float = 566_231_040 / 526_385_152
     moe_graph_actual_over_estimate_distributed: float = 608_174_080 / 566_231_040
-    # Per-layer allocations beside the parameters: FP8 (weights or KV) ~1 MiB a layer (8B fp8
-    # KV +35.7 MB, 32B-FP8 +68 MB); AWQ/GPTQ through Machete on Hopper ~0.167 × hidden² bytes a
-    # layer (14B-AWQ +183 MB over 40 layers, 32B-AWQ +267 MB over 64, 4B-AWQ under +52 MB).
+    # Per-layer allocations beside the parameters as torch's allocator counts them
+    # (qwdeploy.planning.allocator): FP8 (weights or KV) ~1 MiB a layer (8B fp8 KV +35.7 MB,
+    # 32B-FP8 +68 MB); int4 through Machete on Hopper 0.089 × hidden² bytes a layer, least squares
+    # over 4B/8B/14B/32B-AWQ on the H100 and 32B-AWQ at TP 2 on 2 × H200 (all within 0.21 % but
+    # 4B-AWQ, -0.66 %): what the re-layout after loading leaves in the allocator.
     fp8_extra_per_layer: int = 1 * MiB
-    machete_extra_per_hidden_sq: float = 0.167
+    machete_extra_per_hidden_sq: float = 0.089
     # What this machine's `qwdeploy serve` records measured (qwdeploy.planning.correction),
     # and how many recorded starts that is.
     offsets: tuple[Offsets, ...] = ()

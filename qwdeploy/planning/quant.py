@@ -228,58 +228,65 @@ def _machete_fits(q: Quantization, n: int, k: int, k_full: int) -> bool:
 
 def linear_bytes(q: Quantization, kernel_name: str, n: int, k: int, k_full: int, parts: int = 1) -> int:
     """Bytes one quantized linear shard (N out, K in; K of the whole layer: k_full) holds."""
+    return sum(linear_tensors(q, kernel_name, n, k, k_full, parts))
+
+
+def linear_tensors(q: Quantization, kernel_name: str, n: int, k: int, k_full: int, parts: int = 1) -> tuple[int, ...]:
+    """The tensors (bytes each) one quantized linear shard holds: the weight first, then its scales,
+    zero points and indices (each its own allocation, which is how torch's allocator counts them)."""
     if kernel_name in ("fp8", "fp8-marlin"):
-        return _fp8_bytes(q, kernel_name, n, k)
+        return _fp8_tensors(q, kernel_name, n, k)
     if kernel_name == "w8a8":  # CutlassInt8ScaledMM: int8 weight; fused per-tensor scales -> per channel
         scales = 4 * n if parts > 1 or q.group_size == -1 else 4
-        return n * k + scales + (4 * n if not q.symmetric else 0) + (4 if q.static_input else 0)
+        return n * k, scales, 4 * n if not q.symmetric else 0, 4 if q.static_input else 0
     if kernel_name == "bnb":  # packed weight + fp32 absmax a block (double quant undone) + code
         if q.bits == 8:
-            return n * k + 4 * n
-        return n * k // 2 + math.ceil(n * k / q.group_size) * 4 + 64
-    return _int_bytes(q, kernel_name, n, k, k_full)
+            return n * k, 4 * n
+        return n * k // 2, math.ceil(n * k / q.group_size) * 4, 64
+    return _int_tensors(q, kernel_name, n, k, k_full)
 
 
-def _fp8_bytes(q: Quantization, kernel_name: str, n: int, k: int) -> int:
+def _fp8_tensors(q: Quantization, kernel_name: str, n: int, k: int) -> tuple[int, ...]:
     static = 4 if q.static_input else 0
     if kernel_name == "fp8-marlin":  # weight-only: 1 B a weight (tile-padded) + 16-bit scales
         pn, pk = marlin_padded_nk(n, k, q.group_size)
         if q.scheme == "fp8-block":
-            return pn * pk + pk // q.group_size * pn * 2
-        return pn * pk + 2 * pn
+            return pn * pk, pk // q.group_size * pn * 2
+        return pn * pk, 2 * pn
     if q.scheme == "fp8-block":  # fp32 weight_scale_inv per block
         b = q.group_size
-        return n * k + math.ceil(n / b) * math.ceil(k / b) * 4
+        return n * k, math.ceil(n / b) * math.ceil(k / b) * 4
     if q.scheme == "fp8-channel":
-        return n * k + 4 * n + static
-    return n * k + 4 + static  # per tensor: fused shards requantized to the largest scale
+        return n * k, 4 * n, static
+    return n * k, 4, static  # per tensor: fused shards requantized to the largest scale
 
 
-def _int_bytes(q: Quantization, kernel_name: str, n: int, k: int, k_full: int) -> int:
+def _int_tensors(q: Quantization, kernel_name: str, n: int, k: int, k_full: int) -> tuple[int, ...]:
     """Integer weight-only formats (AWQ, GPTQ, compressed-tensors WNA16)."""
     g = q.group_size
     ct = 16 if q.method == "compressed-tensors" else 0  # weight_shape int64[2], kept
     if kernel_name == "allspark":  # N32K16 re-layout, 16-bit scales; GPTQ's qzeros and g_idx stay
         n32 = math.ceil(n / 32) * 32
-        leftovers = n * q.bits // 8 + 4 * k if q.method == "gptq" else 0
-        return n32 * k + 2 * n32 + leftovers + ct
+        leftovers = (n * q.bits // 8, 4 * k) if q.method == "gptq" else ()
+        return n32 * k, 2 * n32, *leftovers, ct
     if kernel_name == "machete":
         groups = k // g if g > 0 else 1
         packed, scales = n * k * q.bits // 8, groups * n * 2
+        act_order = 4 * k if q.desc_act else 0
         if q.method == "gptq":  # int32 qzeros and g_idx as loaded; act-order keeps a permutation
-            return packed + scales + groups * n * q.bits // 8 + 4 * k + (4 * k if q.desc_act else 0)
+            return packed, scales, groups * n * q.bits // 8, 4 * k, act_order
         zeros = 0 if q.symmetric else groups * n * 2  # -scale·zp in the activation dtype
-        return packed + scales + zeros + (4 * k if q.desc_act else 0) + ct
+        return packed, scales, zeros, act_order, ct
     if kernel_name == "moe-marlin":  # fused experts; GPTQ keeps 16-bit qzeros (AutoGPTQMoEMethod)
         groups = k // g if g > 0 else 1
         zeros = groups * n * q.bits // 16 if q.method == "gptq" else 0 if q.symmetric else groups * n * q.bits // 8
-        return n * k * q.bits // 8 + groups * n * 2 + zeros
+        return n * k * q.bits // 8, groups * n * 2, zeros
     if q.desc_act:  # Marlin with act-order: strict shapes, sorted g_idx + indices, full scales
-        return n * k * q.bits // 8 + (k_full // g) * n * 2 + 8 * k + ct
+        return n * k * q.bits // 8, (k_full // g) * n * 2, 8 * k, ct
     pn, pk = marlin_padded_nk(n, k, g)
     groups = pk // g if g > 0 else 1
     zeros = 0 if q.symmetric else groups * pn * q.bits // 8
-    return pn * pk * q.bits // 8 + groups * pn * 2 + zeros + ct
+    return pn * pk * q.bits // 8, groups * pn * 2, zeros, ct
 
 
 def marlin_padded_nk(n: int, k: int, group_size: int = -1) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from qwdeploy.planning import quant
+from qwdeploy.planning.allocator import allocated_bytes
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.catalog import ModelSpec, Variant
 from qwdeploy.planning.checkpoint import from_config
@@ -92,14 +93,35 @@ def shard(linear: Linear, s: ModelSpec, tp: int) -> tuple[int, int, int]:
     return linear.n, linear.k, linear.k
 
 
-def linear_bytes(linear: Linear, s: ModelSpec, tp: int, cc: tuple[int, int]) -> int:
-    """Bytes one TP rank holds for a (fused) linear, all its experts: 16-bit, or the kernel's."""
+def linear_tensors(linear: Linear, s: ModelSpec, tp: int, cc: tuple[int, int]) -> tuple[int, ...]:
+    """The tensors one TP rank holds for a (fused) linear, bytes each (fused experts: one tensor a
+    kind for all of them): 16-bit, or the kernel's weight, scales and zero points."""
     n, k, k_full = shard(linear, s, tp)
     q = s.quantization
     if q is None or not linear.quantized:
-        return linear.count * n * k * 2
+        return (linear.count * n * k * 2,)
     name = quant.kernel(q, cc, n, k, k_full, moe=linear.role.startswith("experts"))
-    return linear.count * quant.linear_bytes(q, name, n, k, k_full, quant.FUSED_PARTS.get(linear.role, 1))
+    parts = quant.FUSED_PARTS.get(linear.role, 1)
+    return tuple(linear.count * t for t in quant.linear_tensors(q, name, n, k, k_full, parts) if t)
+
+
+def linear_bytes(linear: Linear, s: ModelSpec, tp: int, cc: tuple[int, int]) -> int:
+    """Bytes one TP rank holds for a (fused) linear, all its experts: 16-bit, or the kernel's."""
+    return sum(linear_tensors(linear, s, tp, cc))
+
+
+def layer_tensors(layer: Layer, s: ModelSpec, tp: int, cc: tuple[int, int]) -> tuple[tuple[int, ...], int]:
+    """One decoder layer on one TP rank: the tensors as built, in vLLM's order, and the bytes of the
+    FP8 linears, summed: their kernels rebuild them after loading into blocks the allocator already
+    holds, so fresh-allocation rounding does not show (8B/14B/32B/4B-FP8 on the H100)."""
+    built: list[int] = []
+    rebuilt = 0
+    for x in layer.linears:
+        if s.quantization is not None and s.quantization.family == "fp8" and x.quantized:
+            rebuilt += linear_bytes(x, s, tp, cc)
+        else:
+            built += linear_tensors(x, s, tp, cc)
+    return (*built, layer.norm_elements * 2), rebuilt
 
 
 def layer_bytes(layer: Layer, s: ModelSpec, tp: int, cc: tuple[int, int], experts_only: bool = False) -> int:
@@ -120,31 +142,45 @@ def rotary_cache_bytes(s: ModelSpec, max_position: int) -> int:
 
 
 def weight_bytes(variant: Variant, engine: Engine, span: Span = WHOLE_MODEL, cal: Calibration = CALIBRATION) -> int:
-    """What vLLM's "Model loading took X GiB" reports for one TP rank (one PP stage)."""
-    s, lay = variant.spec, layout_of(variant)
-    tp, cc = engine.tensor_parallel_size, tuple(engine.compute_capability)
-    layers = lay.layers[span.start_layer : span.start_layer + (span.layers or len(lay.layers))]
-    per_layer: dict[Layer, int] = {}
-    for layer in layers:
-        if layer not in per_layer:
-            per_layer[layer] = layer_bytes(layer, s, tp, (cc[0], cc[1]))
-    total = sum(per_layer[layer] for layer in layers)
+    """What vLLM's "Model loading took X GiB" reports for one TP rank (one PP stage): torch's
+    allocated bytes for the tensors it builds (qwdeploy.planning.allocator), plus what the
+    kernels add after loading."""
+    s = variant.spec
+    tp = engine.tensor_parallel_size
+    built, rebuilt = tensors(variant, engine, span)
+    total = allocated_bytes(built) + rebuilt
+    layers = span.layers or len(layout_of(variant).layers)
     if uses_machete(variant, engine.compute_capability):
-        total += int(len(layers) * cal.machete_extra_per_hidden_sq * s.hidden_size**2)
+        total += int(layers * cal.machete_extra_per_hidden_sq * s.hidden_size**2)
     dense_fp8 = bool(s.quantization and s.quantization.family == "fp8" and not s.is_moe)
     if dense_fp8 or engine.kv_cache_dtype.startswith("fp8"):
-        total += len(layers) * cal.fp8_extra_per_layer
-    embed = padded_vocab(s) // tp * s.hidden_size * 2  # embeddings stay 16-bit
-    if span.first_stage:
-        total += embed
-    if span.last_stage:
-        total += lay.final_norm_elements * 2
-        if lay.lm_head is not None:
-            total += linear_bytes(lay.lm_head, s, tp, (cc[0], cc[1]))
-        elif not span.first_stage:
-            total += embed  # tied: the last stage holds its own copy as lm_head
-    total += rotary_cache_bytes(s, engine.max_position or s.context_length)
+        total += layers * cal.fp8_extra_per_layer
     return total + cal.offsets_for(variant.name, tp).weights_bytes
+
+
+def tensors(variant: Variant, engine: Engine, span: Span = WHOLE_MODEL) -> tuple[tuple[int, ...], int]:
+    """One TP rank (of one PP stage): the tensors vLLM builds, bytes each, in its order (the
+    embedding, the rotary cache with the first attention, each layer's linears and norms, the final
+    norm, lm_head), and the bytes of the linears rebuilt after loading (layer_tensors)."""
+    s, lay = variant.spec, layout_of(variant)
+    tp, cc = engine.tensor_parallel_size, (engine.compute_capability[0], engine.compute_capability[1])
+    embed = padded_vocab(s) // tp * s.hidden_size * 2  # embeddings stay 16-bit
+    built: list[int] = [embed] if span.first_stage else []
+    built.append(rotary_cache_bytes(s, engine.max_position or s.context_length))
+    rebuilt = 0
+    per_layer: dict[Layer, tuple[tuple[int, ...], int]] = {}
+    for layer in lay.layers[span.start_layer : span.start_layer + (span.layers or len(lay.layers))]:
+        if layer not in per_layer:
+            per_layer[layer] = layer_tensors(layer, s, tp, cc)
+        built += per_layer[layer][0]
+        rebuilt += per_layer[layer][1]
+    if span.last_stage:
+        built.append(lay.final_norm_elements * 2)
+        if lay.lm_head is not None:
+            built += linear_tensors(lay.lm_head, s, tp, cc)
+        elif not span.first_stage:
+            built.append(embed)  # tied: the last stage holds its own copy as lm_head
+    return tuple(built), rebuilt
 
 
 def parameter_count(variant: Variant) -> int:
