@@ -91,7 +91,7 @@ def _invoke(args: list[str]) -> tuple[dict | None, str | None]:
     from typer.testing import CliRunner
 
     r = CliRunner().invoke(app, args)
-    if r.exit_code not in (0, 3):  # 3: does not fit; the plan is still printed
+    if r.exit_code not in (0, 3, 4):  # 3: does not fit, 4: misses the profile; the plan is still printed
         return None, f"exit {r.exit_code}: {(r.output.strip() or repr(r.exception))[:300]}"
     return json.loads(r.stdout), None
 

@@ -31,7 +31,7 @@ RELEASES = ["0.26.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0"
 
 def _plan(runner, *args, version="0.26.0"):
     result = runner.invoke(app, ["plan", *args, "--vllm-version", version, "--json"])
-    assert result.exit_code in (0, 3), result.output
+    assert result.exit_code in (0, 3, 4), result.output  # 3: does not fit, 4: misses the profile
     return json.loads(result.stdout)
 
 

@@ -57,8 +57,9 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
     """Write MODEL's plan as a systemd unit, a docker compose file or Kubernetes manifests.
 
     The same plan as `plan` and `serve`; output is deterministic. With --nodes, `k8s` writes a
-    LeaderWorkerSet (Ray head + workers). Exit codes: 0 written, 3 the plan does not fit
-    (nothing written), 1 an error you can fix, 2 usage.
+    LeaderWorkerSet (Ray head + workers). Exit codes: 0 written; 4 written, but the plan misses a
+    profile target (context or concurrency; said on stderr); 3 the plan does not fit, nothing
+    starts (nothing written); 1 an error you can fix; 2 usage.
     """
     from qwdeploy import export as exports
 
@@ -85,6 +86,9 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
                 exit_code=ExitCode.DOES_NOT_FIT,
             )
         _write(exports.render(fmt, plan, opts), output)
+    render.profile_misses(plan)
+    if not plan.meets_profile:
+        raise typer.Exit(int(ExitCode.MISSES_PROFILE))
 
 
 def _write(text: str, output: str | None) -> None:

@@ -39,11 +39,21 @@ GpuOpt = Annotated[
     str | None,
     typer.Option("--gpu", help="Plan for this GPU model instead of the local GPUs (e.g. H100, L40S, A100-40GB)."),
 ]
-NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", help="How many of --gpu to plan for (default 1).")]
-TpOpt = Annotated[int | None, typer.Option("--tensor-parallel-size", "-tp", help="Pin tensor_parallel_size.")]
-MmlOpt = Annotated[int | None, typer.Option("--max-model-len", help="Pin max_model_len (tokens).")]
+NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", min=1, help="How many of --gpu to plan for (default 1).")]
+TpOpt = Annotated[int | None, typer.Option("--tensor-parallel-size", "-tp", min=1, help="Pin tensor_parallel_size.")]
+MmlOpt = Annotated[int | None, typer.Option("--max-model-len", min=1, help="Pin max_model_len (tokens).")]
+
+
+def _fraction(value: float | None) -> float | None:
+    """gpu_memory_utilization is a share of the GPU: 0 < x <= 1 (Typer's min/max are closed)."""
+    if value is not None and not 0 < value <= 1:
+        raise typer.BadParameter(f"Input should be greater than 0 and at most 1, not {value:g}")
+    return value
+
+
 GmuOpt = Annotated[
-    float | None, typer.Option("--gpu-memory-utilization", min=0.01, max=1.0, help="Pin gpu_memory_utilization.")
+    float | None,
+    typer.Option("--gpu-memory-utilization", callback=_fraction, help="Pin gpu_memory_utilization (0 < x <= 1)."),
 ]
 KvOpt = Annotated[str | None, typer.Option("--kv-cache-dtype", help="Pin kv_cache_dtype: auto or fp8.")]
 SeqsOpt = Annotated[int | None, typer.Option("--max-num-seqs", min=1, help="Pin max_num_seqs.")]

@@ -91,6 +91,7 @@ def _plan(request: PlanRequest, install: VllmInstall | None, head_address: str) 
             hint=f"`qwdeploy plan {request.model} ...` shows why and the alternatives",
             exit_code=ExitCode.DOES_NOT_FIT,
         )
+    render.profile_misses(plan)
     return plan, device
 
 
