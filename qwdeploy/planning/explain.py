@@ -8,9 +8,9 @@ from qwdeploy.planning.candidate import FREE_MEMORY_MARGIN_BYTES, Candidate, Goa
 from qwdeploy.planning.context import context_ceiling
 from qwdeploy.planning.distributed import MEASURED_TP
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
-from qwdeploy.planning.memory import MemoryBreakdown
+from qwdeploy.planning.memory import MemoryBreakdown, runner_buffer_bytes, runs_v1_model_runner
 from qwdeploy.planning.plan import Alternative, Choice, Plan
-from qwdeploy.planning.platform import FLASHINFER, attention_backend, checkpoint_dtype, model_dtype, supports_bf16
+from qwdeploy.planning.platform import FLASHINFER, attention_backend, platform_reasons, supports_bf16
 from qwdeploy.planning.provenance import checkpoint_notes, kernel_phrase
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
 from qwdeploy.planning.startup import deep_gemm_runs
@@ -25,7 +25,7 @@ def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternati
     thinking = thinking_for(c.variant, goal.profile, goal.pins.thinking)
     notes = _verdict_notes(c, goal)
     notes += checkpoint_notes(c.variant, c.gpus[0], c.tp, c.memory.weights_bytes)
-    notes += _stage_notes(c, gpus_per_node, alternatives) if c.pp > 1 else _gpu_notes(c, goal, local)
+    notes += _stage_notes(c, gpus_per_node, alternatives, goal.vllm.version) if c.pp > 1 else _gpu_notes(c, goal, local)
     if c.pp == 1 and c.tp < gpus_per_node:
         notes.append(_idle_note(c, goal, gpus_per_node, alternatives))
     notes += thinking_notes(thinking, goal.profile, c.max_model_len)
@@ -56,6 +56,7 @@ def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternati
         profile_misses=c.misses,
         stages=c.stages,
         gpu_memory_utilization_max=c.gmu_cap,
+        vllm=goal.vllm,
     )
 
 
@@ -105,22 +106,39 @@ def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
     notes += _weights_notes(c)
     notes += _kv_notes(c)
     notes += _tensor_parallel_notes(c)
-    m = c.memory
-    if m.cudagraph_in_budget_bytes:
-        notes.append(
-            f"Qwen3-MoE runs on vLLM {VLLM_VERSION}'s V1 model runner: its CUDA-graph "
-            f"estimate ({_gib(m.cudagraph_in_budget_bytes)}) comes out of the KV budget, "
-            f"the rest of the graph pool ({_gib(m.cudagraph_on_top_bytes)}) on top."
-        )
-    elif m.cudagraph_bytes:
-        notes.append(
-            f"CUDA graphs ({_gib(m.cudagraph_bytes)}) are allocated on top of "
-            f"gpu_memory_utilization × total in vLLM {VLLM_VERSION}."
-        )
+    notes += _version_notes(c, goal.vllm.version)
     if not c.eager and not goal.pins.compile_cache_warm:
         notes.append(
             "KV figures assume a first start: a restart with a warm compile cache skips "
             "torch.compile's memory peak and gets a little more KV cache (--compile-cache warm)."
+        )
+    return notes
+
+
+def _version_notes(c: Candidate, version: str) -> list[str]:
+    """Where this vLLM puts the CUDA graphs and the runner's buffers (qwdeploy.planning.versions)."""
+    m, notes = c.memory, []
+    if m.cudagraph_in_budget_bytes and runs_v1_model_runner(c.variant, c.engine.vllm):
+        notes.append(
+            f"Qwen3-MoE runs on vLLM {version}'s V1 model runner: its CUDA-graph "
+            f"estimate ({_gib(m.cudagraph_in_budget_bytes)}) comes out of the KV budget, "
+            f"the rest of the graph pool ({_gib(m.cudagraph_on_top_bytes)}) on top."
+        )
+    elif m.cudagraph_in_budget_bytes:
+        notes.append(
+            f"vLLM {version} captures the CUDA graphs while profiling and takes them "
+            f"({_gib(m.cudagraph_in_budget_bytes)}) out of the KV budget."
+        )
+    elif m.cudagraph_bytes:
+        notes.append(
+            f"CUDA graphs ({_gib(m.cudagraph_bytes)}) are allocated on top of "
+            f"gpu_memory_utilization × total in vLLM {version}."
+        )
+    buffers = runner_buffer_bytes(c.variant, c.engine)
+    if buffers:
+        notes.append(
+            f"vLLM {version} counts its sampler's per-request buffers ({c.mns} × "
+            f"{buffers // c.mns:,} B = {_gib(buffers)}) in the KV budget (in non-torch here)."
         )
     return notes
 
@@ -187,7 +205,7 @@ def _tensor_parallel_notes(c: Candidate) -> list[str]:
     ]
 
 
-def _stage_notes(c: Candidate, gpus_per_node: int, alternatives: tuple[Alternative, ...]) -> list[str]:
+def _stage_notes(c: Candidate, gpus_per_node: int, alternatives: tuple[Alternative, ...], version: str) -> list[str]:
     tight = c.tight
     notes = [_stage_note(s) for s in c.stages]
     fewer = next((a for a in alternatives if a.pipeline_parallel_size < c.pp and a.meets_profile), None)
@@ -216,10 +234,10 @@ def _stage_notes(c: Candidate, gpus_per_node: int, alternatives: tuple[Alternati
         f"in the same cache path."
     )
     notes += _estimated_total_note(c)
-    notes.append(
-        f"CUDA graphs ({_gib(tight.memory.cudagraph_bytes)} on stage {tight.index}) are "
-        f"allocated on top of gpu_memory_utilization × total in vLLM {VLLM_VERSION}."
-    )
+    graphs = tight.memory.cudagraph_bytes
+    v2_in_budget = tight.memory.cudagraph_in_budget_bytes and not runs_v1_model_runner(c.variant, c.engine.vllm)
+    where = "taken out of the KV budget" if v2_in_budget else "allocated on top of gpu_memory_utilization × total"
+    notes.append(f"CUDA graphs ({_gib(graphs)} on stage {tight.index}) are {where} in vLLM {version}.")
     return notes
 
 
@@ -256,7 +274,11 @@ def reasons(c: Candidate, goal: Goal, thinking: Thinking) -> list[Choice]:
             )
         )
     thinks = Choice("thinking", "on" if thinking.on else "off", thinking_reason(thinking))
-    return out + _engine_reasons(c, goal) + _platform_reasons(c) + [thinks]
+    spec = c.placement.smallest.spec
+    on_gpu = platform_reasons(
+        c.variant, spec.name, spec.compute_capability, c.kv_cache_dtype, c.memory.attention_workspace_bytes
+    )
+    return out + _engine_reasons(c, goal) + [Choice(*r) for r in on_gpu] + [thinks]
 
 
 def _model_reason(c: Candidate, goal: Goal) -> Choice:
@@ -323,22 +345,6 @@ def _context_reason(c: Candidate, goal: Goal, thinking: Thinking) -> Choice:
     return Choice("max_model_len", c.max_model_len, why)
 
 
-def _platform_reasons(c: Candidate) -> list[Choice]:
-    """--dtype and the attention backend: what vLLM does on this GPU's compute capability."""
-    spec = c.placement.smallest.spec
-    cc = spec.compute_capability
-    stored, dtype = checkpoint_dtype(c.variant), model_dtype(c.variant, cc)
-    where = f"{spec.name} (compute capability {cc[0]}.{cc[1]})"
-    why = f"the checkpoint's {stored}" if dtype == stored else f"{where} has no bf16: vLLM needs fp16 (8.0+ for bf16)"
-    out = [Choice("dtype", dtype, why)]
-    backend = attention_backend(cc, c.kv_cache_dtype)
-    if backend:
-        workspace = c.memory.attention_workspace_bytes
-        extra = f"; its buffers ({_size(workspace)}) come on top of the KV budget" if workspace else ""
-        out.append(Choice("attention_backend", backend, f"what vLLM {VLLM_VERSION} picks on {where}{extra}"))
-    return out
-
-
 def _engine_reasons(c: Candidate, goal: Goal) -> list[Choice]:
     pins, p, m = goal.pins, goal.profile.name, c.memory
     gmu = (
@@ -386,7 +392,3 @@ def _communicators(m: MemoryBreakdown) -> str:
 
 def _gib(n: float) -> str:
     return f"{n / GiB:.2f} GiB"
-
-
-def _size(n: float) -> str:
-    return _gib(n) if n >= GiB // 10 else f"{n / MiB:.1f} MiB"

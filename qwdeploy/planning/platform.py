@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.versions import VLLM_VERSION
+from qwdeploy.units import GiB, MiB
 
 Capability = tuple[int, int]
 
@@ -99,3 +100,20 @@ def block_size_supported(backend: str | None, block_size: int) -> bool:
 def uses_deep_gemm(cc: Capability) -> bool:
     """vLLM 0.26 runs block-FP8 GEMMs through DeepGEMM (and JIT-compiles it) on this GPU."""
     return tuple(cc) == (9, 0) or cc[0] in (10, 12)
+
+
+def platform_reasons(
+    variant: Variant, gpu_name: str, cc: Capability, kv_cache_dtype: str, workspace_bytes: int
+) -> list[tuple[str, str, str]]:
+    """(setting, value, why) for --dtype and the attention backend: what vLLM does on this GPU."""
+    stored, dtype = checkpoint_dtype(variant), model_dtype(variant, cc)
+    where = f"{gpu_name} (compute capability {cc[0]}.{cc[1]})"
+    why = f"the checkpoint's {stored}" if dtype == stored else f"{where} has no bf16: vLLM needs fp16 (8.0+ for bf16)"
+    out = [("dtype", dtype, why)]
+    backend = attention_backend(cc, kv_cache_dtype)
+    if backend:
+        n = workspace_bytes
+        size = f"{n / GiB:.2f} GiB" if n >= GiB // 10 else f"{n / MiB:.1f} MiB"
+        extra = f"; its buffers ({size}) come on top of the KV budget" if n else ""
+        out.append(("attention_backend", backend, f"what vLLM {VLLM_VERSION} picks on {where}{extra}"))
+    return out
