@@ -47,7 +47,9 @@ def plan(request: PlanRequest) -> Plan:
     """The plan for the request, with performance predictions and this machine's calibration."""
     if request.pins.kv_cache_dtype is not None and request.pins.kv_cache_dtype not in KV_CACHE_DTYPES:
         raise QwdeployError(
-            f"--kv-cache-dtype {request.pins.kv_cache_dtype!r} is not supported", hint="use auto or fp8"
+            f"--kv-cache-dtype {request.pins.kv_cache_dtype!r} is not supported",
+            hint="use auto or fp8",
+            exit_code=ExitCode.USAGE,
         )
     profile = profiles.load(request.profile)
     variants = _variants(request, profile)

@@ -19,3 +19,26 @@ def runner() -> CliRunner:
         return CliRunner(mix_stderr=False)
     except TypeError:  # Click >= 8.2 keeps stderr apart already
         return CliRunner()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, monkeypatch):
+    """A directory nobody may create anything in (mode 0555). Root ignores the mode bits, so for
+    root os.mkdir refuses under it with EACCES, as the kernel does for everyone else."""
+    import errno
+    import os
+
+    d = tmp_path / "read-only"
+    d.mkdir()
+    d.chmod(0o555)
+    if os.geteuid() == 0:
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            if Path(os.path.abspath(path)).is_relative_to(d):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    yield d
+    d.chmod(0o755)

@@ -58,7 +58,7 @@ ServeJsonOpt = Annotated[
 
 
 @app.command(context_settings={"allow_interspersed_args": True})
-@plan_options(exclude=("num_gpus", "compile_cache"))
+@plan_options(exclude=("compile_cache",))
 def serve(  # noqa: PLR0913 - Typer declares each option as a parameter
     model: ModelArg,
     request: PlanRequest,

@@ -46,6 +46,7 @@ from qwdeploy.hub.files import (
     present,
 )
 from qwdeploy.hub.verify import discard, verify
+from qwdeploy.paths import unwritable
 
 
 def free_bytes(path: Path) -> int:
@@ -105,6 +106,12 @@ def _plan_one(
 ) -> Plan:
     manifest = list_files(source, repo_id, revision, env)
     dest = destination(manifest, local_dir, env)
+    problem = unwritable(dest)
+    if problem is not None:  # before the free-disk check, which would read a file's or /proc's
+        where = "--local-dir" if local_dir else "--local-dir (or HF_HOME / MODELSCOPE_CACHE)"
+        raise DownloadError(
+            f"cannot download into {dest}: {problem}", hint=f"point {where} at a directory you can write"
+        )
     return Plan(manifest, dest, present(manifest, dest), free_bytes(dest))
 
 
@@ -154,7 +161,7 @@ def download(model: str, dtype: str | None = None, where: Where = Where(), progr
     """Download MODEL's vLLM files, verified; the plan with `path` and the verified files."""
     progress = progress or Progress()
     repo_id = _repo(model, dtype)
-    local = Path(where.local_dir).expanduser().absolute() if where.local_dir else None
+    local = Path(os.path.expanduser(where.local_dir)).absolute() if where.local_dir else None
     env = where.environ()
 
     def attempt(src: Source) -> Plan:

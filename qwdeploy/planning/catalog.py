@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qwdeploy.errors import UnknownModelError
+from qwdeploy.errors import ExitCode, UnknownModelError
 
 QWEN3_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
 
@@ -223,8 +224,8 @@ def _normalise(model: str) -> str:
 
 def get(model: str, dtype: str | None = None) -> Variant:
     """Resolve MODEL (+ optional weight dtype) to a variant, or raise UnknownModelError."""
-    path = Path(model).expanduser()
-    if path.is_dir():
+    path = Path(os.path.expanduser(model))
+    if _is_dir(path):
         return _local(path, dtype)
     known = _by_id()
     key = _normalise(model).lower()
@@ -240,7 +241,9 @@ def pick_dtype(variant: Variant, dtype: str) -> Variant:
     """The variant of the same family whose weights are `dtype` (bf16/fp16 use the base repo)."""
     dtype = dtype.lower()
     if dtype not in WEIGHT_DTYPES:
-        raise UnknownModelError(f"unknown --dtype {dtype!r}", hint=f"one of {', '.join(WEIGHT_DTYPES)}")
+        raise UnknownModelError(
+            f"unknown --dtype {dtype!r}", hint=f"one of {', '.join(WEIGHT_DTYPES)}", exit_code=ExitCode.USAGE
+        )
     if variant.local_path is not None:
         if dtype != variant.weight_dtype and not {dtype, variant.weight_dtype} <= {"bf16", "fp16"}:
             raise UnknownModelError(
@@ -271,9 +274,16 @@ def _local(path: Path, dtype: str | None) -> Variant:
     if not config_file.is_file():
         raise UnknownModelError(f"{path} has no config.json", hint="point MODEL at a model directory")
     try:
-        config = json.loads(config_file.read_text())
+        config = json.loads(config_file.read_bytes())
     except json.JSONDecodeError as e:
         raise UnknownModelError(f"{config_file}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnknownModelError(f"cannot read {config_file}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(config, dict):
+        raise UnknownModelError(
+            f"{config_file}: a config.json is a JSON object, not {type(config).__name__}",
+            hint="point MODEL at a Hugging Face model directory",
+        )
     spec = spec_from_config(config, str(config_file))
     variant = Variant(
         repo_id=str(path),
@@ -284,6 +294,13 @@ def _local(path: Path, dtype: str | None) -> Variant:
         config_provenance="local",
     )
     return pick_dtype(variant, dtype) if dtype else variant
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL: no directory
+        return False
 
 
 def _closest(key: str, known: dict[str, Variant]) -> str:
