@@ -62,7 +62,8 @@ def download(  # noqa: PLR0913 - Typer declares each option as a parameter
                 return
     except KeyboardInterrupt:
         bar.stop()
-        render.error("interrupted", "run the same command again: complete files are kept, partial ones resume")
+        resume = "run the same command again: complete files are kept, partial ones resume"
+        render.error("interrupted", None if dry_run else resume)
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     _done(result, as_json, local_dir)
 

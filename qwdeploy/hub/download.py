@@ -30,7 +30,7 @@ from pathlib import Path
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.hub.clients import fetch, list_files
-from qwdeploy.hub.errors import FALLBACK, HINTS, Attempts
+from qwdeploy.hub.errors import FALLBACK, HINTS, Attempts, shorten, unreachable
 from qwdeploy.hub.files import (
     PROBE_TIMEOUT_S,
     DownloadError,
@@ -54,24 +54,25 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(existing_parent(Path(path))).free
 
 
-def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Does anything answer HTTP at `endpoint` within `timeout`? (Any status counts.)"""
+def no_answer(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why nothing answered HTTP at `endpoint` within `timeout` (DNS, refused, timed out, ...),
+    or None when something did (any status counts)."""
     import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout):
-            return True
+            return None
     except urllib.error.HTTPError:
-        return True
-    except (OSError, ValueError):
-        return False
+        return None
+    except (OSError, ValueError) as e:
+        return unreachable(e, endpoint) or shorten(str(getattr(e, "reason", None) or e) or type(e).__name__)
 
 
-def _probe_all(sources: Sequence[Source]) -> dict[str, bool]:
+def _probe_all(sources: Sequence[Source]) -> dict[str, str | None]:
     endpoints = list(dict.fromkeys(s.endpoint for s in sources))
     with ThreadPoolExecutor(max_workers=len(endpoints)) as pool:
-        return dict(zip(endpoints, pool.map(probe, endpoints), strict=True))
+        return dict(zip(endpoints, pool.map(no_answer, endpoints), strict=True))
 
 
 def _repo(model: str, dtype: str | None) -> str:
@@ -89,11 +90,11 @@ def _repo(model: str, dtype: str | None) -> str:
 def _sources(source: str, endpoint: str | None, env: Mapping[str, str], progress: Progress) -> list[Source]:
     sources, probe_first = choose_sources(source, endpoint, env)
     if probe_first:
-        reachable = _probe_all(sources)
+        silent = _probe_all(sources)
         for s in sources:
-            if not reachable.get(s.endpoint):
-                progress.note(f"{s.name} ({s.endpoint}) did not answer within {PROBE_TIMEOUT_S:g} s")
-        sources = order_by_reachability(sources, reachable)
+            if silent[s.endpoint]:
+                progress.note(f"{s.name} ({s.endpoint}) did not answer: {silent[s.endpoint]}")
+        sources = order_by_reachability(sources, {ep: why is None for ep, why in silent.items()})
     return sources
 
 
@@ -115,16 +116,19 @@ def _plan_one(
     return Plan(manifest, dest, present(manifest, dest), free_bytes(dest))
 
 
-def _try_sources(sources: Sequence[Source], attempt: Callable[[Source], Plan], progress: Progress) -> Plan:
-    attempts = Attempts()
+def _try_sources(
+    repo_id: str, sources: Sequence[Source], attempt: Callable[[Source], Plan], progress: Progress
+) -> Plan:
+    attempts = Attempts(repo_id)
     for i, src in enumerate(sources):
         try:
             return attempt(src)
         except QwdeployError as e:
+            if e.exit_code not in FALLBACK:  # the same on every source (a usage error, the disk)
+                raise
             attempts.errors.append((src, e))
-            if e.exit_code not in FALLBACK or i == len(sources) - 1:
-                break
-            progress.note(f"{src.name} failed ({e.message}); trying {sources[i + 1].name}")
+            if i < len(sources) - 1:
+                progress.note(f"{src.name} failed: {attempts.said(src, e)}; trying {sources[i + 1].name}")
     raise attempts.best()
 
 
@@ -154,7 +158,9 @@ def plan_download(
     repo_id = _repo(model, dtype)
     local = Path(where.local_dir) if where.local_dir else None
     env = where.environ()
-    return _try_sources(where.chosen(progress), lambda s: _plan_one(s, repo_id, where.revision, local, env), progress)
+    return _try_sources(
+        repo_id, where.chosen(progress), lambda s: _plan_one(s, repo_id, where.revision, local, env), progress
+    )
 
 
 def download(model: str, dtype: str | None = None, where: Where = Where(), progress: Progress | None = None) -> Plan:
@@ -173,7 +179,7 @@ def download(model: str, dtype: str | None = None, where: Where = Where(), progr
         good = _verified(plan, folder, local, env, progress)
         return replace(plan, path=folder, verified=tuple(good))
 
-    return _try_sources(where.chosen(progress), attempt, progress)
+    return _try_sources(repo_id, where.chosen(progress), attempt, progress)
 
 
 def _check_commit(plan: Plan, folder: Path, in_cache: bool) -> None:
