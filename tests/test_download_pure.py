@@ -268,7 +268,7 @@ def test_tokens_are_taken_out_of_messages():
 
 def test_importing_download_and_progress_loads_no_hub_client():
     code = (
-        "import sys, qwdeploy.download, qwdeploy.progress; "
+        "import sys, qwdeploy.hub.download, qwdeploy.cli.progress; "
         "print([m for m in ('huggingface_hub', 'modelscope', 'modelscope_hub') "
         "if m in sys.modules])"
     )
