@@ -33,6 +33,22 @@ ApiKeyOpt = Annotated[
 CachePvcOpt = Annotated[
     str, typer.Option("--cache-pvc", help="k8s: PersistentVolumeClaim holding the Hugging Face cache.")
 ]
+CompileCachePvcOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compile-cache-pvc",
+        help="k8s: PersistentVolumeClaim for vLLM's compile cache, so a restarted pod starts warm "
+        "(default: <name>-compile-cache).",
+    ),
+]
+VllmBinOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vllm-bin",
+        help="systemd: the vllm executable ExecStart runs (default: /opt/vllm/bin/vllm, a venv the unit's "
+        "install steps create).",
+    ),
+]
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", help="k8s: namespace of the manifests.")]
 HpaOpt = Annotated[bool, typer.Option("--hpa", help="k8s: add a HorizontalPodAutoscaler on vllm:num_requests_waiting.")]
 MaxReplicasOpt = Annotated[int, typer.Option("--max-replicas", min=1, help="k8s --hpa: most replicas.")]
@@ -50,6 +66,8 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
     image: ImageOpt = None,
     api_key: ApiKeyOpt = True,
     cache_pvc: CachePvcOpt = "huggingface-cache",
+    compile_cache_pvc: CompileCachePvcOpt = None,
+    vllm_bin: VllmBinOpt = None,
     namespace: NamespaceOpt = None,
     hpa: HpaOpt = False,
     max_replicas: MaxReplicasOpt = 4,
@@ -57,8 +75,9 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
     """Write MODEL's plan as a systemd unit, a docker compose file or Kubernetes manifests.
 
     The same plan as `plan` and `serve`; output is deterministic. With --nodes, `k8s` writes a
-    LeaderWorkerSet (Ray head + workers). Exit codes: 0 written, 3 the plan does not fit
-    (nothing written), 1 an error you can fix, 2 usage.
+    LeaderWorkerSet (Ray head + workers). --no-api-key with vLLM on every interface is warned
+    about on stderr and in the file. Exit codes: 0 written, 3 the plan does not fit (nothing
+    written), 1 an error you can fix, 2 usage.
     """
     from qwdeploy import export as exports
 
@@ -68,6 +87,8 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
         image=image or exports.VLLM_IMAGE,
         api_key=api_key,
         cache_pvc=cache_pvc,
+        compile_cache_pvc=compile_cache_pvc,
+        vllm_bin=vllm_bin,
         namespace=namespace,
         hpa=hpa,
         max_replicas=max_replicas,
@@ -84,7 +105,11 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
                 hint=f"see `qwdeploy plan {model} ...` for why and the alternatives",
                 exit_code=ExitCode.DOES_NOT_FIT,
             )
-        _write(exports.render(fmt, plan, opts), output)
+        text = exports.render(fmt, plan, opts)
+        warning = exports.exposure_warning(opts)
+        if warning:
+            render.warning(warning)
+        _write(text, output)
 
 
 def _write(text: str, output: str | None) -> None:
@@ -93,6 +118,6 @@ def _write(text: str, output: str | None) -> None:
         return
     try:
         Path(output).write_text(text)
-    except OSError as e:
-        raise QwdeployError(f"cannot write {output}: {e.strerror}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+        raise QwdeployError(f"cannot write {output!r}: {getattr(e, 'strerror', None) or e}") from None
     render.info(f"Wrote {output}")

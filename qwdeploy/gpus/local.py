@@ -333,6 +333,8 @@ def from_reading(reading, cuda_index: int | None = None, mig=None, links: tuple[
             fp8_tflops=0.0,
             compute_capability=reading.compute_capability,
         )
+    if mig is None:  # GPU feature discovery labels the node with this very name, spaces as '-'
+        s = replace(s, product_labels=(reading.name.replace(" ", "-"),))
     index = reading.index if cuda_index is None else cuda_index
     if mig is not None:
         share = mig.memory_total_bytes / reading.memory_total_bytes

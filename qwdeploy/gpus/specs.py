@@ -29,6 +29,8 @@ class GpuSpec:
     bf16_tflops: float  # dense, datasheet
     fp8_tflops: float  # dense, datasheet; 0 where the GPU has no fp8 tensor cores
     compute_capability: tuple[int, int]
+    # nvidia.com/gpu.product values (GPU feature discovery) of the products this spec covers
+    product_labels: tuple[str, ...] = ()
 
     @property
     def fp8_native(self) -> bool:
@@ -74,6 +76,7 @@ def specs() -> tuple[GpuSpec, ...]:
                 bf16_tflops=g["bf16_tflops"],
                 fp8_tflops=g.get("fp8_tflops", 0.0),
                 compute_capability=tuple(g["compute_capability"]),
+                product_labels=tuple(g.get("product_labels", ())),
             )
         )
     return tuple(out)
