@@ -14,24 +14,33 @@ from qwdeploy.hub.files import Plan as DownloadPlan
 from qwdeploy.hub.files import check_disk
 
 SourceOpt = Annotated[
-    str, typer.Option("--source", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope.")
+    str,
+    typer.Option(
+        "--source", metavar="SOURCE", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope."
+    ),
 ]
 EndpointOpt = Annotated[
     str | None,
-    typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."),
+    typer.Option(
+        "--endpoint", metavar="URL", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."
+    ),
 ]
 RevisionOpt = Annotated[
-    str | None, typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")
+    str | None,
+    typer.Option(
+        "--revision", metavar="REV", help="Branch, tag or commit (default: main on HF, master on ModelScope)."
+    ),
 ]
 LocalDirOpt = Annotated[
-    str | None, typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")
+    str | None,
+    typer.Option("--local-dir", metavar="DIR", help="Plain directory for the files instead of the hub's cache."),
 ]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="List the files, sizes and checksums and the total; download nothing.")
 ]
 
 
-@app.command()
+@app.command(short_help="Download the weights vLLM needs, resumable and verified.")
 def download(  # noqa: PLR0913 - Typer declares each option as a parameter
     model: ModelArg,
     dtype: DtypeOpt = None,

@@ -15,14 +15,19 @@ from qwdeploy.cli.options import ModelArg, plan_options
 from qwdeploy.errors import ExitCode, QwdeployError
 
 FormatArg = Annotated[str, typer.Argument(metavar="FORMAT", help="systemd, compose or k8s.")]
-OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
-NameOpt = Annotated[
-    str | None, typer.Option("--name", help="Service / Deployment name (default: from the model, e.g. qwen3-8b).")
+OutputOpt = Annotated[
+    str | None, typer.Option("--output", "-o", metavar="FILE", help="Write to this file instead of stdout.")
 ]
-PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")]
+NameOpt = Annotated[
+    str | None,
+    typer.Option("--name", metavar="NAME", help="Service / Deployment name (default: from the model, e.g. qwen3-8b)."),
+]
+PortOpt = Annotated[int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="Port vLLM listens on.")]
 ImageOpt = Annotated[
     str | None,
-    typer.Option("--image", help="Container image (compose, k8s; default vllm/vllm-openai of the planned vLLM)."),
+    typer.Option(
+        "--image", metavar="IMAGE", help="Container image (compose, k8s; default vllm/vllm-openai of the planned vLLM)."
+    ),
 ]
 ApiKeyOpt = Annotated[
     bool,
@@ -31,12 +36,13 @@ ApiKeyOpt = Annotated[
     ),
 ]
 CachePvcOpt = Annotated[
-    str, typer.Option("--cache-pvc", help="k8s: PersistentVolumeClaim holding the Hugging Face cache.")
+    str, typer.Option("--cache-pvc", metavar="NAME", help="k8s: PersistentVolumeClaim holding the Hugging Face cache.")
 ]
 CompileCachePvcOpt = Annotated[
     str | None,
     typer.Option(
         "--compile-cache-pvc",
+        metavar="NAME",
         help="k8s: PersistentVolumeClaim for vLLM's compile cache, so a restarted pod starts warm "
         "(default: <name>-compile-cache).",
     ),
@@ -45,16 +51,19 @@ VllmBinOpt = Annotated[
     str | None,
     typer.Option(
         "--vllm-bin",
+        metavar="PATH",
         help="systemd: the vllm executable ExecStart runs (default: /opt/vllm/bin/vllm, a venv the unit's "
         "install steps create).",
     ),
 ]
-NamespaceOpt = Annotated[str | None, typer.Option("--namespace", help="k8s: namespace of the manifests.")]
+NamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", metavar="NAME", help="k8s: namespace of the manifests.")
+]
 HpaOpt = Annotated[bool, typer.Option("--hpa", help="k8s: add a HorizontalPodAutoscaler on vllm:num_requests_waiting.")]
-MaxReplicasOpt = Annotated[int, typer.Option("--max-replicas", min=1, help="k8s --hpa: most replicas.")]
+MaxReplicasOpt = Annotated[int, typer.Option("--max-replicas", metavar="N", min=1, help="k8s --hpa: most replicas.")]
 
 
-@app.command()
+@app.command(short_help="Write the plan as a systemd unit, compose file or k8s manifests.")
 @plan_options(exclude=("compile_cache",))
 def export(  # noqa: PLR0913 - Typer declares each option as a parameter
     fmt: FormatArg,

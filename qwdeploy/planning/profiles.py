@@ -89,7 +89,11 @@ def _read(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise ProfileError(f"profile file {path} does not exist", exit_code=ExitCode.USAGE) from None
+        raise ProfileError(
+            f"profile file {path} does not exist",
+            hint=f"check the path, or name a shipped profile: {', '.join(shipped())}",
+            exit_code=ExitCode.USAGE,
+        ) from None
     except UnicodeDecodeError:
         raise ProfileError(f"{path} is not a text file (not UTF-8)", hint="a profile is a YAML file") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL in the name
