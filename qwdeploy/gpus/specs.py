@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from qwdeploy.errors import UnknownGpuError
+from qwdeploy.errors import ExitCode, UnknownGpuError
 from qwdeploy.units import MiB
 
 
@@ -103,10 +103,21 @@ def spec(name: str) -> GpuSpec:
     raise UnknownGpuError(f"unknown GPU {name!r}", hint=f"known GPUs: {known}")
 
 
+# More GPUs than any one machine holds (8 on an HGX board, 16 on the largest); a bound that keeps
+# a typo such as --num-gpus 10000000 from building ten million GPU records.
+MAX_GPUS_PER_NODE = 64
+
+
 def named(name: str, count: int) -> list[Gpu]:
     """`count` idle GPUs of a named kind (capacity planning: nothing is probed)."""
     if count < 1:
         raise UnknownGpuError(f"--num-gpus must be at least 1, not {count}")
+    if count > MAX_GPUS_PER_NODE:
+        raise UnknownGpuError(
+            f"{count} GPUs in one node (--num-gpus / --num-gpus-per-node): at most {MAX_GPUS_PER_NODE}",
+            hint="for more GPUs, plan several nodes: --nodes N --num-gpus-per-node G",
+            exit_code=ExitCode.USAGE,
+        )
     s = spec(name)
     return [Gpu(spec=s, total_bytes=s.cuda_total_bytes, free_bytes=s.cuda_total_bytes, index=i) for i in range(count)]
 
