@@ -2,10 +2,11 @@
 
     python bench/validate.py            # writes bench/results/validation.json and .md
 
-For each run, qwdeploy plans the same settings on the same GPU and the table compares weights,
-KV GiB, KV tokens, max concurrency, refused-or-not, start time and decode/prefill throughput.
-The summary reports median and max relative errors (goals: KV tokens <= 2 % median, <= 5 % max;
-weights <= 1 %; no run planned as fitting that vLLM refused).
+For each run, qwdeploy plans the same settings on the same GPUs (one H100; 2 × H200 at TP 2) and
+the table compares weights, KV GiB, KV tokens, max concurrency, refused-or-not, start time and
+decode/prefill throughput. The summary reports median and max relative errors overall and at
+TP > 1 (goals: KV tokens within 0.5 %, weights within 0.3 %, decode within 10 %; no run planned as
+fitting that vLLM refused or that died at its first request).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from typer.testing import CliRunner  # noqa: E402
-from vllm_runs import GiB, load_runs, plan_args, run_request  # noqa: E402
+from vllm_runs import EXCLUDED_BENCHMARKS, GiB, load_runs, plan_args, run_request  # noqa: E402
 
 import qwdeploy  # noqa: E402
 from qwdeploy.cli import app  # noqa: E402
@@ -48,6 +49,12 @@ def _throughput(run: dict) -> dict:
     return out
 
 
+def _actual_gib(run: dict, exact_key: str, logged_key: str) -> float | None:
+    """vLLM's figure: the worker's exact bytes where recorded, else its log line (0.01 GiB)."""
+    exact = (run.get("exact") or {}).get(exact_key)
+    return round(exact / GiB, 4) if exact else run.get(logged_key)
+
+
 def compare(run: dict) -> dict:
     plan = _plan(run)
     mem = plan["memory_per_gpu"]
@@ -66,12 +73,23 @@ def compare(run: dict) -> dict:
                 "enforce_eager",
             )
         },
+        "gpu": run.get("gpu", "H100-80GB"),
+        "tp": run.get("tp", 1),
         "refused_actual": bool(run.get("refused")),
+        "died_at_first_request": bool(run.get("died_at_first_request")),
         "fits_predicted": plan["fits"],
-        "weights_GiB": [round(mem["weights_bytes"] / GiB, 3), run.get("weights_GiB")],
-        "activation_GiB": [round(mem["activation_bytes"] / GiB, 3), run.get("peak_activation_GiB")],
-        "cudagraph_GiB": [round(mem["cudagraph_bytes"] / GiB, 3), run.get("cudagraph_GiB")],
-        "kv_GiB": [round(mem["kv_cache_bytes"] / GiB, 3), run.get("kv_cache_GiB") or run.get("available_kv_GiB")],
+        "gpu_memory_utilization_max": plan.get("gpu_memory_utilization_max"),
+        "weights_GiB": [round(mem["weights_bytes"] / GiB, 4), _actual_gib(run, "weights_bytes", "weights_GiB")],
+        "activation_GiB": [
+            round(mem["activation_bytes"] / GiB, 4),
+            _actual_gib(run, "activation_bytes", "peak_activation_GiB"),
+        ],
+        "non_torch_GiB": [round(mem["non_torch_bytes"] / GiB, 4), _actual_gib(run, "non_torch_bytes", "non_torch_GiB")],
+        "cudagraph_GiB": [round(mem["cudagraph_bytes"] / GiB, 4), _actual_gib(run, "cudagraph_bytes", "cudagraph_GiB")],
+        "kv_GiB": [
+            round(mem["kv_cache_bytes"] / GiB, 4),
+            _actual_gib(run, "kv_cache_bytes", "kv_cache_GiB") or run.get("available_kv_GiB"),
+        ],
         "kv_tokens": [plan["kv_cache_tokens"], run.get("kv_tokens")],
         "max_concurrency": [plan["max_concurrency"], run.get("max_concurrency")],
         "max_model_len_limit": [plan["max_model_len_limit"], run.get("estimated_max_model_len")],
@@ -106,10 +124,11 @@ def _predict_start(run: dict) -> float:
     phases = startup.cold_start_s(_run_plan(run), weights_from_disk=False)
     if (run.get("env_overrides") or {}).get("VLLM_USE_DEEP_GEMM") == "0":
         phases["deep_gemm_jit_cold_s"] = 0.0  # the run switched DeepGEMM off
-    return startup.start_seconds(phases, warm=bool(run.get("warm_compile_cache")), via_llm_class=True)
+    llm_class_caches = not run.get("shared_cache_root")
+    return startup.start_seconds(phases, warm=bool(run.get("warm_compile_cache")), via_llm_class=llm_class_caches)
 
 
-def summarise(rows: list[dict]) -> dict:
+def _errors(rows: list[dict]) -> dict:
     kv = [abs(r["kv_tokens_error"]) for r in rows if r["kv_tokens_error"] is not None]
     w = [abs(r["weights_error"]) for r in rows if r["weights_error"] is not None]
     decode = [abs(v[2]) for r in rows for v in (r.get("decode_tok_per_s") or {}).values() if v[2] is not None]
@@ -121,10 +140,22 @@ def summarise(rows: list[dict]) -> dict:
         "weights_error_max": max(w) if w else None,
         "decode_error_median": statistics.median(decode) if decode else None,
         "decode_error_max": max(decode) if decode else None,
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    started = [r for r in rows if not r["refused_actual"]]
+    return {
+        **_errors(rows),
+        "tensor_parallel": _errors([r for r in rows if r["tp"] > 1]),
         "planned_fit_but_vllm_refused": [r["run"] for r in rows if r["fits_predicted"] and r["refused_actual"]],
-        "planned_refusal_but_vllm_started": [
-            r["run"] for r in rows if not r["fits_predicted"] and not r["refused_actual"]
+        "planned_fit_but_died_at_first_request": [
+            r["run"] for r in started if r["fits_predicted"] and r["died_at_first_request"]
         ],
+        "planned_refusal_but_vllm_served": [
+            r["run"] for r in started if not r["fits_predicted"] and not r["died_at_first_request"]
+        ],
+        "excluded_measurements": {f"{run} {bench}": why for (run, bench), why in EXCLUDED_BENCHMARKS.items()},
     }
 
 
@@ -132,35 +163,49 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:+.2f} %"
 
 
+def _outcome(r: dict) -> str:
+    actual = "refused" if r["refused_actual"] else "died at 1st request" if r["died_at_first_request"] else "served"
+    return f"{actual} / {'fits' if r['fits_predicted'] else 'refused'}"
+
+
+def _run_line(r: dict) -> str:
+    s = r["settings"]
+    return (
+        f"| {r['run']} | {r['model']} | {r['gpu']} × {r['tp']} | {s['max_model_len']} | "
+        f"{s['gpu_memory_utilization']} | {s['max_num_batched_tokens']} | {s['max_num_seqs']} | "
+        f"{s['kv_cache_dtype']} | {bool(s['enforce_eager'])} | {_outcome(r)} | "
+        f"{r['weights_GiB'][0]} / {r['weights_GiB'][1]} | {_pct(r['weights_error'])} | "
+        f"{r['kv_tokens'][0]} / {r['kv_tokens'][1]} | {_pct(r['kv_tokens_error'])} | "
+        f"{r['start_s'][0]} / {r['start_s'][1]} |"
+    )
+
+
 def markdown(rows: list[dict], summary: dict) -> str:
     lines = [
-        "# Plan vs real vLLM 0.26.0 (H100 80GB)",
+        "# Plan vs real vLLM 0.26.0 (H100 80GB; 2 × H200 at tensor parallel 2)",
         "",
-        "Generated by `python bench/validate.py` from tests/data/vllm_runs.",
+        "Generated by `python bench/validate.py` from tests/data/vllm_runs. vLLM's figures: the "
+        "worker's exact bytes where recorded (the TP 2 runs), else its log (0.01 GiB).",
         "",
-        "| run | model | mml | gmu | mnbt | mns | kv | eager | refused (actual / plan) | weights GiB (plan / vLLM) "
-        "| KV tokens (plan / vLLM) | error | start s (plan / vLLM) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        s = r["settings"]
-        lines.append(
-            f"| {r['run']} | {r['model']} | {s['max_model_len']} | {s['gpu_memory_utilization']} | "
-            f"{s['max_num_batched_tokens']} | {s['max_num_seqs']} | {s['kv_cache_dtype']} | "
-            f"{bool(s['enforce_eager'])} | {r['refused_actual']} / {not r['fits_predicted']} | "
-            f"{r['weights_GiB'][0]} / {r['weights_GiB'][1]} | {r['kv_tokens'][0]} / {r['kv_tokens'][1]} | "
-            f"{_pct(r['kv_tokens_error'])} | {r['start_s'][0]} / {r['start_s'][1]} |"
-        )
-    lines += [
+        "| run | model | GPUs | mml | gmu | mnbt | mns | kv | eager | vLLM / plan | weights GiB (plan / vLLM) "
+        "| error | KV tokens (plan / vLLM) | error | start s (plan / vLLM) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *[_run_line(r) for r in rows],
         "",
         "## Decode throughput (tokens/s, predicted / measured)",
         "",
-        "| run | batch | predicted | measured | error |",
-        "|---|---|---|---|---|",
+        "| run | GPUs | batch | predicted | measured | error |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         for batch, (p, a, e) in (r.get("decode_tok_per_s") or {}).items():
-            lines.append(f"| {r['run']} | {batch} | {p} | {a} | {_pct(e)} |")
+            lines.append(f"| {r['run']} | {r['gpu']} × {r['tp']} | {batch} | {p} | {a} | {_pct(e)} |")
+    lines += ["", "## Prefill (16 × 1024 tokens, tokens/s)", "", "| run | GPUs | predicted | measured | error |"]
+    lines.append("|---|---|---|---|---|")
+    for r in rows:
+        if r.get("prefill_tok_per_s"):
+            p, a, e = r["prefill_tok_per_s"]
+            lines.append(f"| {r['run']} | {r['gpu']} × {r['tp']} | {p} | {a} | {_pct(e)} |")
     lines += ["", "## Summary", "", "```", json.dumps(summary, indent=1), "```", ""]
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """The library entry point: `qwdeploy.plan(PlanRequest(...)) -> Plan`.
 
 Every command (plan, serve, warm, export), the tests and the bench scripts plan through here.
-This is the edge where names become data: the model id becomes a catalog variant, the profile
+This is the edge where names become data: the model id becomes a catalog variant (or, for any
+other hub repo, a variant built from its config and safetensors headers), the profile
 name a validated profile, the GPU name (or NVML's inventory) GPU records, and the user's records
 of earlier `serve` starts a corrected calibration. The planner itself is pure.
 """
@@ -14,9 +15,9 @@ from typing import TYPE_CHECKING
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.gpus import local as local_gpus
 from qwdeploy.gpus.specs import Gpu, named
-from qwdeploy.planning import catalog, planner, profiles
+from qwdeploy.planning import catalog, checkpoint, planner, profiles
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
-from qwdeploy.planning.catalog import Variant
+from qwdeploy.planning.catalog import Origin, Variant
 from qwdeploy.planning.performance import attach
 from qwdeploy.planning.plan import Pins, Plan
 from qwdeploy.planning.versions import VLLM_VERSION
@@ -41,6 +42,9 @@ class PlanRequest:
     nodes: int | None = None  # pipeline parallel across this many nodes of `gpu`
     gpus_per_node: int | None = None
     pins: Pins = Pins()
+    source: str = "auto"  # where a hub repo's facts come from: auto, hf, hf-mirror, modelscope
+    endpoint: str | None = None  # that source's URL (an HF mirror, a ModelScope site)
+    revision: str | None = None  # branch, tag or commit of a hub repo
 
 
 def plan(request: PlanRequest) -> Plan:
@@ -79,14 +83,40 @@ def plan_for_launch(request: PlanRequest, install: VllmInstall | None) -> tuple[
             raise missing_vllm(gpu_found=False) from None
         if not install.cpu:
             raise
-        variant = catalog.get(request.model, request.dtype)
+        variant = resolve(request.model, request.dtype, request.source, request.endpoint, request.revision)
         return cpu.cpu_plan(variant, profiles.load(request.profile), request.pins, launch.read_host_memory()), "cpu"
+
+
+def resolve(
+    model: str, dtype: str | None = None, source: str = "auto", endpoint: str | None = None, revision: str | None = None
+) -> Variant:
+    """MODEL as a variant: a shipped id or a local directory (no network), else a hub repo whose
+    config files and safetensors headers are read through the hub (qwdeploy.hub.checkpoint)."""
+    if catalog.knows(model) or not catalog.is_repo_id(model):
+        return catalog.get(model, dtype)
+    from qwdeploy.hub import checkpoint as hub_checkpoint  # the hub clients load only for a hub repo
+    from qwdeploy.hub.download import Where
+
+    repo_id = catalog.normalise(model)
+    try:
+        facts = hub_checkpoint.read(repo_id, Where(source=source, endpoint=endpoint, revision=revision))
+    except QwdeployError as e:
+        if e.exit_code != ExitCode.NOT_FOUND:
+            raise
+        raise QwdeployError(
+            f"unknown model {model!r}: not one qwdeploy ships, and {e.message}",
+            hint=catalog.suggest(model),
+            exit_code=ExitCode.NOT_FOUND,
+        ) from None
+    origin = Origin(facts.source, facts.endpoint, facts.revision, facts.files, facts.cached)
+    variant = checkpoint.remote_variant(repo_id, facts.config, facts.quant_config, facts.tensors, origin)
+    return catalog.pick_dtype(variant, dtype) if dtype else variant
 
 
 def _variants(request: PlanRequest, profile: profiles.Profile) -> list[Variant]:
     """The checkpoint asked for; a base id without --dtype: its family in the profile's order."""
-    variant = catalog.get(request.model, request.dtype)
-    if request.dtype or variant.weights != "bf16" or variant.local_path:
+    variant = resolve(request.model, request.dtype, request.source, request.endpoint, request.revision)
+    if request.dtype or variant.weights != "bf16" or not variant.from_catalog:
         return [variant]
     return catalog.in_order_of(variant, profile.weights)
 
@@ -114,5 +144,5 @@ def _calibration(gpus: list[Gpu], variant: Variant, local: bool) -> tuple[Calibr
     """`serve`'s plan-vs-actual records for this GPU and vLLM: corrected overheads, or defaults.
     Local GPUs: records of the installed vLLM; named GPUs: of the vLLM the memory model targets."""
     version = None if local else VLLM_VERSION
-    found = records.for_plan(gpus[0].name, variant.name, version)
+    found = records.for_plan(gpus[0].name, variant, version, compute_capability=gpus[0].spec.compute_capability)
     return found or (CALIBRATION, None)

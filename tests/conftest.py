@@ -22,6 +22,36 @@ def runner() -> CliRunner:
 
 
 @pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Fresh hub caches (HOME, HF_HOME, MODELSCOPE_CACHE in tmp_path), no token or endpoint from the
+    environment: what the loopback-hub tests run in."""
+    for var in (
+        "HF_TOKEN",
+        "HF_ENDPOINT",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_HUB_DISABLE_XET",
+        "MODELSCOPE_ENDPOINT",
+        "MODELSCOPE_DOMAIN",
+        "MODELSCOPE_API_TOKEN",
+        "VLLM_USE_MODELSCOPE",
+        "XDG_CACHE_HOME",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    # modelscope_hub waits 1, 2, 4, 8, 16 s between retries of a broken transfer; one is enough.
+    try:
+        import modelscope_hub._download as msd
+
+        monkeypatch.setattr(msd, "DOWNLOAD_RETRY_TIMES", 1)
+    except ImportError:  # modelscope <= 1.37 has its own client
+        pass
+    return tmp_path
+
+
+@pytest.fixture
 def read_only_dir(tmp_path, monkeypatch):
     """A directory nobody may create anything in (mode 0555). Root ignores the mode bits, so for
     root os.mkdir refuses under it with EACCES, as the kernel does for everyone else."""

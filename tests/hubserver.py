@@ -1,6 +1,7 @@
 """A loopback fake hub: enough of the Hugging Face Hub and ModelScope APIs for the real clients.
 
-One threaded HTTP server on 127.0.0.1 serves one tiny Qwen3-shaped repo under both protocols:
+One threaded HTTP server on 127.0.0.1 serves a tiny Qwen3-shaped repo (and any repo added with
+``hub.add(repo_id, files)``) under both protocols:
 
   HF          GET  /api/models/{org}/{name}[/revision/{rev}]    repo info (sha, siblings)
               GET  /api/models/{org}/{name}/tree/{rev}[/{dir}]   listing (size, oid, lfs.sha256)
@@ -62,17 +63,26 @@ TINY_CONFIG = {
 
 @dataclass(frozen=True)
 class RepoFile:
+    """A file of a served repo. `size` beyond `data`: a header-only safetensors shard that
+    stands for a real-sized one (zeros after the header; its listed sha256 is the header's)."""
+
     path: str
     data: bytes
     lfs: bool
+    declared_size: int | None = None
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return self.declared_size or len(self.data)
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
+
+    def read(self, start: int, stop: int) -> bytes:
+        """Bytes [start, stop), zeros past the data."""
+        piece = self.data[start:stop]
+        return piece + b"\0" * max(0, min(stop, self.size) - max(start, len(self.data)))
 
     @property
     def git_oid(self) -> str:
@@ -202,6 +212,7 @@ class HubServer:
     ):
         self.repo_id = repo_id
         self.files = files if files is not None else tiny_repo()
+        self.repos: dict[str, dict[str, RepoFile]] = {repo_id: self.files}
         self.token = token  # the token that opens a gated repo
         self.cut: dict[str, int] = {}
         self.corrupt: dict[str, int] = {}
@@ -211,6 +222,7 @@ class HubServer:
         self.down = False
         self.served: collections.Counter[str] = collections.Counter()
         self.log: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str, str]] = []  # (method, file path, Range header) of file bodies
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.hub = self
@@ -228,11 +240,20 @@ class HubServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def listing(self) -> list[RepoFile]:
-        files = list(self.files.values())
+    def add(self, repo_id: str, files: dict[str, RepoFile]) -> HubServer:
+        """Serve another repo beside the first."""
+        self.repos[repo_id] = files
+        return self
+
+    def listing(self, repo_id: str | None = None) -> list[RepoFile]:
+        files = list(self.repos[repo_id or self.repo_id].values())
         if self.hostile:
             files.append(RepoFile(self.hostile, b'{"pwned": true}', lfs=False))
         return files
+
+    def ranges(self, path: str) -> list[str]:
+        """The Range headers of the GETs of one file, in order."""
+        return [r for m, p, r in self.requests if m == "GET" and p == path]
 
     def body_bytes(self) -> int:
         return sum(self.served.values())
@@ -245,6 +266,7 @@ class HubServer:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    repo_id: str = ""  # the repo the request names
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
@@ -290,20 +312,21 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = unquote(url.path), parse_qs(url.query)
         with self.hub._lock:
             self.hub.log.append((self.command, self.path))
-        org_name = re.escape(self.hub.repo_id)
+        repo = r"(?P<repo>[^/]+/[^/]+)"
         routes = (
-            (rf"/api/v1/models/{org_name}/repo/files", self._ms_files),
-            (rf"/api/v1/models/{org_name}/repo", self._ms_file),
-            (rf"/api/v1/models/{org_name}/revisions", self._ms_revisions),
-            (rf"/api/v1/models/{org_name}", self._ms_info),
-            (rf"/api/models/{org_name}/tree/(?P<rev>[^/]+)(?:/(?P<dir>.*))?", self._hf_tree),
-            (rf"/api/models/{org_name}(?:/revision/(?P<rev>[^/]+))?", self._hf_info),
-            (rf"/{org_name}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._hf_file),
+            (rf"/api/v1/models/{repo}/repo/files", self._ms_files),
+            (rf"/api/v1/models/{repo}/repo", self._ms_file),
+            (rf"/api/v1/models/{repo}/revisions", self._ms_revisions),
+            (rf"/api/v1/models/{repo}", self._ms_info),
+            (rf"/api/models/{repo}/tree/(?P<rev>[^/]+)(?:/(?P<dir>.*))?", self._hf_tree),
+            (rf"/api/models/{repo}(?:/revision/(?P<rev>[^/]+))?", self._hf_info),
+            (rf"/{repo}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._hf_file),
         )
         for pattern, handler in routes:
             m = re.fullmatch(pattern, path)
-            if m:
-                return handler(query, **{k: v for k, v in m.groupdict().items()})
+            if m and m.group("repo") in self.hub.repos:
+                self.repo_id = m.group("repo")
+                return handler(query, **{k: v for k, v in m.groupdict().items() if k != "repo"})
         if path.startswith("/api/models/") or "/resolve/" in path:  # another repo: none here
             return self._repo_missing()
         if path.startswith("/api/v1/"):
@@ -323,23 +346,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self, f: RepoFile, headers: dict) -> None:
         start = 0
         rng = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        with self.hub._lock:
+            self.hub.requests.append((self.command, f.path, self.headers.get("Range", "")))
         if rng:
             start = int(rng.group(1))
-            end = int(rng.group(2)) + 1 if rng.group(2) else f.size
+            end = min(int(rng.group(2)) + 1, f.size) if rng.group(2) else f.size
             if start >= f.size:
                 return self._send(416, b"", {**headers, "Content-Range": f"bytes */{f.size}"})
             status = 206
             headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{f.size}"}
         else:
             status, end = 200, f.size
-        data = f.data
+        flip = False
         if self.command == "GET":
             with self.hub._lock:
                 left = self.hub.corrupt.get(f.path, 0)
                 if left:
                     self.hub.corrupt[f.path] = left - 1
-            if left:
-                data = data.translate(_FLIP)  # same size, different bytes
+            flip = bool(left)  # same size, different bytes
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(end - start))
@@ -352,8 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
         stop = min(end, self.hub.cut.get(f.path, end))
         chunk = 8192
         for pos in range(start, max(start, stop), chunk):
-            piece = data[pos : min(pos + chunk, stop)]
-            self.wfile.write(piece)
+            piece = f.read(pos, min(pos + chunk, stop))
+            self.wfile.write(piece.translate(_FLIP) if flip else piece)
             self.hub._count(f.path, len(piece))
         if stop < end:  # the cut: drop the connection mid-body
             self.wfile.flush()
@@ -408,7 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         blobs = query.get("blobs", ["false"])[0].lower() == "true"
         siblings = []
-        for f in self.hub.listing():
+        for f in self.hub.listing(self.repo_id):
             s = {"rfilename": f.path}
             if blobs:
                 s.update(size=f.size, blobId=f.git_oid)
@@ -418,8 +442,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(
             {
                 "_id": "0" * 24,
-                "id": self.hub.repo_id,
-                "modelId": self.hub.repo_id,
+                "id": self.repo_id,
+                "modelId": self.repo_id,
                 "sha": COMMIT,
                 "private": False,
                 "gated": "manual" if self.hub.gated else False,
@@ -437,7 +461,7 @@ class _Handler(BaseHTTPRequestHandler):
         prefix = (dir or "").strip("/")
         recursive = query.get("recursive", ["false"])[0].lower() == "true"
         entries, dirs = [], set()
-        for f in self.hub.listing():
+        for f in self.hub.listing(self.repo_id):
             if prefix and not f.path.startswith(prefix + "/"):
                 continue
             rest = f.path[len(prefix) + 1 :] if prefix else f.path
@@ -460,12 +484,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._repo_missing()
         if not self._hf_rev_ok(rev):
             return
-        f = {x.path: x for x in self.hub.listing()}.get(file)
+        f = {x.path: x for x in self.hub.listing(self.repo_id)}.get(file)
         if f is None:
             return self._not_found("EntryNotFound")
         if not self._authorized():
             msg = (
-                f"Access to model {self.hub.repo_id} is restricted. You must have access to it and be "
+                f"Access to model {self.repo_id} is restricted. You must have access to it and be "
                 "authenticated to access it. Please log in."
             )
             return self._json({"error": msg}, 401, {"X-Error-Code": "GatedRepo", "X-Error-Message": msg})
@@ -497,7 +521,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "IsLFS": f.lfs,
                 "Mode": "33188",
             }
-            for f in self.hub.listing()
+            for f in self.hub.listing(self.repo_id)
             if not root or f.path.startswith(root + "/")
         ]
         self._json({"Code": 200, "Data": {"Files": files}, "Message": "success", "Success": True})
@@ -506,7 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._ms_denied():
             return
         file = query.get("FilePath", [""])[0]
-        f = {x.path: x for x in self.hub.listing()}.get(file)
+        f = {x.path: x for x in self.hub.listing(self.repo_id)}.get(file)
         if f is None:
             return self._json({"Code": 10010205001, "Message": "file not found", "Success": False}, 404)
         self._body(f, {})
@@ -530,7 +554,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _ms_info(self, query) -> None:
         if self._ms_denied():
             return
-        owner, name = self.hub.repo_id.split("/")
+        owner, name = self.repo_id.split("/")
         self._json(
             {
                 "Code": 200,

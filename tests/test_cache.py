@@ -144,11 +144,32 @@ def test_prepare_after_mark_built_with_compile_cache_is_warm(tmp_path):
     assert again.warm and again.key == state.key
 
 
-def test_warm_start_expects_the_last_measured_ready_time(tmp_path):
+def test_warm_start_expects_the_last_measured_warm_start(tmp_path):
     state = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
     _fake_compile(state)
-    cache.mark_built(state, {"ready_s": 48.25})
+    cache.mark_built(state, {"ready_s": 114.24})  # the cold start
+    warm = cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0")
+    cache.mark_built(warm, {"ready_s": 48.17})  # the first warm restart
     assert cache.prepare(plan_for(), tmp_path, vllm_version="0.26.0").expected_start_s == 48.2
+
+
+def _qwen3_32b_tp2_h200():
+    pins = Pins(tensor_parallel_size=2, max_model_len=32768, gpu_memory_utilization=0.9)
+    return plan(PlanRequest("Qwen/Qwen3-32B", gpu="H200", num_gpus=2, pins=pins))
+
+
+# (plan, cold start measured, warm restart measured): qwdeploy serve, dummy weights
+# (tests/data/coldstart/h100_run2.json bf16-cold / bf16-restart; tests/data/serve_h200x2)
+MEASURED_RESTARTS = [(plan_for, 114.24, 48.17), (_qwen3_32b_tp2_h200, 122.75, 48.65)]
+
+
+@pytest.mark.parametrize("make_plan, cold_s, warm_s", MEASURED_RESTARTS, ids=["8B-H100", "32B-TP2-H200"])
+def test_a_warm_start_after_a_cold_one_expects_less_than_the_cold_time(tmp_path, make_plan, cold_s, warm_s):
+    state = cache.prepare(make_plan(), tmp_path, vllm_version="0.26.0")
+    _fake_compile(state)
+    cache.mark_built(state, {"ready_s": cold_s})
+    expected = cache.prepare(make_plan(), tmp_path, vllm_version="0.26.0").expected_start_s
+    assert expected == pytest.approx(warm_s, rel=0.15)
 
 
 def test_mark_built_without_compile_cache_stays_cold(tmp_path):

@@ -44,34 +44,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    for var in (
-        "HF_TOKEN",
-        "HF_ENDPOINT",
-        "HF_HUB_CACHE",
-        "HF_HUB_OFFLINE",
-        "HF_HUB_DISABLE_XET",
-        "MODELSCOPE_ENDPOINT",
-        "MODELSCOPE_DOMAIN",
-        "MODELSCOPE_API_TOKEN",
-        "VLLM_USE_MODELSCOPE",
-        "XDG_CACHE_HOME",
-    ):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
-    # modelscope_hub waits 1, 2, 4, 8, 16 s between retries of a broken transfer; one is enough.
-    try:
-        import modelscope_hub._download as msd
-
-        monkeypatch.setattr(msd, "DOWNLOAD_RETRY_TIMES", 1)
-    except ImportError:  # modelscope <= 1.37 has its own client
-        pass
-    return tmp_path
-
-
-@pytest.fixture
 def hub():
     with HubServer() as server:
         yield server

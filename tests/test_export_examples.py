@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hubserver import HubServer
 
 import qwdeploy
 from qwdeploy import PlanRequest
+from qwdeploy.errors import ExitCode
 from qwdeploy.planning import profiles
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -86,8 +88,9 @@ def test_ci_gate_stops_below_the_pipelines_own_minimum(tmp_path):
 
 
 def test_ci_gate_passes_qwdeploys_error_code_through(tmp_path):
-    r = _run("ci-gate.sh", "Qwen/Qwen3-9000B", "--gpu", "H100", tmp_path=tmp_path)
-    assert r.returncode == 1 and "unknown model" in r.stderr
+    with HubServer() as hub:  # a repo id qwdeploy does not ship is looked up on the hub: not there
+        r = _run("ci-gate.sh", "Qwen/Qwen3-9000B", "--gpu", "H100", tmp_path=tmp_path, env={"HF_ENDPOINT": hub.url})
+    assert r.returncode == ExitCode.NOT_FOUND and "unknown model" in r.stderr
 
 
 def test_ci_gate_gates_a_multi_node_plan(tmp_path):

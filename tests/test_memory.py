@@ -4,6 +4,7 @@ import pytest
 
 from qwdeploy.planning import catalog, kv, memory, weights
 from qwdeploy.planning.engine import Engine
+from qwdeploy.planning.layout import Linear
 
 GiB = 1 << 30
 
@@ -15,10 +16,17 @@ def test_parameter_counts_match_the_shapes():
     assert weights.parameter_count(catalog.get("Qwen/Qwen3-235B-A22B")) == 235_093_634_560
 
 
-def test_bf16_weights_are_two_bytes_a_parameter_plus_the_rotary_cache():
+def test_bf16_tensors_are_two_bytes_a_parameter_plus_the_rotary_cache():
     v = catalog.get("Qwen/Qwen3-8B")
     rotary = 40960 * 128 * 2
-    assert weights.weight_bytes(v, Engine()) == 8_190_735_360 * 2 + rotary
+    built, rebuilt = weights.tensors(v, Engine())
+    assert sum(built) + rebuilt == 8_190_735_360 * 2 + rotary
+
+
+def test_bf16_weights_add_what_the_allocator_rounds_and_nothing_else():
+    # Qwen3-8B at TP 1: embed_tokens and lm_head are 1,187 MiB each, in 1,188 MiB segments
+    v = catalog.get("Qwen/Qwen3-8B")
+    assert weights.weight_bytes(v, Engine()) - sum(weights.tensors(v, Engine())[0]) == 2 * 1_048_576
 
 
 def test_kv_bytes_per_token_dense_8b_is_144_kib():
@@ -51,12 +59,13 @@ def test_concurrency_is_blocks_over_blocks_per_request():
 def test_fp8_block_weights_carry_float32_scales():
     # q,k,v fused 6144×4096 fp8 + ceil(6144/128)·ceil(4096/128) fp32 scales
     v = catalog.get("Qwen/Qwen3-8B-FP8")
-    assert weights._linear_bytes(6144, 4096, v, "qkv_proj") == 6144 * 4096 + 48 * 32 * 4
+    assert weights.linear_bytes(Linear("qkv", 6144, 4096), v.spec, 1, (9, 0)) == 6144 * 4096 + 48 * 32 * 4
 
 
 def test_awq_int4_linear_through_marlin_is_0_5195_bytes_per_weight():
     v = catalog.get("Qwen/Qwen3-14B-AWQ")
-    assert weights._linear_bytes(5120, 17408, v, "down_proj") == pytest.approx(5120 * 17408 * 0.51953125)
+    down = Linear("down", 5120, 17408)
+    assert weights.linear_bytes(down, v.spec, 1, (8, 9)) == pytest.approx(5120 * 17408 * 0.51953125)
 
 
 @pytest.mark.parametrize(
@@ -84,8 +93,9 @@ def test_requested_memory_rounds_up_like_vllm():
 
 def test_awq_on_hopper_goes_through_machete_with_fp16_zero_points():
     v = catalog.get("Qwen/Qwen3-14B-AWQ")
-    marlin = weights._linear_bytes(5120, 17408, v, "down_proj")
-    machete = weights._linear_bytes(5120, 17408, v, "down_proj", machete=True)
+    down = Linear("down", 5120, 17408)
+    marlin = weights.linear_bytes(down, v.spec, 1, (8, 9))
+    machete = weights.linear_bytes(down, v.spec, 1, (9, 0))
     assert machete - marlin == 17408 // 128 * 5120 * (2 - 0.5)
     assert weights.uses_machete(v, (9, 0)) and not weights.uses_machete(v, (8, 9))
 

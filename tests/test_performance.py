@@ -1,4 +1,4 @@
-"""Throughput and start-time predictions against what real vLLM 0.26 measured on the H100."""
+"""Throughput and start-time predictions against what real vLLM 0.26 measured (H100; 2 × H200 at TP 2)."""
 
 import json
 from pathlib import Path
@@ -57,6 +57,9 @@ START_MISSES = {
     # VLLM_USE_DEEP_GEMM=0 (a harness choice, not a plan's): CUTLASS block-FP8 compiles in 76 s
     # where the model says 40 s
     "m_q4bfp8_throughput": "CUTLASS block-FP8 path compiles ~2x slower than the model's compile time",
+    # 2 × H200, seventh case on one vLLM cache root: cold torch.compile (45 s), but the set-up
+    # every earlier case paid (Triton kernels, sampler) was cached: ready in 94.5 s, 32 s under
+    "t08_q32b_yarn131072": "cold compile on a shared, already-filled vLLM cache root: faster set-up",
 }
 
 
@@ -73,7 +76,8 @@ def test_start_seconds_within_25_percent_of_vllm(run):
     phases = startup.cold_start_s(_plan(run), weights_from_disk=False)  # the runs use dummy weights
     if (run.get("env_overrides") or {}).get("VLLM_USE_DEEP_GEMM") == "0":
         phases["deep_gemm_jit_cold_s"] = 0.0  # the run switched DeepGEMM off (CUTLASS FP8 kernels)
-    predicted = startup.start_seconds(phases, warm=bool(run.get("warm_compile_cache")), via_llm_class=True)
+    llm_class_caches = not run.get("shared_cache_root")  # a shared cache root keeps the sampler JIT
+    predicted = startup.start_seconds(phases, warm=bool(run.get("warm_compile_cache")), via_llm_class=llm_class_caches)
     assert predicted == pytest.approx(run["proc_start_to_ready_s"], rel=0.25)
 
 

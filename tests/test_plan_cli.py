@@ -5,8 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
+from hubserver import HubServer
 
 from qwdeploy.cli import app
+from qwdeploy.errors import ExitCode
 
 GOLDEN = Path(__file__).parent / "golden_plan"
 PROFILES = ["chat", "long-context", "throughput", "low-latency", "cost", "agent"]
@@ -144,9 +146,11 @@ def test_every_choice_carries_a_reason(runner):
     assert {"tensor_parallel_size", "max_model_len", "gpu_memory_utilization"} <= {c["key"] for c in plan["choices"]}
 
 
-def test_unknown_model_is_one_line_with_close_ids(runner):
-    result = runner.invoke(app, ["plan", "Qwen/Qwen3-13B", "--gpu", "H100"])
-    assert result.exit_code == 1
+def test_unknown_model_is_one_line_with_close_ids(runner, monkeypatch):
+    with HubServer() as hub:  # looked up on the hub (here: the loopback one), where it is not either
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        result = runner.invoke(app, ["plan", "Qwen/Qwen3-13B", "--gpu", "H100"])
+    assert result.exit_code == ExitCode.NOT_FOUND
     assert "Qwen/Qwen3-14B" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -171,6 +171,35 @@ def test_out_of_memory_while_capturing_graphs_points_at_graph_memory():
     assert f.kind == failures.OOM_GRAPHS and "--enforce-eager" in f.fix
 
 
+# Real out-of-memory ends of TP=2 starts on 2 × H200 (Qwen3-32B): where the traceback was decides.
+def _real_failure(path: str) -> failures.Failure:
+    return vllm_log.parse((ROOT / "data" / path).read_text().splitlines()).failure
+
+
+def test_a_start_past_the_ceiling_runs_out_of_memory_in_the_warm_up_after_graph_capture():
+    # gpu_memory_utilization 0.984: graphs captured, then warmup_kernels' prompt logprobs all-gather
+    # the logits across both ranks and find 103 MiB free
+    f = _real_failure("vllm_logs/h200x2_q32b_tp2_gmu0984_warmup_oom.log")
+    assert f.kind == failures.OOM_WARMUP and "gpu_memory_utilization_max" in f.fix
+
+
+def test_an_out_of_memory_at_the_first_request_is_not_blamed_on_graph_capture():
+    # gpu_memory_utilization 0.981 started, then its first benchmark request ran out of memory
+    f = _real_failure("vllm_runs/h200x2/t02_q32b_bf16_maxgmu.log")
+    assert f.kind == failures.OOM_SERVING
+
+
+def test_frames_of_another_processs_traceback_do_not_mix_in():
+    lines = [
+        "(Worker_TP0 pid=1) ERROR Traceback (most recent call last):",
+        '(Worker_TP0 pid=1) ERROR   File "/v/gpu_worker.py", line 784, in capture_model',
+        "(Worker_TP1 pid=2) ERROR Traceback (most recent call last):",
+        '(Worker_TP1 pid=2) ERROR   File "/v/gpu_worker.py", line 400, in determine_available_memory',
+        "(Worker_TP1 pid=2) ERROR torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
+    ]
+    assert vllm_log.parse(lines).failure.kind == failures.OOM_PROFILE
+
+
 def test_unsupported_quantization_names_the_capabilities():
     # vllm/config/vllm.py (_get_quantization_config)
     f = failure(

@@ -13,17 +13,49 @@ GiB = 1 << 30
 
 
 def load_runs() -> list[dict]:
-    """Every recorded H100 run, normalised to one shape."""
+    """Every recorded run (H100; 2 × H200 at TP 2), normalised to one shape."""
     runs = []
     gt = json.loads((ROOT / "tests/data/vllm_runs/h100_vllm0.26.0_groundtruth.json").read_text())
     for r in gt["runs"]:
         runs.append({**r, "source": "groundtruth"})
-    raw = ROOT / "tests/data/vllm_runs/h100"
-    for f in sorted(raw.glob("*.json")) if raw.is_dir() else []:
-        run = _from_device_run(json.loads(f.read_text()))
-        if run is not None:
-            runs.append({**run, "source": f"tests/data/vllm_runs/h100/{f.name}"})
+    for machine, gpu in MACHINES.items():
+        raw = ROOT / "tests/data/vllm_runs" / machine
+        for f in sorted(raw.glob("*.json")) if raw.is_dir() else []:
+            run = _from_device_run(json.loads(f.read_text()))
+            if run is not None:
+                shared = machine in SHARED_CACHE_ROOT
+                source = f"tests/data/vllm_runs/{machine}/{f.name}"
+                runs.append({**run, "gpu": gpu, "source": source, "shared_cache_root": shared})
     return runs
+
+
+# our device runs: folder -> the GPU they ran on
+MACHINES = {"h100": "H100-80GB", "h200x2": "H200"}
+# 2 × H200: every case ran with one VLLM_CACHE_ROOT (bench/results/h200x2/README.md), so only the
+# first start JIT-compiled vLLM's sampler and Triton kernels
+SHARED_CACHE_ROOT = {"h200x2"}
+# Benchmarks that do not show the steady state, with the evidence (vLLM's own log line).
+EXCLUDED_BENCHMARKS = {
+    ("t06_q30ba3b_bf16", "decode_b256"): "Triton JIT-compiled fused_moe_kernel during this benchmark "
+    "(log 22:48:11: 'Triton kernel JIT compilation during inference')",
+}
+
+
+def _exact(r: dict) -> dict:
+    """Per-rank bytes read from vLLM's worker (TP runs; rank 0, every rank was identical)."""
+    workers = (r.get("child") or {}).get("workers") or []
+    if not workers:
+        return {}
+    w = workers[0]
+    return {
+        "weights_bytes": w.get("model_memory_usage"),
+        "activation_bytes": w.get("peak_activation_memory"),
+        "non_torch_bytes": w.get("non_torch_memory"),
+        "kv_cache_bytes": w.get("available_kv_cache_memory_bytes"),
+        "cudagraph_bytes": (w.get("probe") or {}).get("graph_capture_bytes"),
+        "held_at_snapshot_bytes": w.get("init_snapshot_cuda_memory"),
+        "total_bytes": w.get("init_snapshot_total_memory"),
+    }
 
 
 def _from_device_run(r: dict) -> dict | None:
@@ -37,25 +69,32 @@ def _from_device_run(r: dict) -> dict | None:
     run = {k: v for k, v in r.items() if k not in ("log", "child", "llm_kwargs", "gpu_before_go")}
     run.update({k: v for k, v in log.items() if not isinstance(v, list)})
     run["run"] = r.get("name", "?")
-    run["throughput"] = (r.get("child") or {}).get("throughput") or {}
+    run["throughput"] = {
+        k: v
+        for k, v in ((r.get("child") or {}).get("throughput") or {}).items()
+        if (run["run"], k) not in EXCLUDED_BENCHMARKS
+    }
+    run["died_at_first_request"] = "error" in run["throughput"]  # started, then ran out of memory
     if (r.get("child") or {}).get("proc_start_to_ready_s"):
         run["proc_start_to_ready_s"] = r["child"]["proc_start_to_ready_s"]
     run["refused"] = refused
-    run.setdefault("tp", 1)
+    run["tp"] = r.get("tensor_parallel_size", 1)
+    run["gpu_memory_utilization"] = log.get("gmu_logged") or r["gpu_memory_utilization"]
+    run["exact"] = _exact(r)
     if (r.get("llm_kwargs") or {}).get("hf_overrides"):
         run["profile"] = "long-context"
     return run
 
 
 def plan_args(run: dict) -> list[str]:
-    """`qwdeploy plan` arguments that reproduce a run's settings on an H100."""
+    """`qwdeploy plan` arguments that reproduce a run's settings on its GPUs."""
     args = [
         "plan",
         run["repo_id"],
         "--gpu",
-        "H100-80GB",
+        run.get("gpu", "H100-80GB"),
         "--num-gpus",
-        "1",
+        str(run.get("tp", 1)),
         "--tensor-parallel-size",
         str(run.get("tp", 1)),
         "--max-model-len",
@@ -73,15 +112,11 @@ def plan_args(run: dict) -> list[str]:
     ]
     if run.get("warm_compile_cache") and not run.get("enforce_eager"):
         args += ["--compile-cache", "warm"]
-    if run.get("profile"):
-        args += ["--profile", run["profile"]]
-    elif run["max_model_len"] > 40960 and "2507" not in run["repo_id"]:
-        args += ["--profile", "long-context"]
-    return args
+    return args + ["--profile", run.get("profile") or _profile(run)]
 
 
 def run_request(run: dict) -> PlanRequest:
-    """The library request that reproduces a run's settings on one H100 (what plan_args says)."""
+    """The library request that reproduces a run's settings on its GPUs (what plan_args says)."""
     pins = Pins(
         tensor_parallel_size=run.get("tp", 1),
         max_model_len=run["max_model_len"],
@@ -90,5 +125,11 @@ def run_request(run: dict) -> PlanRequest:
         max_num_seqs=run["max_num_seqs"],
         max_num_batched_tokens=run["max_num_batched_tokens"],
         enforce_eager=bool(run.get("enforce_eager")),
+        compile_cache_warm=bool(run.get("warm_compile_cache")) and not run.get("enforce_eager"),
     )
-    return PlanRequest(run["repo_id"], profile=run.get("profile") or "chat", gpu="H100-80GB", num_gpus=1, pins=pins)
+    gpu, profile = run.get("gpu", "H100-80GB"), run.get("profile") or _profile(run)
+    return PlanRequest(run["repo_id"], profile=profile, gpu=gpu, num_gpus=run.get("tp", 1), pins=pins)
+
+
+def _profile(run: dict) -> str:
+    return "long-context" if run["max_model_len"] > 40960 and "2507" not in run["repo_id"] else "chat"

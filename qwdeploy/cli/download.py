@@ -6,31 +6,14 @@ from typing import Annotated
 
 import typer
 
+from qwdeploy import api
 from qwdeploy.cli import render
 from qwdeploy.cli.app import app, reported_errors
-from qwdeploy.cli.options import DtypeOpt, JsonOpt, ModelArg
+from qwdeploy.cli.options import DtypeOpt, EndpointOpt, JsonOpt, ModelArg, RevisionOpt, SourceOpt
 from qwdeploy.errors import ExitCode
 from qwdeploy.hub.files import Plan as DownloadPlan
 from qwdeploy.hub.files import check_disk
 
-SourceOpt = Annotated[
-    str,
-    typer.Option(
-        "--source", metavar="SOURCE", help="auto (try hf, hf-mirror, modelscope), hf, hf-mirror or modelscope."
-    ),
-]
-EndpointOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--endpoint", metavar="URL", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."
-    ),
-]
-RevisionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--revision", metavar="REV", help="Branch, tag or commit (default: main on HF, master on ModelScope)."
-    ),
-]
 LocalDirOpt = Annotated[
     str | None,
     typer.Option("--local-dir", metavar="DIR", help="Plain directory for the files instead of the hub's cache."),
@@ -64,7 +47,8 @@ def download(  # noqa: PLR0913 - Typer declares each option as a parameter
     where = hub.Where(source=source, endpoint=endpoint, revision=revision, local_dir=local_dir)
     try:
         with reported_errors():
-            result = (hub.plan_download if dry_run else hub.download)(model, dtype, where, progress=bar)
+            repo_id = api.resolve(model, dtype, source, endpoint, revision).repo_id  # a Qwen3 checkpoint?
+            result = (hub.plan_download if dry_run else hub.download)(repo_id, None, where, progress=bar)
             if dry_run:
                 render.print_json(result.to_json()) if as_json else progress.show_plan(result.to_json())
                 check_disk(result.needed_bytes, result.free_bytes, result.path)

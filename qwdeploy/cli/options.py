@@ -85,6 +85,27 @@ GpusPerNodeOpt = Annotated[
         "--num-gpus-per-node", metavar="N", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8)."
     ),
 ]
+SourceOpt = Annotated[
+    str,
+    typer.Option(
+        "--source",
+        metavar="SOURCE",
+        help="Hub for downloads and for repos qwdeploy does not ship: auto (try hf, hf-mirror, modelscope), hf, "
+        "hf-mirror or modelscope.",
+    ),
+]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint", metavar="URL", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."
+    ),
+]
+RevisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--revision", metavar="REV", help="Branch, tag or commit (default: main on HF, master on ModelScope)."
+    ),
+]
 CompileCacheOpt = Annotated[
     str,
     typer.Option(
@@ -110,6 +131,9 @@ PLAN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("nodes", NodesOpt, None),
     ("num_gpus_per_node", GpusPerNodeOpt, None),
     ("compile_cache", CompileCacheOpt, "cold"),
+    ("source", SourceOpt, "auto"),
+    ("endpoint", EndpointOpt, None),
+    ("revision", RevisionOpt, None),
 )
 
 
@@ -140,6 +164,9 @@ def request_from(model: str, values: dict[str, Any]) -> PlanRequest:
         nodes=v["nodes"],
         gpus_per_node=v["num_gpus_per_node"],
         pins=pins,
+        source=v["source"],
+        endpoint=v["endpoint"],
+        revision=v["revision"],
     )
 
 

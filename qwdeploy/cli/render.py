@@ -69,10 +69,10 @@ def _memory_table(data: dict[str, Any]) -> Table:
     table.add_column("how")
     rows = [
         ("total (CUDA)", mem["total_bytes"], f"{gpu['name']}"),
-        ("requested", mem["requested_bytes"], f"gpu_memory_utilization {data['gpu_memory_utilization']:g} × total"),
+        ("requested", mem["requested_bytes"], _requested_how(data)),
         ("  weights", mem["weights_bytes"], f"{data['weights']}, TP {data['tensor_parallel_size']}"),
         ("  peak activation", mem["activation_bytes"], f"profile run, {data['max_num_batched_tokens']} tokens"),
-        ("  non-torch", mem["non_torch_bytes"], "cuBLAS, NCCL, attention buffers"),
+        ("  non-torch", mem["non_torch_bytes"], "cuBLAS, attention buffers"),
     ]
     if mem.get("cudagraph_in_budget_bytes"):
         rows.append(("  CUDA-graph estimate", mem["cudagraph_in_budget_bytes"], "V1 model runner (MoE)"))
@@ -83,9 +83,17 @@ def _memory_table(data: dict[str, Any]) -> Table:
         ("CUDA graphs (on top)", on_top, "0 with --enforce-eager" if not data["enforce_eager"] else "eager: none"),
         ("CUDA context", mem["cuda_context_bytes"], "per process"),
     ]
+    if mem.get("distributed_init_bytes"):
+        rows.append(("communicators", mem["distributed_init_bytes"], "NCCL, custom all-reduce; before vLLM's check"))
     for part, n, how in rows:
         table.add_row(part, f"{n / GiB:.2f}", how)
     return table
+
+
+def _requested_how(data: dict[str, Any]) -> str:
+    most = data.get("gpu_memory_utilization_max")
+    ceiling = f" (at most {most:g} here)" if most is not None else ""
+    return f"gpu_memory_utilization {data['gpu_memory_utilization']:g} × total{ceiling}"
 
 
 _PERFORMANCE_ROWS = (

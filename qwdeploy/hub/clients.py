@@ -152,6 +152,78 @@ def _ms_listing(source: Source, repo_id: str, revision: str, env: Mapping[str, s
     ]
 
 
+def read_file(source: Source, repo_id: str, revision: str, path: str, env: Mapping[str, str], offline: bool) -> bytes:
+    """A small file (config.json ...) through the client, into its cache (where `download` puts
+    it); `offline`: from that cache only."""
+    local: str | Path
+    with client_errors(source, repo_id):
+        if source.protocol == "hf":
+            from huggingface_hub import hf_hub_download
+
+            with _hf_session(source):
+                local = hf_hub_download(
+                    repo_id,
+                    path,
+                    revision=revision,
+                    endpoint=source.endpoint,
+                    token=_hf_token(source),
+                    cache_dir=str(hf_cache_dir(env)),
+                    local_files_only=offline,
+                )
+        else:
+            from modelscope_hub import HubApi
+
+            with _ms_session():
+                api = HubApi(endpoint=source.endpoint, token=_ms_token(env))
+                local = api.download_file(
+                    repo_id,
+                    "model",
+                    path,
+                    revision=revision,
+                    cache_dir=modelscope_cache_dir(env),
+                    local_files_only=offline,
+                )
+        return Path(str(local)).read_bytes()
+
+
+def read_range(
+    source: Source, repo_id: str, revision: str, path: str, span: tuple[int, int], env: Mapping[str, str]
+) -> bytes:
+    """Bytes [start, stop) of a hub file: one HTTP range request (safetensors headers). The body
+    is read no further than asked, also from a server that ignores Range."""
+    start, stop = span
+    ranged = {"Range": f"bytes={start}-{stop - 1}"}
+    with client_errors(source, repo_id):
+        if source.protocol == "hf":
+            from huggingface_hub import hf_hub_url
+            from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+            url = hf_hub_url(repo_id, path, revision=revision, endpoint=source.endpoint)
+            headers = {**build_hf_headers(token=_hf_token(source)), **ranged}
+            with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
+                if response.status_code >= 400:
+                    response.read()
+                hf_raise_for_status(response)
+                return _first(response.iter_bytes(), stop - start)
+        import requests
+        from modelscope_hub import HubApi
+
+        api = HubApi(endpoint=source.endpoint, token=_ms_token(env))
+        url = api.legacy.get_download_url(repo_id, "model", path, revision)
+        with requests.get(url, headers=ranged, cookies=api.get_cookies(), timeout=30, stream=True) as reply:
+            reply.raise_for_status()
+            return _first(reply.iter_content(chunk_size=65536), stop - start)
+
+
+def _first(chunks: Iterable[bytes], n: int) -> bytes:
+    out = bytearray()
+    for chunk in chunks:
+        out += chunk
+        if len(out) >= n:
+            break
+    return bytes(out[:n])
+
+
 def _exact(paths: Iterable[str]) -> list[str]:
     """Glob patterns that match exactly these names (the clients take fnmatch patterns)."""
     return [glob.escape(p) for p in paths]

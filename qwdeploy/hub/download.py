@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.hub.clients import fetch, list_files
@@ -47,6 +48,8 @@ from qwdeploy.hub.files import (
 )
 from qwdeploy.hub.verify import discard, verify
 from qwdeploy.paths import unwritable
+
+T = TypeVar("T")
 
 
 def free_bytes(path: Path) -> int:
@@ -76,9 +79,16 @@ def _probe_all(sources: Sequence[Source]) -> dict[str, str | None]:
 
 
 def _repo(model: str, dtype: str | None) -> str:
+    """The repo to fetch: a catalog variant's, or MODEL itself when it names another hub repo."""
+    from qwdeploy.errors import UnknownModelError
     from qwdeploy.planning import catalog
 
-    variant = catalog.get(model, dtype)
+    try:
+        variant = catalog.get(model, dtype)
+    except UnknownModelError:
+        if dtype is None and catalog.is_repo_id(model):
+            return catalog.normalise(model)
+        raise
     if variant.local_path is not None:
         raise DownloadError(
             f"{variant.local_path} is a local directory: nothing to download",
@@ -116,9 +126,9 @@ def _plan_one(
     return Plan(manifest, dest, present(manifest, dest), free_bytes(dest))
 
 
-def _try_sources(
-    repo_id: str, sources: Sequence[Source], attempt: Callable[[Source], Plan], progress: Progress
-) -> Plan:
+def try_sources(sources: Sequence[Source], attempt: Callable[[Source], T], progress: Progress, repo_id: str = "") -> T:
+    """The first source's result; on a failure worth it (network, not found ...), the next's.
+    When every source fails, one error names each source's reason."""
     attempts = Attempts(repo_id)
     for i, src in enumerate(sources):
         try:
@@ -158,8 +168,8 @@ def plan_download(
     repo_id = _repo(model, dtype)
     local = Path(where.local_dir) if where.local_dir else None
     env = where.environ()
-    return _try_sources(
-        repo_id, where.chosen(progress), lambda s: _plan_one(s, repo_id, where.revision, local, env), progress
+    return try_sources(
+        where.chosen(progress), lambda s: _plan_one(s, repo_id, where.revision, local, env), progress, repo_id
     )
 
 
@@ -179,7 +189,7 @@ def download(model: str, dtype: str | None = None, where: Where = Where(), progr
         good = _verified(plan, folder, local, env, progress)
         return replace(plan, path=folder, verified=tuple(good))
 
-    return _try_sources(repo_id, where.chosen(progress), attempt, progress)
+    return try_sources(where.chosen(progress), attempt, progress, repo_id)
 
 
 def _check_commit(plan: Plan, folder: Path, in_cache: bool) -> None:

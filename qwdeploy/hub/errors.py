@@ -244,7 +244,7 @@ _ORDER = (
 
 @dataclass
 class Attempts:
-    repo_id: str
+    repo_id: str = ""
     errors: list[tuple[Source, QwdeployError]] = field(default_factory=list)
 
     def best(self) -> QwdeployError:
@@ -254,7 +254,8 @@ class Attempts:
         if len(self.errors) == 1:
             return first
         each = "; ".join(f"{s.name} ({s.endpoint}): {self.said(s, e)}" for s, e in self.errors)
-        return DownloadError(f"{self.repo_id}: every source failed: {each}", hint=first.hint, exit_code=first.exit_code)
+        what = f"{self.repo_id}: every source failed" if self.repo_id else "every source failed"
+        return DownloadError(f"{what}: {each}", hint=first.hint, exit_code=first.exit_code)
 
     def said(self, source: Source, e: QwdeployError) -> str:
         """One source's error without the repo and source a list already names."""

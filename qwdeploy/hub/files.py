@@ -143,6 +143,12 @@ def build_manifest(
     files = tuple(sorted((f for f in listing if is_wanted(f.path)), key=lambda f: f.path))
     skipped = tuple(sorted(f.path for f in listing if not is_wanted(f.path)))
     names = {f.path for f in files}
+    if any(f.path.endswith(".gguf") for f in listing) and not any(n.endswith(".safetensors") for n in names):
+        raise DownloadError(
+            f"{repo_id} on {source.name} holds GGUF files: vLLM 0.26 runs no GGUF (it moved to the "
+            f"vllm-gguf-plugin package)",
+            hint="use a safetensors repo: the bf16 model, or its AWQ, GPTQ or FP8 build",
+        )
     if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
         raise DownloadError(
             f"{repo_id} on {source.name} has no config.json + safetensors weights",

@@ -15,6 +15,7 @@ from qwdeploy.planning.catalog import family
 from qwdeploy.planning.context import round_context
 from qwdeploy.planning.kv import BLOCK_SIZE
 from qwdeploy.planning.plan import Alternative
+from qwdeploy.planning.quant import gpu_problem
 from qwdeploy.planning.stages import layout_problem
 from qwdeploy.planning.weights import valid_tp_sizes
 
@@ -53,11 +54,12 @@ def _alternative(summary: str, c: Candidate) -> Alternative:
 
 def _other_weights(best: Candidate, gpus: tuple[Gpu, ...], goal: Goal) -> list[Option]:
     """The family's other checkpoints (FP8, int4 ...) on the fewest of these GPUs (one node)."""
-    if best.pp > 1 or best.variant.local_path is not None:
+    if best.pp > 1 or not best.variant.from_catalog:
         return []
     out = []
+    cc = min(g.spec.compute_capability for g in gpus)
     for v in family(best.variant.base):
-        if v.repo_id == best.variant.repo_id:
+        if v.repo_id == best.variant.repo_id or gpu_problem(v.spec.quantization, cc):
             continue
         tried = [
             evaluate(v, best.kv_cache_dtype, Placement(best_group(gpus, tp)), goal)

@@ -14,16 +14,24 @@ from qwdeploy.gpus.specs import Gpu
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.context import context_ceiling, derived_context, rope_for, rope_max_position, round_context
+from qwdeploy.planning.distributed import init_bytes
 from qwdeploy.planning.engine import Engine
 from qwdeploy.planning.kv import BLOCK_SIZE, KvCapacity, kv_bytes_per_token
-from qwdeploy.planning.memory import MemoryBreakdown, cudagraph_on_top_bytes, max_utilization
+from qwdeploy.planning.memory import (
+    MemoryBreakdown,
+    activation_bytes,
+    after_capture_bytes,
+    cudagraph_on_top_bytes,
+    max_utilization,
+)
 from qwdeploy.planning.plan import Pins
 from qwdeploy.planning.profiles import Profile
 from qwdeploy.planning.stages import Stage, most_layers, stage_memory, tightest
 from qwdeploy.units import GiB, MiB
 
-# Headroom left free beside vLLM when choosing gpu_memory_utilization (allocator slack,
-# another tool's CUDA context). vLLM has none of its own: free < requested is a refusal.
+# The least headroom left free beside vLLM's budget when choosing gpu_memory_utilization
+# (allocator growth after graph capture, another tool's CUDA context). vLLM has none of its
+# own: free < requested is a refusal.
 FREE_MEMORY_MARGIN_BYTES = 512 * MiB
 
 
@@ -58,7 +66,7 @@ class Candidate:
     kv_cache_dtype: str
     placement: Placement
     gmu: float
-    gmu_cap: float
+    gmu_cap: float  # the largest gpu_memory_utilization whose start and first requests fit
     engine: Engine
     rope_scaling: dict[str, Any] | None
     stages: tuple[Stage, ...]
@@ -113,6 +121,7 @@ def engine_for(variant: Variant, kv: str, placement: Placement, goal: Goal) -> E
     target = pins.max_model_len or min(profile.max_model_len, ceiling)
     return Engine(
         tensor_parallel_size=placement.tp,
+        pipeline_parallel_size=placement.pp,
         max_model_len=target,
         max_num_batched_tokens=pins.max_num_batched_tokens or max(profile.max_num_batched_tokens, mns),
         max_num_seqs=mns,
@@ -129,14 +138,12 @@ def evaluate(variant: Variant, kv: str, placement: Placement, goal: Goal) -> Can
     engine = engine_for(variant, kv, placement, goal)
     target = engine.max_model_len
     graphs = cudagraph_on_top_bytes(variant, engine, most_layers(variant, placement.pp), goal.cal)
-    gmu_cap = min(
-        max_utilization(g.total_bytes, g.free_bytes, graphs, FREE_MEMORY_MARGIN_BYTES, goal.cal) for g in placement.gpus
-    )
+    gmu_cap = utilization_ceiling(variant, engine, placement, graphs, goal.cal)
     gmu = goal.pins.gpu_memory_utilization or min(goal.profile.gpu_memory_utilization, gmu_cap)
     rope = rope_for(variant, target)
     stages = _stages(variant, engine, placement, gmu, goal)
     mml = goal.pins.max_model_len or _fitted_context(variant, tightest(stages).capacity, target, goal.profile)
-    if mml < target and rope and mml <= variant.spec.max_position_embeddings:
+    if mml < target and rope and mml <= variant.spec.context_length:
         rope = None  # the reduced context no longer needs YaRN
     engine = replace(engine, max_model_len=max(mml, BLOCK_SIZE), max_position=rope_max_position(rope))
     stages = _stages(variant, engine, placement, gmu, goal)
@@ -145,6 +152,13 @@ def evaluate(variant: Variant, kv: str, placement: Placement, goal: Goal) -> Can
     cap = replace(cap, max_model_len_limit=min(cap.max_model_len_limit, limit))
     c = Candidate(variant, kv, placement, gmu, gmu_cap, engine, rope, stages, cap, graphs)
     return _judged(c, target, goal)
+
+
+def utilization_ceiling(variant: Variant, engine: Engine, placement: Placement, graphs: int, cal: Calibration) -> float:
+    """The largest gpu_memory_utilization every GPU of the placement keeps through the whole start."""
+    held = cal.cuda_context_bytes + init_bytes(variant, engine, cal)
+    growth = after_capture_bytes(activation_bytes(variant, engine, cal), FREE_MEMORY_MARGIN_BYTES)
+    return min(max_utilization(g.total_bytes, g.free_bytes, held + graphs + growth) for g in placement.gpus)
 
 
 def _stages(variant: Variant, engine: Engine, placement: Placement, gmu: float, goal: Goal) -> tuple[Stage, ...]:
@@ -207,19 +221,27 @@ def _kv_refusal(c: Candidate) -> str | None:
 
 def _free_memory_refusal(c: Candidate, pins: Pins) -> str | None:
     m = c.stages[0].memory
+    held = m.held_before_start_bytes
+    what = "CUDA context and communicators exist" if m.distributed_init_bytes else "CUDA context exists"
     for g in c.gpus:
-        free_after_context = g.free_bytes - m.cuda_context_bytes
-        if pins.gpu_memory_utilization and m.requested_bytes > free_after_context:
+        if pins.gpu_memory_utilization and m.requested_bytes > g.free_bytes - held:
             return (
                 f"gpu_memory_utilization {c.gmu:g} asks for {_gib(m.requested_bytes)} but only "
-                f"{_gib(free_after_context)} is free on GPU {g.index} once "
-                f"vLLM's CUDA context exists; vLLM refuses to start"
+                f"{_gib(g.free_bytes - held)} is free on GPU {g.index} once "
+                f"vLLM's {what}; vLLM refuses to start"
             )
-        if m.requested_bytes + c.graphs_on_top + m.cuda_context_bytes > g.free_bytes:
+        # capture_model empties torch's cache first: the profile run's activation blocks go back
+        if m.requested_bytes - m.activation_bytes + c.graphs_on_top + held > g.free_bytes:
             return (
                 f"gpu_memory_utilization {c.gmu:g} plus CUDA graphs ({_gib(c.graphs_on_top)}) exceeds the "
                 f"{_gib(g.free_bytes)} free on GPU {g.index}: out of memory while capturing graphs"
             )
+    if pins.gpu_memory_utilization and c.gmu > c.gmu_cap:
+        return (
+            f"gpu_memory_utilization {c.gmu:g} leaves too little memory for vLLM's kernel warm-up "
+            f"after CUDA-graph capture and its first requests (they grow past the budget by about the "
+            f"activation peak, {_gib(m.activation_bytes)}): out of memory once started; at most {c.gmu_cap:g}"
+        )
     return None
 
 

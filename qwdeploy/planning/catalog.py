@@ -12,30 +12,33 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from qwdeploy.errors import ExitCode, UnknownModelError
+from qwdeploy.planning import quant
+from qwdeploy.planning.layout import Layout
+from qwdeploy.planning.quant import Quantization
 
 QWEN3_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
 
-# Weight formats a user can ask for (--dtype) and the quant methods that provide them.
+# Weight formats a user can ask for (--dtype).
 WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int4", "int8")
-_DTYPE_OF_WEIGHTS = {"bf16": "bf16", "fp8": "fp8", "awq": "int4", "gptq-int4": "int4", "gptq-int8": "int8"}
 
 
 @dataclass(frozen=True)
-class Quantization:
-    """The checkpoint's quantization_config, reduced to what the memory model needs."""
+class Origin:
+    """Where a hub checkpoint's facts came from (config, quant config, safetensors headers)."""
 
-    method: str  # "fp8" | "awq" | "gptq"
-    bits: int  # 8 for fp8, 4 or 8 for awq/gptq
-    group_size: int = 128  # awq/gptq groups; fp8 block edge
-    desc_act: bool = False  # gptq act-order: keeps g_idx on the GPU
-    keeps_16bit: tuple[str, ...] = ()  # module name patterns left unquantized
+    source: str  # hf | hf-mirror | modelscope
+    endpoint: str
+    revision: str  # the commit when the hub names one, else the branch or tag
+    files: tuple[str, ...]  # the files read (config.json, ..., the shards' headers)
+    cached: bool = False  # read from the local caches, not the network
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,20 @@ class ModelSpec:
     rope_scaling: dict[str, Any] | None = None
     quantization: Quantization | None = None
     architecture: str = "Qwen3ForCausalLM"
+    rope_theta: float | None = None
 
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    @property
+    def context_length(self) -> int:
+        """vLLM's derived max_model_len: max_position_embeddings, or, with YaRN in config.json,
+        original_max_position_embeddings × factor (config/model.py _get_and_verify_max_len)."""
+        rs = self.rope_scaling or {}
+        if (rs.get("rope_type") or rs.get("type")) == "yarn" and rs.get("original_max_position_embeddings"):
+            return int(rs["original_max_position_embeddings"] * rs.get("factor", 1.0))
+        return self.max_position_embeddings
 
 
 @dataclass(frozen=True)
@@ -70,16 +83,24 @@ class Variant:
 
     repo_id: str  # Hugging Face and ModelScope use the same id for Qwen's repos
     base: str  # the bf16 base repo of the family
-    weights: str  # bf16 | fp16 | fp8 | awq | gptq-int4 | gptq-int8
+    weights: str  # bf16 | fp16 | the quantized format's label (fp8, awq, gptq-int4, ct-w4a16 ...)
     spec: ModelSpec
     local_path: Path | None = None  # set for a local directory
-    config_provenance: str = "verbatim"  # "derived": built from the base config + quant config
+    config_provenance: str = "verbatim"  # "derived": base config + quant config; "local"; "remote"
     aliases: tuple[str, ...] = field(default=())
+    layout: Layout | None = None  # the parameters from the safetensors headers (hub checkpoints)
+    origin: Origin | None = None  # where a hub checkpoint's facts came from
 
     @property
     def weight_dtype(self) -> str:
         """bf16 | fp16 | fp8 | int4 | int8."""
-        return _DTYPE_OF_WEIGHTS.get(self.weights, self.weights)
+        q = self.spec.quantization
+        return q.weight_dtype if q else self.weights
+
+    @property
+    def from_catalog(self) -> bool:
+        """One of Qwen's checkpoints shipped with qwdeploy (its family has other formats)."""
+        return self.config_provenance in ("verbatim", "derived")
 
     @property
     def hf_repo_id(self) -> str:
@@ -134,41 +155,27 @@ def spec_from_config(config: dict[str, Any], source: str) -> ModelSpec:
             num_experts_per_tok=int(config.get("num_experts_per_tok", 0) or 0),
             moe_intermediate_size=int(config.get("moe_intermediate_size", 0) or 0),
             rope_scaling=config.get("rope_scaling") or None,
-            quantization=_quantization(config.get("quantization_config"), source),
+            quantization=quant.parse(config.get("quantization_config") or config.get("compression_config"), source),
             architecture=arch,
+            rope_theta=_number(config.get("rope_theta")),
         )
     except KeyError as missing:
         raise UnknownModelError(f"{source}: config.json lacks {missing}") from None
     return spec
 
 
-def _quantization(qc: dict[str, Any] | None, source: str) -> Quantization | None:
-    if not qc:
+def _number(value: Any) -> float | None:
+    """A config number as written: 1000000 stays an int (it reaches --hf-overrides verbatim)."""
+    if value is None:
         return None
-    method = str(qc.get("quant_method", "")).lower()
-    if method == "fp8":
-        block = qc.get("weight_block_size") or [128, 128]
-        keeps = tuple(qc.get("modules_to_not_convert") or ())
-        return Quantization("fp8", 8, int(block[0]), keeps_16bit=keeps)
-    if method in ("awq", "awq_marlin"):
-        return Quantization("awq", int(qc.get("bits", 4)), int(qc.get("group_size", 128)))
-    if method in ("gptq", "gptq_marlin"):
-        return Quantization(
-            "gptq", int(qc.get("bits", 4)), int(qc.get("group_size", 128)), desc_act=bool(qc.get("desc_act", False))
-        )
-    raise UnknownModelError(
-        f"{source}: quant_method {method!r} is not supported",
-        hint="supported: fp8 (block-128), awq, gptq",
-    )
+    return int(value) if float(value).is_integer() else float(value)
 
 
-def _weights_of_local(spec: ModelSpec) -> str:
-    q = spec.quantization
-    if q is None:
-        return "fp16" if spec.torch_dtype in ("float16", "fp16") else "bf16"
-    if q.method == "fp8":
-        return "fp8"
-    return "awq" if q.method == "awq" else f"gptq-int{q.bits}"
+def weights_label(spec: ModelSpec) -> str:
+    """bf16 | fp16 | the quantized format's label (fp8, awq, gptq-int4, ct-w4a16, bnb-nf4 ...)."""
+    if spec.quantization is not None:
+        return spec.quantization.label
+    return "fp16" if spec.torch_dtype in ("float16", "fp16") else "bf16"
 
 
 @lru_cache(maxsize=1)
@@ -212,7 +219,8 @@ def _by_id() -> dict[str, Variant]:
     return {v.repo_id.lower(): v for v in variants()}
 
 
-def _normalise(model: str) -> str:
+def normalise(model: str) -> str:
+    """MODEL as a repo id: hub URL prefixes dropped, a bare Qwen3 name given Qwen's org."""
     model = model.strip().rstrip("/")
     for prefix in ("https://huggingface.co/", "https://modelscope.cn/models/", "hf://"):
         if model.startswith(prefix):
@@ -222,13 +230,31 @@ def _normalise(model: str) -> str:
     return model
 
 
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_repo_id(model: str) -> bool:
+    """Does MODEL name a hub repo (org/name), not a local directory?"""
+    return not _exists(Path(os.path.expanduser(model))) and REPO_ID.fullmatch(normalise(model)) is not None
+
+
+def knows(model: str) -> bool:
+    """Is MODEL a local directory or one of the shipped ids (resolved without the network)?"""
+    return _is_dir(Path(os.path.expanduser(model))) or normalise(model).lower() in _by_id()
+
+
+def suggest(model: str) -> str:
+    """A hint for an id qwdeploy does not ship: the closest shipped ids."""
+    return _closest(normalise(model).lower(), _by_id())
+
+
 def get(model: str, dtype: str | None = None) -> Variant:
     """Resolve MODEL (+ optional weight dtype) to a variant, or raise UnknownModelError."""
     path = Path(os.path.expanduser(model))
     if _is_dir(path):
         return _local(path, dtype)
     known = _by_id()
-    key = _normalise(model).lower()
+    key = normalise(model).lower()
     variant = known.get(key)
     if variant is None:
         raise UnknownModelError(f"unknown model {model!r}", hint=_closest(key, known))
@@ -244,7 +270,7 @@ def pick_dtype(variant: Variant, dtype: str) -> Variant:
         raise UnknownModelError(
             f"unknown --dtype {dtype!r}", hint=f"one of {', '.join(WEIGHT_DTYPES)}", exit_code=ExitCode.USAGE
         )
-    if variant.local_path is not None:
+    if not variant.from_catalog:
         if dtype != variant.weight_dtype and not {dtype, variant.weight_dtype} <= {"bf16", "fp16"}:
             raise UnknownModelError(
                 f"{variant.name} holds {variant.weight_dtype} weights, not {dtype}",
@@ -264,8 +290,6 @@ def pick_dtype(variant: Variant, dtype: str) -> Variant:
 
 
 def _as_fp16(v: Variant) -> Variant:
-    from dataclasses import replace
-
     return replace(v, weights="fp16")
 
 
@@ -273,22 +297,15 @@ def _local(path: Path, dtype: str | None) -> Variant:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UnknownModelError(f"{path} has no config.json", hint="point MODEL at a model directory")
-    try:
-        config = json.loads(config_file.read_bytes())
-    except json.JSONDecodeError as e:
-        raise UnknownModelError(f"{config_file}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UnknownModelError(f"cannot read {config_file}: {getattr(e, 'strerror', None) or e}") from None
-    if not isinstance(config, dict):
-        raise UnknownModelError(
-            f"{config_file}: a config.json is a JSON object, not {type(config).__name__}",
-            hint="point MODEL at a Hugging Face model directory",
-        )
+    config = _read_json(config_file)
     spec = spec_from_config(config, str(config_file))
+    apart = next((path / f for f in quant.CONFIG_FILES if (path / f).is_file()), None)
+    if spec.quantization is None and apart is not None:  # old AutoGPTQ / AutoAWQ layouts
+        spec = replace(spec, quantization=quant.parse(_read_json(apart), str(apart), apart.name))
     variant = Variant(
         repo_id=str(path),
         base=str(path),
-        weights=_weights_of_local(spec),
+        weights=weights_label(spec),
         spec=spec,
         local_path=path,
         config_provenance="local",
@@ -296,10 +313,33 @@ def _local(path: Path, dtype: str | None) -> Variant:
     return pick_dtype(variant, dtype) if dtype else variant
 
 
+def _read_json(file: Path) -> dict[str, Any]:
+    """A JSON object from a local model directory; anything else is a one-line error."""
+    try:
+        data = json.loads(file.read_bytes())
+    except json.JSONDecodeError as e:
+        raise UnknownModelError(f"{file}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnknownModelError(f"cannot read {file}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(data, dict):
+        raise UnknownModelError(
+            f"{file}: a config file is a JSON object, not {type(data).__name__}",
+            hint="point MODEL at a Hugging Face model directory",
+        )
+    return data
+
+
 def _is_dir(path: Path) -> bool:
     try:
         return path.is_dir()
     except (OSError, ValueError):  # a name too long for the filesystem, a NUL: no directory
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
         return False
 
 

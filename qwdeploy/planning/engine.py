@@ -10,6 +10,7 @@ class Engine:
     """What vLLM is started with, as far as one GPU's memory is concerned."""
 
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     max_model_len: int = 32768
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
@@ -25,6 +26,7 @@ class Span:
     """The decoder layers one GPU holds: all of them, or one pipeline stage's."""
 
     layers: int | None = None  # None: every layer of the model
+    start_layer: int = 0  # the first of them
     first_stage: bool = True  # holds embed_tokens
     last_stage: bool = True  # holds the final norm and lm_head
     samples: bool = True  # runs the sampler (the last stage)

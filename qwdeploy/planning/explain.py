@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from qwdeploy.planning.candidate import Candidate, Goal
+from qwdeploy.planning.candidate import FREE_MEMORY_MARGIN_BYTES, Candidate, Goal
 from qwdeploy.planning.context import context_ceiling
+from qwdeploy.planning.distributed import MEASURED_TP
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
+from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.plan import Alternative, Choice, Plan
+from qwdeploy.planning.provenance import checkpoint_notes
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
 from qwdeploy.planning.versions import VLLM_VERSION
 from qwdeploy.units import GiB
@@ -17,6 +20,7 @@ CLI = "set on the command line"
 
 def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternative, ...], gpus_per_node: int) -> Plan:
     notes = _verdict_notes(c, goal)
+    notes += checkpoint_notes(c.variant, c.gpus[0], c.tp, c.memory.weights_bytes)
     notes += _stage_notes(c, gpus_per_node) if c.pp > 1 else _gpu_notes(c, goal, local)
     gpus = c.gpus if c.pp == 1 else tuple(replace(c.gpus[0], index=i % c.tp) for i in range(c.tp * c.pp))
     return Plan(
@@ -42,6 +46,7 @@ def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternati
         alternatives=alternatives,
         meets_profile=c.meets_profile,
         stages=c.stages,
+        gpu_memory_utilization_max=c.gmu_cap,
     )
 
 
@@ -72,6 +77,7 @@ def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
     if not local:
         notes += _estimated_total_note(c)
     notes += _weights_notes(c)
+    notes += _tensor_parallel_notes(c)
     m = c.memory
     if m.cudagraph_in_budget_bytes:
         notes.append(
@@ -109,13 +115,25 @@ def _weights_notes(c: Candidate) -> list[str]:
             f"{gpu.name} has no FP8 tensor cores: vLLM runs FP8 weights as "
             f"w8a16 through Marlin (memory savings, slower prefill)."
         )
-    if c.variant.weight_dtype == "fp8" and c.variant.spec.quantization and not c.eager:
+    q = c.variant.spec.quantization
+    if q is not None and q.scheme == "fp8-block" and not c.eager:
         notes.append(
             "FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on a first start "
             "(during profiling and CUDA-graph capture, even with VLLM_DEEP_GEMM_WARMUP=skip: "
             "minutes); `qwdeploy warm` and serve keep them in a persistent cache."
         )
     return notes
+
+
+def _tensor_parallel_notes(c: Candidate) -> list[str]:
+    m = c.memory
+    if c.tp <= MEASURED_TP:
+        return []
+    return [
+        f"Tensor parallel {c.tp} was not measured (TP 2 was, on 2 × H200): the communicators' "
+        f"{_gib(m.distributed_init_bytes)} per GPU are the TP 2 figure with a 50 % allowance on NCCL's "
+        f"part, and the CUDA graphs keep their TP 2 size; `qwdeploy serve` records what vLLM really takes."
+    ]
 
 
 def _stage_notes(c: Candidate, gpus_per_node: int) -> list[str]:
@@ -243,8 +261,9 @@ def _engine_reasons(c: Candidate, goal: Goal) -> list[Choice]:
     gmu = (
         CLI
         if pins.gpu_memory_utilization
-        else f"profile {p}; the most these GPUs allow is {c.gmu_cap:g} (free memory, vLLM's "
-        f"CUDA context and {_gib(m.cudagraph_bytes)} of CUDA graphs on top)"
+        else f"profile {p}; the most these GPUs allow is {c.gmu_cap:g} (free memory less vLLM's "
+        f"CUDA context{_communicators(m)}, {_gib(m.cudagraph_on_top_bytes)} of CUDA graphs on top and "
+        f"{_gib(max(m.activation_bytes, FREE_MEMORY_MARGIN_BYTES))} for the warm-up after graph capture)"
     )
     kv = (
         CLI
@@ -276,6 +295,10 @@ def _engine_reasons(c: Candidate, goal: Goal) -> list[Choice]:
         Choice("enforce_eager", c.eager, eager),
         Choice("enable_prefix_caching", goal.profile.enable_prefix_caching, f"profile {p}"),
     ]
+
+
+def _communicators(m: MemoryBreakdown) -> str:
+    return f", {_gib(m.distributed_init_bytes)} of communicators" if m.distributed_init_bytes else ""
 
 
 def _gib(n: float) -> str:

@@ -8,7 +8,9 @@ Target: vLLM 0.26 (qwdeploy.planning.versions). How vLLM sizes the KV cache ther
     tokens    = int(blocks / ceil(max_model_len / 16) × max_model_len)
 
 CUDA-graph memory is NOT taken from `requested` in 0.26 (its V2 model runner reports 0 for the
-graph estimate); it is allocated on top, so it matters for what must be free, not for KV.
+graph estimate); it is allocated on top, so it matters for what must be free, not for KV. At
+TP > 1 the communicators (qwdeploy.planning.distributed) are allocated before vLLM's start
+snapshot: outside the KV budget, inside the free-memory check and the GPU's footprint.
 
 The overhead constants (qwdeploy.planning.calibration) come from real vLLM 0.26.0 runs on an
 H100 80GB (tests/data/vllm_runs/); each says which runs fixed it.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.catalog import Variant
+from qwdeploy.planning.distributed import distributed, init_bytes
 from qwdeploy.planning.engine import WHOLE_MODEL, Engine, Span
 from qwdeploy.planning.weights import padded_vocab, weight_bytes
 
@@ -40,16 +43,19 @@ def activation_bytes(variant: Variant, engine: Engine, cal: Calibration = CALIBR
         forward *= cal.eager_activation_factor
     peaks = [forward]
     if not engine.enforce_eager and not engine.compile_cache_warm:
-        peaks.append(s.hidden_size * (cal.compile_hint_tokens * cal.compile_per_hint + tokens * cal.compile_per_token))
+        compiling = s.hidden_size * (cal.compile_hint_tokens * cal.compile_per_hint + tokens * cal.compile_per_token)
+        peaks.append(compiling * (cal.compile_tp_factor / tp if tp > 1 else 1.0))
     if samples:
         rows = min(engine.max_num_seqs, tokens)
         per_logit = cal.sampler_bytes_per_logit_v1 if runs_v1_model_runner(variant) else cal.sampler_bytes_per_logit
         peaks.append(rows * padded_vocab(s) * per_logit + tokens * s.hidden_size * 2)
     peak = max(peaks)
     if s.is_moe:
-        mi = s.moe_intermediate_size / tp
+        mi = s.moe_intermediate_size
         peak += cal.moe_workspace_factor * tokens * s.num_experts_per_tok * (3 * mi + s.hidden_size) * 2
-    return int(peak)
+    compiles = not engine.enforce_eager and not engine.compile_cache_warm
+    peak += cal.offsets_for(variant.name, tp).activation_per_token_for(compiles) * tokens
+    return max(0, int(peak))
 
 
 def runs_v1_model_runner(variant: Variant) -> bool:
@@ -69,11 +75,21 @@ def cudagraph_bytes(variant: Variant, engine: Engine, layers: int | None = None,
     if engine.enforce_eager:
         return 0
     layers = variant.spec.num_hidden_layers if layers is None else layers
+    measured = cal.offsets_for(variant.name, engine.tensor_parallel_size).cudagraph_ratio
+    return int(_graph_pool_bytes(variant, engine, layers, cal) * measured)
+
+
+def _graph_pool_bytes(variant: Variant, engine: Engine, layers: int, cal: Calibration) -> float:
+    sharded = engine.tensor_parallel_size > 1
     if runs_v1_model_runner(variant):
-        return int(cudagraph_estimate_bytes(variant, engine, layers, cal) * cal.moe_graph_actual_over_estimate)
+        over = cal.moe_graph_actual_over_estimate_distributed if sharded else cal.moe_graph_actual_over_estimate
+        return cudagraph_estimate_bytes(variant, engine, layers, cal) * over
     n = len(cudagraph_capture_sizes(engine.max_num_seqs, engine.max_num_batched_tokens))
-    per_layer = cal.graph_per_size_per_layer * n + cal.graph_per_seq_per_layer * engine.max_num_seqs
-    return int(layers * per_layer)
+    if sharded:
+        int4 = variant.spec.quantization is not None and variant.spec.quantization.bits == 4
+        pool = cal.graph_distributed_base_bytes + layers * n * cal.graph_distributed_per_layer_per_size
+        return pool * (cal.graph_int4_factor if int4 else 1.0)
+    return layers * (cal.graph_per_size_per_layer * n + cal.graph_per_seq_per_layer * engine.max_num_seqs)
 
 
 def cudagraph_estimate_bytes(
@@ -87,7 +103,8 @@ def cudagraph_estimate_bytes(
     full = [x for x in sizes if x <= engine.max_num_seqs]  # FULL graphs serve uniform decode batches
     per_layer = cal.moe_graph_estimate_per_layer_piecewise * len(sizes)
     per_layer += cal.moe_graph_estimate_per_layer_full * len(full)
-    return int(layers * per_layer)
+    sharded = engine.tensor_parallel_size > 1
+    return int(layers * per_layer * (cal.moe_graph_estimate_distributed_factor if sharded else 1.0))
 
 
 def cudagraph_on_top_bytes(
@@ -97,9 +114,14 @@ def cudagraph_on_top_bytes(
     return cudagraph_bytes(variant, engine, layers, cal) - cudagraph_estimate_bytes(variant, engine, layers, cal)
 
 
-def non_torch_bytes(tp: int, cal: Calibration = CALIBRATION, variant: Variant | None = None) -> int:
-    base = cal.non_torch_moe_bytes if variant is not None and runs_v1_model_runner(variant) else cal.non_torch_bytes
-    return base + (cal.non_torch_tp_extra_bytes if tp > 1 else 0)
+def non_torch_bytes(variant: Variant, engine: Engine, cal: Calibration = CALIBRATION) -> int:
+    """vLLM's non-torch increase between its start snapshot and the end of the profile run."""
+    v1 = runs_v1_model_runner(variant)
+    if distributed(engine):
+        base = cal.non_torch_distributed_moe_bytes if v1 else cal.non_torch_distributed_bytes
+    else:
+        base = cal.non_torch_moe_bytes if v1 else cal.non_torch_bytes
+    return max(0, base + cal.offsets_for(variant.name, engine.tensor_parallel_size).non_torch_bytes)
 
 
 @dataclass(frozen=True)
@@ -115,15 +137,21 @@ class MemoryBreakdown:
     kv_cache_bytes: int  # may be negative: the weights and overheads do not fit
     cuda_context_bytes: int
     cudagraph_in_budget_bytes: int = 0  # the V1 runner's graph estimate, taken from the KV budget
+    distributed_init_bytes: int = 0  # communicators, before vLLM's start snapshot (TP/PP > 1)
 
     @property
     def cudagraph_on_top_bytes(self) -> int:
         return max(0, self.cudagraph_bytes - self.cudagraph_in_budget_bytes)
 
     @property
+    def held_before_start_bytes(self) -> int:
+        """What a rank holds when vLLM checks free memory: CUDA context + communicators."""
+        return self.cuda_context_bytes + self.distributed_init_bytes
+
+    @property
     def footprint_bytes(self) -> int:
-        """What the vLLM process holds on this GPU once started (context + requested + graphs)."""
-        return self.cuda_context_bytes + self.requested_bytes + self.cudagraph_on_top_bytes
+        """What the vLLM process holds on this GPU once started (held + requested + graphs)."""
+        return self.held_before_start_bytes + self.requested_bytes + self.cudagraph_on_top_bytes
 
 
 def requested_bytes(total_bytes: int, gpu_memory_utilization: float) -> int:
@@ -142,7 +170,7 @@ def breakdown(
     requested = requested_bytes(total_bytes, gpu_memory_utilization)
     weights = weight_bytes(variant, engine, span, cal)
     act = activation_bytes(variant, engine, cal, samples=span.samples)
-    non_torch = non_torch_bytes(engine.tensor_parallel_size, cal, variant)
+    non_torch = non_torch_bytes(variant, engine, cal)
     graphs = cudagraph_bytes(variant, engine, span.layers, cal)
     in_budget = cudagraph_estimate_bytes(variant, engine, span.layers, cal)
     return MemoryBreakdown(
@@ -155,16 +183,26 @@ def breakdown(
         kv_cache_bytes=requested - weights - act - non_torch - in_budget,
         cuda_context_bytes=cal.cuda_context_bytes,
         cudagraph_in_budget_bytes=in_budget,
+        distributed_init_bytes=init_bytes(variant, engine, cal),
     )
 
 
-def max_utilization(
-    total_bytes: int, free_bytes: int, cudagraph: int, margin_bytes: int, cal: Calibration = CALIBRATION
-) -> float:
-    """Largest gpu_memory_utilization that passes vLLM's start check and leaves room for graphs.
+def after_capture_bytes(activation: int, margin_bytes: int) -> int:
+    """Room vLLM needs beyond its budget once the graphs are captured.
 
-    vLLM requires ceil(total × gmu) to be free after it created its CUDA context, and then
-    allocates the CUDA graphs on top of the requested memory.
+    `capture_model` empties torch's cache, so the kernel warm-up (logits gathered across ranks,
+    sampler sorts) and the first requests grow the cache again past the budget: 728,719,360 B
+    for Qwen3-32B at TP 2 (cold-profile activation 960,500,224 B); gmu 0.981 ran out of memory at
+    the first request. The activation peak stands in for that growth; never below the margin.
     """
-    usable = free_bytes - cal.cuda_context_bytes - cudagraph - margin_bytes
+    return max(activation, margin_bytes)
+
+
+def max_utilization(total_bytes: int, free_bytes: int, outside_budget_bytes: int) -> float:
+    """Largest gpu_memory_utilization whose whole start and first requests fit in free memory.
+
+    outside_budget_bytes: everything vLLM holds beyond ceil(total × gmu) (the CUDA context, the
+    communicators, the CUDA graphs on top, the growth after capture).
+    """
+    usable = free_bytes - outside_budget_bytes
     return math.floor(max(0, usable) / total_bytes * 1000) / 1000

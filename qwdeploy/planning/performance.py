@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from qwdeploy.planning import startup
-from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.kv import kv_bytes_per_token
 from qwdeploy.planning.plan import Plan
 from qwdeploy.planning.weights import layer_weight_bytes, parameter_count
@@ -35,14 +34,21 @@ class Efficiency:
     # Qwen3-MoE adds routing and the fused-experts kernels to every layer: 30B-A3B at batch 1,
     # 195.2 tok/s (m_q30ba3b_throughput) -> 30 us a layer on top of step_per_layer_s.
     moe_step_per_layer_s: float = 30e-6
-    # TP all-reduce, two per layer (custom all-reduce over NVLink): an estimate, unmeasured.
+    # TP all-reduce, two per layer: a latency per call plus the tokens' hidden states over a
+    # bandwidth. Decode all-reduces (<= 8 MiB) take vLLM's custom all-reduce, prefill chunks NCCL.
+    # Fitted on 2 × H200 (NV18) at TP 2, decode at batch 1/64/256 and prefill of Qwen3-8B and 32B
+    # (bench/results/h200x2): 10 us and 200 GB/s put every decode within 8.5 %.
     allreduce_s: float = 10e-6
+    allreduce_bytes_per_s: float = 200e9
     # Eager decode of Qwen3-8B: 37.0 tok/s vs 146.8 with graphs (launch-bound): 4x slower.
     eager_slowdown: float = 146.8 / 37.0
     # Prefill matmul efficiency: Qwen3-14B, 16 × 1024-token prompts in 0.70 s = 23,416 tok/s,
     # 0.70 of 989 dense bf16 TFLOP/s. int4 prefill is slower: an estimate.
     prefill_compute: float = 0.70
     prefill_compute_int4: float = 0.50
+    # Qwen3-MoE's fused experts run far below the dense matmul rate: 30B-A3B at TP 2 on 2 × H200,
+    # 16 × 1024 tokens at 67,403 tok/s, less the all-reduce term, is 0.263 of peak (one run).
+    prefill_compute_moe: float = 0.263
 
 
 EFFICIENCY = Efficiency()
@@ -55,15 +61,11 @@ def _active_weight_bytes(plan: Plan, batch: int) -> float:
     if not s.is_moe:
         return total
     tp = plan.tensor_parallel_size
-    experts = layer_weight_bytes(plan.variant, tp) - layer_weight_bytes(_no_experts(plan.variant), tp)
+    experts = layer_weight_bytes(plan.variant, tp, plan.gpu.spec.compute_capability, experts_only=True)
     per_expert_layer = experts / s.num_experts
     touched = s.num_experts * (1 - (1 - s.num_experts_per_tok / s.num_experts) ** batch)
     untouched = (s.num_experts - touched) * per_expert_layer * plan.layers_per_gpu
     return max(total - untouched, 0.0)
-
-
-def _no_experts(variant: Variant) -> Variant:
-    return replace(variant, spec=replace(variant.spec, num_experts=0, intermediate_size=0))
 
 
 def _active_params(plan: Plan) -> float:
@@ -76,18 +78,24 @@ def _active_params(plan: Plan) -> float:
 
 
 def _bandwidth(plan: Plan, eff: Efficiency) -> float:
-    q = plan.quantization
+    q = plan.variant.weight_dtype
     factor = (
-        eff.decode_bandwidth if q is None else eff.decode_bandwidth_fp8 if q == "fp8" else eff.decode_bandwidth_int4
+        eff.decode_bandwidth_fp8
+        if q == "fp8"
+        else eff.decode_bandwidth_int4
+        if q.startswith("int")
+        else eff.decode_bandwidth
     )
     return plan.gpu.spec.memory_bandwidth_gbps * GB * factor
 
 
 def _peak_flops(plan: Plan, eff: Efficiency) -> float:
     spec = plan.gpu.spec
-    fp8 = plan.quantization == "fp8" and spec.fp8_tflops
+    fp8 = plan.variant.weight_dtype == "fp8" and spec.fp8_tflops
     peak = (spec.fp8_tflops if fp8 else spec.bf16_tflops) * 1e12
-    return peak * (eff.prefill_compute if plan.quantization in (None, "fp8") else eff.prefill_compute_int4)
+    if plan.variant.spec.is_moe:
+        return peak * eff.prefill_compute_moe
+    return peak * (eff.prefill_compute_int4 if plan.variant.weight_dtype.startswith("int") else eff.prefill_compute)
 
 
 def step_seconds(plan: Plan, batch: int, context: int, eff: Efficiency = EFFICIENCY) -> float | None:
@@ -102,8 +110,7 @@ def step_seconds(plan: Plan, batch: int, context: int, eff: Efficiency = EFFICIE
     step = max(step_bytes / _bandwidth(plan, eff), flops / _peak_flops(plan, eff))
     per_layer = eff.step_per_layer_s + (eff.moe_step_per_layer_s if plan.variant.spec.is_moe else 0.0)
     step += layers * per_layer + batch * eff.step_per_seq_s
-    if plan.tensor_parallel_size > 1:
-        step += 2 * layers * eff.allreduce_s
+    step += allreduce_seconds(plan, batch, layers, eff)
     if plan.enforce_eager:
         step *= eff.eager_slowdown
     return step
@@ -119,11 +126,21 @@ def decode_tokens_per_s(plan: Plan, batch: int, context: int, eff: Efficiency = 
     return batch / step
 
 
+def allreduce_seconds(plan: Plan, tokens: int, layers: int, eff: Efficiency = EFFICIENCY) -> float:
+    """The tensor-parallel all-reduces of one step over `tokens` tokens: two a layer."""
+    if plan.tensor_parallel_size == 1:
+        return 0.0
+    hidden_bytes = tokens * plan.variant.spec.hidden_size * 2
+    return 2 * layers * (eff.allreduce_s + hidden_bytes / eff.allreduce_bytes_per_s)
+
+
 def prefill_tokens_per_s(plan: Plan, eff: Efficiency = EFFICIENCY) -> float | None:
     if not plan.gpu.spec.bf16_tflops:
         return None
     flops_per_token = 2 * _active_params(plan) / plan.tensor_parallel_size / plan.pipeline_parallel_size
-    return _peak_flops(plan, eff) / flops_per_token
+    per_token = flops_per_token / _peak_flops(plan, eff)
+    per_token += allreduce_seconds(plan, 1, plan.layers_per_gpu, replace(eff, allreduce_s=0.0))
+    return 1 / per_token
 
 
 def benchmark_tokens_per_s(

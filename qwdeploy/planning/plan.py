@@ -99,6 +99,8 @@ class Plan:
     meets_profile: bool = True
     performance: dict[str, Any] = field(default_factory=dict[str, Any])
     stages: tuple[Stage, ...] = ()  # one per pipeline stage (node)
+    # the largest gpu_memory_utilization these GPUs keep through vLLM's whole start
+    gpu_memory_utilization_max: float | None = None
 
     # ---- derived facts -------------------------------------------------------------------
     @property
@@ -120,7 +122,7 @@ class Plan:
     def hf_overrides(self) -> dict[str, Any] | None:
         if not self.rope_scaling:
             return None
-        rope_theta = 5000000 if self.variant.is_2507 else 1000000
+        rope_theta = self.variant.spec.rope_theta or (5000000 if self.variant.is_2507 else 1000000)
         return {"rope_parameters": {"rope_theta": rope_theta, **self.rope_scaling}}
 
     @property
@@ -167,6 +169,9 @@ class Plan:
             args += ["--distributed-executor-backend", "ray"]  # vLLM's multi-node path
         if self.hf_overrides:
             args += ["--hf-overrides", _compact(self.hf_overrides)]
+        q = self.variant.spec.quantization
+        if q is not None and q.vllm_flag:  # the quant config is in a file of its own
+            args += ["--quantization", q.vllm_flag]
         if self.reasoning_parser:
             args += ["--reasoning-parser", self.reasoning_parser]
         if self.profile.tool_call_parser:
@@ -217,6 +222,7 @@ class Plan:
             "pipeline_parallel_size": self.pipeline_parallel_size,
             "max_model_len": self.max_model_len,
             "gpu_memory_utilization": self.gpu_memory_utilization,
+            "gpu_memory_utilization_max": self.gpu_memory_utilization_max,
             "kv_cache_dtype": self.kv_cache_dtype,
             "max_num_seqs": self.max_num_seqs,
             "max_num_batched_tokens": self.max_num_batched_tokens,
@@ -230,6 +236,7 @@ class Plan:
             "gpu": {
                 "name": self.gpu.name,
                 "total_bytes": self.gpu.total_bytes,
+                "total_source": self.gpu.spec.total_source,
                 "free_bytes": min(g.free_bytes for g in self.gpus),
                 "count": len(self.gpus),
             },
@@ -249,6 +256,7 @@ class Plan:
                 "non_torch_bytes": m.non_torch_bytes,
                 "kv_cache_bytes": max(0, m.kv_cache_bytes),
                 "cuda_context_bytes": m.cuda_context_bytes,
+                "distributed_init_bytes": m.distributed_init_bytes,
                 "footprint_bytes": m.footprint_bytes,
             },
             "kv_cache_bytes_per_token": kv_bytes_per_token(

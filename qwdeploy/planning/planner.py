@@ -21,6 +21,7 @@ from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.explain import to_plan
 from qwdeploy.planning.plan import Pins, Plan
 from qwdeploy.planning.profiles import Profile
+from qwdeploy.planning.quant import gpu_problem, runs_on
 from qwdeploy.planning.stages import layout_problem
 from qwdeploy.planning.weights import tp_problem, valid_tp_sizes
 
@@ -42,6 +43,7 @@ class Problem:
 def plan(problem: Problem) -> Plan:
     """The configuration to run, chosen among `problem.variants` (in order of preference)."""
     _check(problem)
+    problem = _runnable(problem)
     goal = Goal(problem.profile, problem.pins, problem.cal)
     candidates: list[Candidate] = []
     for candidate in _search_order(problem, goal):
@@ -78,6 +80,20 @@ def _check(problem: Problem) -> None:
                     f"{v.name} cannot be split over {problem.nodes} nodes: {problem_text}",
                     hint=f"use at most {v.spec.num_hidden_layers} nodes",
                 )
+
+
+def _runnable(problem: Problem) -> Problem:
+    """The variants whose format vLLM runs on these GPUs; none: an error naming what runs there."""
+    gpu = min(problem.gpus, key=lambda g: g.spec.compute_capability)
+    cc = gpu.spec.compute_capability
+    runnable = tuple(v for v in problem.variants if gpu_problem(v.spec.quantization, cc) is None)
+    if runnable:
+        return replace(problem, variants=runnable)
+    v = problem.variants[0]
+    raise QwdeployError(
+        f"{v.name} cannot run on {gpu.name}: {gpu_problem(v.spec.quantization, cc)}",
+        hint=f"vLLM 0.26 runs {', '.join(runs_on(cc))} weights there",
+    )
 
 
 def _search_order(problem: Problem, goal: Goal) -> Iterator[Candidate]:

@@ -83,8 +83,8 @@ def stage_span(variant: Variant, index: int, pp: int) -> Span:
     start, end = layer_ranges(variant.spec.num_hidden_layers, pp)[index]
     first, last = index == 0, index == pp - 1
     if variant.spec.is_moe:  # qwen3_moe.py builds embed_tokens, norm and lm_head on every rank
-        return Span(layers=end - start, first_stage=True, last_stage=True, samples=last)
-    return Span(layers=end - start, first_stage=first, last_stage=last, samples=last)
+        return Span(layers=end - start, start_layer=start, first_stage=True, last_stage=True, samples=last)
+    return Span(layers=end - start, start_layer=start, first_stage=first, last_stage=last, samples=last)
 
 
 def stage_memory(

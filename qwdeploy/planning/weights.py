@@ -1,17 +1,22 @@
 """Weight bytes per GPU as vLLM 0.26 holds them, and the tensor-parallel sizes it accepts. Pure.
 
-Exact arithmetic from config.json: TP shards, replicated norms and KV heads, FP8 block scales,
-AWQ/GPTQ packing (Marlin, or Machete on Hopper), the padded vocabulary, the rotary cache.
+Exact arithmetic over the model's parameters (qwdeploy.planning.checkpoint: from config.json, or
+from the safetensors headers): TP shards, replicated norms and KV heads, the bytes each quantized
+format's kernel holds on this GPU (qwdeploy.planning.quant), the padded vocabulary, the rotary cache.
 """
 
 from __future__ import annotations
 
 import math
 
+from qwdeploy.planning import quant
+from qwdeploy.planning.allocator import allocated_bytes
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.catalog import ModelSpec, Variant
+from qwdeploy.planning.checkpoint import from_config
 from qwdeploy.planning.engine import WHOLE_MODEL, Engine, Span
 from qwdeploy.planning.kv import kv_heads_per_rank
+from qwdeploy.planning.layout import Layer, Layout, Linear
 
 VOCAB_PADDING = 64  # VocabParallelEmbedding pads the vocab to a multiple of 64
 
@@ -31,19 +36,24 @@ def tp_problem(variant: Variant, tp: int) -> str | None:
     q = s.quantization
     if q is None:
         return None
+    if q.method == "bitsandbytes" and tp > 1:
+        return (
+            "pre-quantized bitsandbytes checkpoints refuse tensor parallelism in vLLM 0.26 ('Prequant "
+            "BitsAndBytes models with tensor parallelism is not supported'); use one GPU per pipeline stage"
+        )
     inter = s.moe_intermediate_size if s.is_moe else s.intermediate_size
-    shard = inter // tp
+    part = inter // tp
     if inter % tp:
         return f"intermediate size {inter} is not divisible by TP {tp}"
-    if q.method == "fp8" and shard % q.group_size:
+    if q.scheme == "fp8-block" and part % q.group_size:
         return (
-            f"FP8 block-{q.group_size} weights: the gate/up shard {shard} is not a multiple "
+            f"FP8 block-{q.group_size} weights: the gate/up shard {part} is not a multiple "
             f"of {q.group_size} at TP {tp} (vLLM: 'not divisible by weight quantization "
             f"block_n'); use a smaller TP or expert parallelism"
         )
-    if q.method in ("awq", "gptq") and (shard % 128 or shard % q.group_size):
+    if q.family == "wna16" and (part % 128 or part % max(q.group_size, 1)):
         return (
-            f"Marlin int{q.bits} kernels need the down_proj input shard ({shard}) to be a "
+            f"Marlin int{q.bits} kernels need the down_proj input shard ({part}) to be a "
             f"multiple of 128 and of the group size at TP {tp}"
         )
     return None
@@ -58,57 +68,72 @@ def padded_vocab(s: ModelSpec) -> int:
 
 
 def uses_machete(variant: Variant, compute_capability: tuple[int, int]) -> bool:
-    """vLLM 0.26 runs AWQ/GPTQ int4 through Machete on Hopper (log: MacheteLinearKernel)."""
+    """vLLM 0.26 runs int4/int8 weight-only formats (AWQ, GPTQ, compressed-tensors WNA16) through
+    Machete on compute capability 9.0 (log: MacheteLinearKernel), shapes permitting."""
     q = variant.spec.quantization
-    return bool(q and q.method in ("awq", "gptq") and q.bits == 4 and tuple(compute_capability) == (9, 0))
+    return bool(q and q.family == "wna16" and tuple(compute_capability) == (9, 0))
 
 
-def _linear_bytes(out_features: int, in_features: int, variant: Variant, name: str, machete: bool = False) -> int:
-    """Bytes of one linear layer's weight (+ scales/zeros) as vLLM holds it on the GPU."""
-    q = variant.spec.quantization
-    if q is None:
-        return out_features * in_features * 2
-    if q.method == "fp8":
-        # float8_e4m3fn weight + float32 weight_scale_inv per 128x128 block (fp8_utils).
-        b = q.group_size
-        return out_features * in_features + math.ceil(out_features / b) * math.ceil(in_features / b) * 4
-    g = q.group_size
-    groups = math.ceil(in_features / g)
-    packed = out_features * in_features * q.bits // 8  # int32-packed qweight
-    scales = groups * out_features * 2  # fp16 scales
-    # Marlin keeps packed zero points; Machete (Hopper) keeps them as fp16 per group element.
-    zeros = groups * out_features * (2 if machete else q.bits / 8)
-    g_idx = in_features * 4 if (q.method == "gptq" and q.desc_act) else 0
-    return int(packed + scales + zeros + g_idx)
+def layout_of(variant: Variant) -> Layout:
+    """The parameters: from the safetensors headers when read, else from config.json."""
+    return variant.layout or from_config(variant.spec)
 
 
-def _moe_router_bytes(variant: Variant) -> int:
-    s = variant.spec
-    # The router (mlp.gate) is a ReplicatedLinear; Qwen's FP8 configs keep it in bf16
-    # (modules_to_not_convert) and vLLM does not quantize it for AWQ/GPTQ Marlin MoE.
-    return s.num_experts * s.hidden_size * 2
+def shard(linear: Linear, s: ModelSpec, tp: int) -> tuple[int, int, int]:
+    """(N, K, K of the whole layer) of one TP rank's shard: column-parallel layers split N,
+    row-parallel ones K; KV heads are replicated once TP exceeds them; the router is replicated."""
+    if linear.role == "qkv":
+        return (s.num_attention_heads // tp + 2 * kv_heads_per_rank(s, tp)) * s.head_dim, linear.k, linear.k
+    if linear.role in ("o", "down", "experts_w2"):
+        return linear.n, linear.k // tp, linear.k
+    if linear.role in ("gate_up", "experts_w13"):
+        return linear.n // tp, linear.k, linear.k
+    if linear.role == "lm_head":
+        return padded_vocab(s) // tp, linear.k, linear.k
+    return linear.n, linear.k, linear.k
 
 
-def layer_weight_bytes(variant: Variant, tp: int, machete: bool = False) -> int:
-    """One decoder layer's parameter bytes on one TP rank."""
-    s = variant.spec
-    hd, h = s.head_dim, s.hidden_size
-    q_out = s.num_attention_heads // tp * hd
-    kv_out = kv_heads_per_rank(s, tp) * hd
-    total = _linear_bytes(q_out + 2 * kv_out, h, variant, "qkv_proj", machete)
-    total += _linear_bytes(h, s.num_attention_heads * hd // tp, variant, "o_proj", machete)
-    total += (2 * h + 2 * hd) * 2  # input/post-attention RMSNorm, q_norm, k_norm
-    if s.is_moe:
-        mi = s.moe_intermediate_size // tp
-        per_expert = _linear_bytes(2 * mi, h, variant, "experts.w13") + _linear_bytes(
-            h, mi, variant, "experts.w2"
-        )  # fused MoE: Marlin layout
-        total += s.num_experts * per_expert + _moe_router_bytes(variant)
-    else:
-        inter = s.intermediate_size // tp
-        total += _linear_bytes(2 * inter, h, variant, "gate_up_proj", machete)
-        total += _linear_bytes(h, inter, variant, "down_proj", machete)
-    return total
+def linear_tensors(linear: Linear, s: ModelSpec, tp: int, cc: tuple[int, int]) -> tuple[int, ...]:
+    """The tensors one TP rank holds for a (fused) linear, bytes each (fused experts: one tensor a
+    kind for all of them): 16-bit, or the kernel's weight, scales and zero points."""
+    n, k, k_full = shard(linear, s, tp)
+    q = s.quantization
+    if q is None or not linear.quantized:
+        return (linear.count * n * k * 2,)
+    name = quant.kernel(q, cc, n, k, k_full, moe=linear.role.startswith("experts"))
+    parts = quant.FUSED_PARTS.get(linear.role, 1)
+    return tuple(linear.count * t for t in quant.linear_tensors(q, name, n, k, k_full, parts) if t)
+
+
+def linear_bytes(linear: Linear, s: ModelSpec, tp: int, cc: tuple[int, int]) -> int:
+    """Bytes one TP rank holds for a (fused) linear, all its experts: 16-bit, or the kernel's."""
+    return sum(linear_tensors(linear, s, tp, cc))
+
+
+def layer_tensors(layer: Layer, s: ModelSpec, tp: int, cc: tuple[int, int]) -> tuple[tuple[int, ...], int]:
+    """One decoder layer on one TP rank: the tensors as built, in vLLM's order, and the bytes of the
+    FP8 linears, summed: their kernels rebuild them after loading into blocks the allocator already
+    holds, so fresh-allocation rounding does not show (8B/14B/32B/4B-FP8 on the H100)."""
+    built: list[int] = []
+    rebuilt = 0
+    for x in layer.linears:
+        if s.quantization is not None and s.quantization.family == "fp8" and x.quantized:
+            rebuilt += linear_bytes(x, s, tp, cc)
+        else:
+            built += linear_tensors(x, s, tp, cc)
+    return (*built, layer.norm_elements * 2), rebuilt
+
+
+def layer_bytes(layer: Layer, s: ModelSpec, tp: int, cc: tuple[int, int], experts_only: bool = False) -> int:
+    """One decoder layer's parameter bytes on one TP rank (or its routed experts' only)."""
+    linears = [x for x in layer.linears if x.role.startswith("experts") or not experts_only]
+    norms = 0 if experts_only else layer.norm_elements * 2
+    return sum(linear_bytes(x, s, tp, cc) for x in linears) + norms
+
+
+def layer_weight_bytes(variant: Variant, tp: int, cc: tuple[int, int] = (9, 0), experts_only: bool = False) -> int:
+    """The first decoder layer's bytes on one TP rank."""
+    return layer_bytes(layout_of(variant).layers[0], variant.spec, tp, cc, experts_only)
 
 
 def rotary_cache_bytes(s: ModelSpec, max_position: int) -> int:
@@ -117,26 +142,45 @@ def rotary_cache_bytes(s: ModelSpec, max_position: int) -> int:
 
 
 def weight_bytes(variant: Variant, engine: Engine, span: Span = WHOLE_MODEL, cal: Calibration = CALIBRATION) -> int:
-    """What vLLM's "Model loading took X GiB" reports for one TP rank (one PP stage)."""
+    """What vLLM's "Model loading took X GiB" reports for one TP rank (one PP stage): torch's
+    allocated bytes for the tensors it builds (qwdeploy.planning.allocator), plus what the
+    kernels add after loading."""
     s = variant.spec
     tp = engine.tensor_parallel_size
-    layers = s.num_hidden_layers if span.layers is None else span.layers
-    embed = padded_vocab(s) // tp * s.hidden_size * 2  # embeddings stay 16-bit
-    machete = uses_machete(variant, engine.compute_capability)
-    total = layers * layer_weight_bytes(variant, tp, machete)
-    if machete:
+    built, rebuilt = tensors(variant, engine, span)
+    total = allocated_bytes(built) + rebuilt
+    layers = span.layers or len(layout_of(variant).layers)
+    if uses_machete(variant, engine.compute_capability):
         total += int(layers * cal.machete_extra_per_hidden_sq * s.hidden_size**2)
-    dense_fp8 = bool(s.quantization and s.quantization.method == "fp8" and not s.is_moe)
+    dense_fp8 = bool(s.quantization and s.quantization.family == "fp8" and not s.is_moe)
     if dense_fp8 or engine.kv_cache_dtype.startswith("fp8"):
         total += layers * cal.fp8_extra_per_layer
-    if span.first_stage:
-        total += embed
+    return total + cal.offsets_for(variant.name, tp).weights_bytes
+
+
+def tensors(variant: Variant, engine: Engine, span: Span = WHOLE_MODEL) -> tuple[tuple[int, ...], int]:
+    """One TP rank (of one PP stage): the tensors vLLM builds, bytes each, in its order (the
+    embedding, the rotary cache with the first attention, each layer's linears and norms, the final
+    norm, lm_head), and the bytes of the linears rebuilt after loading (layer_tensors)."""
+    s, lay = variant.spec, layout_of(variant)
+    tp, cc = engine.tensor_parallel_size, (engine.compute_capability[0], engine.compute_capability[1])
+    embed = padded_vocab(s) // tp * s.hidden_size * 2  # embeddings stay 16-bit
+    built: list[int] = [embed] if span.first_stage else []
+    built.append(rotary_cache_bytes(s, engine.max_position or s.context_length))
+    rebuilt = 0
+    per_layer: dict[Layer, tuple[tuple[int, ...], int]] = {}
+    for layer in lay.layers[span.start_layer : span.start_layer + (span.layers or len(lay.layers))]:
+        if layer not in per_layer:
+            per_layer[layer] = layer_tensors(layer, s, tp, cc)
+        built += per_layer[layer][0]
+        rebuilt += per_layer[layer][1]
     if span.last_stage:
-        total += s.hidden_size * 2  # final norm
-        if not s.tie_word_embeddings or not span.first_stage:
-            total += embed  # lm_head (tied: the embedding is reused, on the first stage)
-    total += rotary_cache_bytes(s, engine.max_position or s.max_position_embeddings)
-    return total
+        built.append(lay.final_norm_elements * 2)
+        if lay.lm_head is not None:
+            built += linear_tensors(lay.lm_head, s, tp, cc)
+        elif not span.first_stage:
+            built.append(embed)  # tied: the last stage holds its own copy as lm_head
+    return tuple(built), rebuilt
 
 
 def parameter_count(variant: Variant) -> int:

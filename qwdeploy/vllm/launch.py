@@ -48,7 +48,7 @@ def ensure_weights(variant: Variant, *, fetch: bool = True, progress: Any = None
         return Weights(str(Path(variant.local_path).resolve()), {}, "local directory")
     if not fetch:
         return Weights(variant.repo_id, {}, "--no-download: vLLM finds (or fetches) the weights")
-    path, protocol = _download(variant.repo_id, progress)
+    path, protocol = _download(variant, progress)
     if protocol == "modelscope":
         # ModelScope's cache is not where huggingface_hub looks: give vLLM the directory.
         env = {**OFFLINE_ENV, "VLLM_USE_MODELSCOPE": "true"}
@@ -56,11 +56,14 @@ def ensure_weights(variant: Variant, *, fetch: bool = True, progress: Any = None
     return Weights(variant.repo_id, dict(OFFLINE_ENV), f"in the Hugging Face cache ({path})")
 
 
-def _download(repo_id: str, progress: Any) -> tuple[Path, str]:
-    """The one call into the hub download: (directory of the files, source protocol)."""
+def _download(variant: Variant, progress: Any) -> tuple[Path, str]:
+    """The one call into the hub download: (directory of the files, source protocol). A hub
+    checkpoint comes from the source and revision its plan was read from."""
     from qwdeploy.hub import download  # the hub clients load only when weights are fetched
 
-    result = download.download(repo_id, progress=progress)
+    o = variant.origin
+    where = download.Where(source=o.source, endpoint=o.endpoint, revision=o.revision) if o else download.Where()
+    result = download.download(variant.repo_id, where=where, progress=progress)
     return Path(result.path), result.manifest.source.protocol
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from qwdeploy.units import GiB
@@ -257,6 +257,7 @@ class LogParser:
         self._v: Values = {}
         self._phases: list[Phase] = []
         self._failures: dict[str, Seen] = {}  # the first line of each failure kind
+        self._tracebacks = failures.Tracebacks()
         self._exception: str | None = None
         self._cache_hits: list[str] = []
         self._cache_misses = 0
@@ -296,11 +297,12 @@ class LogParser:
         return new
 
     def _failure(self, line: str) -> None:
+        frames = self._tracebacks.feed(line)
         for kind, rx in failures.PATTERNS:
             if kind not in self._failures:
                 m = rx.search(line)
                 if m:
-                    self._failures[kind] = Seen(m, line.strip(), self.phase)
+                    self._failures[kind] = Seen(m, line.strip(), self.phase, frames=frames)
         if self._exception is None and " WARNING " not in line and not failures.WRAPPERS.search(line):
             m = failures.EXCEPTION.search(line)
             if m and not m.group(1).endswith("Warning"):
@@ -332,7 +334,7 @@ class LogParser:
         for kind in failures.PRIORITY:
             if kind in self._failures:
                 seen = self._failures[kind]
-                return failures.explain(kind, Seen(seen.match, seen.line, seen.phase, cpu))
+                return failures.explain(kind, replace(seen, cpu=cpu))
         if self._exception:
             return Failure(
                 failures.UNKNOWN, self._exception, "see vLLM's log for the whole traceback", line=self._exception

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwdeploy.errors import QwdeployError
 from qwdeploy.paths import cache_root
+from qwdeploy.planning import catalog
 from qwdeploy.planning.calibration import Calibration
+from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.correction import baseline, correction
 from qwdeploy.planning.plan import Plan
 from qwdeploy.planning.versions import VLLM_VERSION
@@ -81,6 +84,7 @@ def make_record(plan: Plan, report: StartupReport, start: Start) -> dict[str, An
 def _settings(plan: Plan) -> dict[str, Any]:
     return {
         "tensor_parallel_size": plan.tensor_parallel_size,
+        "pipeline_parallel_size": plan.pipeline_parallel_size,
         "max_model_len": plan.max_model_len,
         "gpu_memory_utilization": plan.gpu_memory_utilization,
         "kv_cache_dtype": plan.kv_cache_dtype,
@@ -120,14 +124,29 @@ def append(record: dict[str, Any], file: Path | None = None) -> Path:
 
 
 def for_plan(
-    gpu: str, model: str | None = None, vllm_version: str | None = None, file: Path | None = None
+    gpu: str,
+    variant: Variant,
+    vllm_version: str | None = None,
+    file: Path | None = None,
+    compute_capability: tuple[int, int] = (9, 0),
 ) -> tuple[Calibration, str] | None:
-    """The correction for planning `model` on `gpu` with the vLLM that will run (installed, else
-    the version the memory model targets), from the user's records; None without records."""
+    """The correction for planning `variant` on `gpu` with the vLLM that will run (installed,
+    else the version the memory model targets), from the user's records; None without records."""
     found = load(file)
     if not found:
         return None
     if vllm_version is None:
         install = detect_vllm()
         vllm_version = install.version if install else VLLM_VERSION
-    return correction(found, gpu, vllm_version, model)
+    return correction(found, gpu, vllm_version, _variants(found, variant), compute_capability, variant.name)
+
+
+def _variants(found: list[dict[str, Any]], planned: Variant) -> dict[str, Variant]:
+    """Each recorded model that can still be read (a deleted local directory cannot)."""
+    out = {planned.name: planned}
+    for name in {str(r.get("model")) for r in found} - set(out):
+        try:
+            out[name] = catalog.get(name)
+        except (QwdeployError, OSError, ValueError):
+            continue
+    return out
