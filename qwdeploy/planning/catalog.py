@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -202,12 +201,9 @@ def variants() -> tuple[Variant, ...]:
 def config_json(variant: Variant) -> dict[str, Any]:
     """The full config.json of a variant (shipped copy, or the local directory's)."""
     if variant.local_path is not None:
-        text = (variant.local_path / "config.json").read_text()
-    else:
-        text = (
-            resources.files("qwdeploy") / "data" / "configs" / (variant.repo_id.replace("/", "--") + ".json")
-        ).read_text()
-    config: dict[str, Any] = json.loads(text)
+        return _read_json(variant.local_path / "config.json")
+    shipped = resources.files("qwdeploy") / "data" / "configs" / (variant.repo_id.replace("/", "--") + ".json")
+    config: dict[str, Any] = json.loads(shipped.read_text())
     return config
 
 
@@ -235,12 +231,12 @@ REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def is_repo_id(model: str) -> bool:
     """Does MODEL name a hub repo (org/name), not a local directory?"""
-    return not _exists(Path(os.path.expanduser(model))) and REPO_ID.fullmatch(normalise(model)) is not None
+    return _on_disk(model) is None and REPO_ID.fullmatch(normalise(model)) is not None
 
 
 def knows(model: str) -> bool:
     """Is MODEL a local directory or one of the shipped ids (resolved without the network)?"""
-    return _is_dir(Path(os.path.expanduser(model))) or normalise(model).lower() in _by_id()
+    return (path := _on_disk(model)) is not None and path.is_dir() or normalise(model).lower() in _by_id()
 
 
 def suggest(model: str) -> str:
@@ -250,8 +246,8 @@ def suggest(model: str) -> str:
 
 def get(model: str, dtype: str | None = None) -> Variant:
     """Resolve MODEL (+ optional weight dtype) to a variant, or raise UnknownModelError."""
-    path = Path(os.path.expanduser(model))
-    if _is_dir(path):
+    path = _on_disk(model)
+    if path is not None and path.is_dir():
         return _local(path, dtype)
     known = _by_id()
     key = normalise(model).lower()
@@ -267,9 +263,8 @@ def pick_dtype(variant: Variant, dtype: str) -> Variant:
     """The variant of the same family whose weights are `dtype` (bf16/fp16 use the base repo)."""
     dtype = dtype.lower()
     if dtype not in WEIGHT_DTYPES:
-        raise UnknownModelError(
-            f"unknown --dtype {dtype!r}", hint=f"one of {', '.join(WEIGHT_DTYPES)}", exit_code=ExitCode.USAGE
-        )
+        hint = f"one of {', '.join(WEIGHT_DTYPES)}"
+        raise UnknownModelError(f"unknown --dtype {dtype!r}", hint=hint, exit_code=ExitCode.USAGE)
     if not variant.from_catalog:
         if dtype != variant.weight_dtype and not {dtype, variant.weight_dtype} <= {"bf16", "fp16"}:
             raise UnknownModelError(
@@ -297,8 +292,7 @@ def _local(path: Path, dtype: str | None) -> Variant:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UnknownModelError(f"{path} has no config.json", hint="point MODEL at a model directory")
-    config = _read_json(config_file)
-    spec = spec_from_config(config, str(config_file))
+    spec = spec_from_config(_read_json(config_file), str(config_file))
     apart = next((path / f for f in quant.CONFIG_FILES if (path / f).is_file()), None)
     if spec.quantization is None and apart is not None:  # old AutoGPTQ / AutoAWQ layouts
         spec = replace(spec, quantization=quant.parse(_read_json(apart), str(apart), apart.name))
@@ -314,7 +308,6 @@ def _local(path: Path, dtype: str | None) -> Variant:
 
 
 def _read_json(file: Path) -> dict[str, Any]:
-    """A JSON object from a local model directory; anything else is a one-line error."""
     try:
         data = json.loads(file.read_bytes())
     except json.JSONDecodeError as e:
@@ -322,25 +315,17 @@ def _read_json(file: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise UnknownModelError(f"cannot read {file}: {getattr(e, 'strerror', None) or e}") from None
     if not isinstance(data, dict):
-        raise UnknownModelError(
-            f"{file}: a config file is a JSON object, not {type(data).__name__}",
-            hint="point MODEL at a Hugging Face model directory",
-        )
+        raise UnknownModelError(f"{file}: not a JSON object ({type(data).__name__})", hint="point MODEL at a model")
     return data
 
 
-def _is_dir(path: Path) -> bool:
+def _on_disk(model: str) -> Path | None:
+    """MODEL as a path that exists here, else None (also for a name no filesystem could hold)."""
     try:
-        return path.is_dir()
-    except (OSError, ValueError):  # a name too long for the filesystem, a NUL: no directory
-        return False
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False
+        path = Path(model).expanduser()
+        return path if path.exists() else None
+    except (OSError, ValueError, RuntimeError):  # a name too long, a NUL, ~nobody
+        return None
 
 
 def _closest(key: str, known: dict[str, Variant]) -> str:
