@@ -43,7 +43,7 @@ PROPERTY = settings(
 # ---- what a user types -----------------------------------------------------------------------------
 
 # unicode, empty, spaces, leading dashes; no NUL: no argv or environment can hold one (execve)
-WEIRD = st.text(st.characters(exclude_characters="\0"), max_size=24)
+WEIRD = st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=24)
 NUMBER = st.one_of(
     st.sampled_from(["0", "-1", "1", "2", "8", "1024", "32768", "10000000", str(2**63), "1e309", "nan", "0.5"]),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
