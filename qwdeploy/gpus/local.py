@@ -161,7 +161,7 @@ def local_view(inventory: nvml.Inventory, env: Mapping[str, str]) -> LocalGpus:
     cvd = env.get("CUDA_VISIBLE_DEVICES")
     ordered, certain = cuda_order(inventory.gpus, order)
     notes: list[str] = []
-    by_index = cvd is None or any(t.strip().lstrip("+-").isdigit() for t in cvd.split(","))
+    by_index = cvd is None or any(_digits(t.strip().lstrip("+-")) for t in cvd.split(","))
     if not certain and by_index:
         kinds = ", ".join(sorted({r.name for r in inventory.gpus}))
         notes.append(
@@ -229,12 +229,17 @@ def resolve_visible_devices(readings, ordered, cvd: str | None, notes: list[str]
     return [Visible(i, r, m) for i, (r, m) in enumerate(chosen)]
 
 
+def _digits(tok: str) -> bool:
+    """ASCII digits only, as CUDA reads an index ('¹' and '٣' are digits to Python, not to CUDA)."""
+    return tok.isascii() and tok.isdigit()
+
+
 def _is_negative(tok: str) -> bool:
-    return tok.startswith("-") and tok[1:].isdigit()
+    return tok.startswith("-") and _digits(tok[1:])
 
 
 def _resolve_one(tok: str, readings, ordered, cvd: str, valid: str) -> tuple:
-    if tok.lstrip("+").isdigit():
+    if _digits(tok.lstrip("+")):
         n = int(tok)
         if n >= len(ordered):
             plural = "s" if len(ordered) != 1 else ""
