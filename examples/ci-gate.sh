@@ -9,15 +9,17 @@
 #   PLAN_JSON        where the plan is kept for later steps (default: plan.json)
 #   MIN_CONTEXT      tokens one request must be able to use (default: 0, the profile decides)
 #   MIN_CONCURRENCY  full-length sequences the KV cache must hold (default: 0)
+#   ALLOW_BELOW_PROFILE  1: deploy a plan that fits but misses its profile's context or concurrency
 #   QWDEPLOY         the command to run (default: qwdeploy)
 #   GITHUB_OUTPUT    set by GitHub Actions: the plan's key figures are appended as step outputs
 #
-# Exit codes: 0 deploy; 3 the model does not fit (qwdeploy's own code, or below MIN_*);
+# Exit codes: 0 deploy; 3 the model does not fit (qwdeploy's own code, or below MIN_*); 4 it fits
+# but misses its profile (qwdeploy's code; ALLOW_BELOW_PROFILE=1 deploys it);
 # anything else: qwdeploy's error code (1 error you can fix, 2 usage, ...).
 set -uo pipefail
 
 if [[ $# -lt 1 ]]; then
-  sed -n '2,17p' "$0" >&2
+  sed -n '2,18p' "$0" >&2
   exit 2
 fi
 read -ra QW <<< "${QWDEPLOY:-qwdeploy}"
@@ -52,6 +54,14 @@ case $status in
     echo "Alternatives (see $plan_json):" >&2
     field '.alternatives[].summary' | sed 's/^/  /' >&2
     exit 3
+    ;;
+  4)
+    echo "qwdeploy: $(field .model) fits but misses its profile:" >&2
+    field '.profile_misses[]' | sed 's/^/  /' >&2
+    if [[ "${ALLOW_BELOW_PROFILE:-0}" != 1 ]]; then
+      echo "Not deploying (ALLOW_BELOW_PROFILE=1 deploys it; alternatives in $plan_json)." >&2
+      exit 4
+    fi
     ;;
   *)
     echo "qwdeploy plan failed with exit code $status (see the error above)." >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Export MODEL's plan as Kubernetes manifests and hand them to kubectl.
-# A model that does not fit stops here (exit 3) and nothing reaches the cluster.
+# A model that does not fit (exit 3), or fits but misses its profile (exit 4), stops here and
+# nothing reaches the cluster.
 #
 # Usage: examples/deploy-k8s.sh MODEL [qwdeploy export flags...]
 #   examples/deploy-k8s.sh Qwen/Qwen3-8B --gpu H100 --hpa
@@ -14,13 +15,13 @@
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
-  sed -n '2,15p' "$0" >&2
+  sed -n '2,14p' "$0" >&2
   exit 2
 fi
 read -ra QW <<< "${QWDEPLOY:-qwdeploy}"
 out=${OUT:-$(mktemp "${TMPDIR:-/tmp}/qwdeploy-k8s.XXXXXX.yaml")}
 
-"${QW[@]}" export k8s "$@" -o "$out"   # exit 3: does not fit; set -e stops the script
+"${QW[@]}" export k8s "$@" -o "$out"   # exit 3 / 4: does not fit / misses the profile; set -e stops
 
 # Offline schema check when kubernetes-validate is installed (pip install kubernetes-validate).
 # The LeaderWorkerSet of a multi-node plan is a CRD it has no schema for: warned, not failed.

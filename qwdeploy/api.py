@@ -47,25 +47,52 @@ class PlanRequest:
     revision: str | None = None  # branch, tag or commit of a hub repo
 
 
+# (field, flag): counts, lengths and sizes that must be whole numbers >= 1
+_POSITIVE_REQUEST = (("num_gpus", "--num-gpus"), ("nodes", "--nodes"), ("gpus_per_node", "--num-gpus-per-node"))
+_POSITIVE_PINS = (
+    ("tensor_parallel_size", "--tensor-parallel-size"),
+    ("max_model_len", "--max-model-len"),
+    ("max_num_seqs", "--max-num-seqs"),
+    ("max_num_batched_tokens", "--max-num-batched-tokens"),
+)
+
+
 def plan(request: PlanRequest) -> Plan:
     """The plan for the request, with performance predictions and this machine's calibration."""
-    if request.pins.kv_cache_dtype is not None and request.pins.kv_cache_dtype not in KV_CACHE_DTYPES:
-        raise QwdeployError(
-            f"--kv-cache-dtype {request.pins.kv_cache_dtype!r} is not supported",
-            hint="use auto or fp8",
-            exit_code=ExitCode.USAGE,
-        )
+    check_request(request)
     profile = profiles.load(request.profile)
-    variants = _variants(request, profile)
+    variants, chosen = _variants(request, profile)
     gpus, local, nodes = _gpus(request)
     cal, note = _calibration(gpus, variants[0], local)
-    problem = planner.Problem(tuple(variants), profile, tuple(gpus), request.pins, nodes, local, cal, note)
+    problem = planner.Problem(tuple(variants), profile, tuple(gpus), request.pins, nodes, local, cal, note, chosen)
     result = planner.plan(problem)
     if note:
         uncorrected = planner.plan(replace(problem, cal=CALIBRATION, calibration_note=None))
         change = cache_key.describe_change(cache_key.key_change(uncorrected, result))
         result = replace(result, notes=result.notes + (f"Recalibration {change}.",))
     return attach(result)
+
+
+def check_request(request: PlanRequest) -> None:
+    """Refuse values no plan can have (the CLI's option ranges, for library callers too)."""
+    values = [(getattr(request, f), f, flag) for f, flag in _POSITIVE_REQUEST]
+    values += [(getattr(request.pins, f), f, flag) for f, flag in _POSITIVE_PINS]
+    for value, field, flag in values:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise QwdeployError(
+                f"{field} ({flag}) must be a whole number >= 1, not {value!r}", exit_code=ExitCode.USAGE
+            )
+    gmu = request.pins.gpu_memory_utilization
+    if gmu is not None and (isinstance(gmu, bool) or not isinstance(gmu, (int, float)) or not 0 < gmu <= 1):
+        raise QwdeployError(
+            f"gpu_memory_utilization (--gpu-memory-utilization) must be in 0 < x <= 1, not {gmu!r}",
+            exit_code=ExitCode.USAGE,
+        )
+    kv = request.pins.kv_cache_dtype
+    if kv is not None and kv not in KV_CACHE_DTYPES:
+        raise QwdeployError(
+            f"--kv-cache-dtype {kv!r} is not supported", hint="use auto or fp8", exit_code=ExitCode.USAGE
+        )
 
 
 def plan_for_launch(request: PlanRequest, install: VllmInstall | None) -> tuple[Plan, str]:
@@ -113,12 +140,14 @@ def resolve(
     return catalog.pick_dtype(variant, dtype) if dtype else variant
 
 
-def _variants(request: PlanRequest, profile: profiles.Profile) -> list[Variant]:
-    """The checkpoint asked for; a base id without --dtype: its family in the profile's order."""
+def _variants(request: PlanRequest, profile: profiles.Profile) -> tuple[list[Variant], bool]:
+    """The checkpoint asked for, and whether the user named its weights (a quantized repo id,
+    --dtype, a directory or another hub repo); a base id without --dtype: its family in the
+    profile's order."""
     variant = resolve(request.model, request.dtype, request.source, request.endpoint, request.revision)
     if request.dtype or variant.weights != "bf16" or not variant.from_catalog:
-        return [variant]
-    return catalog.in_order_of(variant, profile.weights)
+        return [variant], True
+    return catalog.in_order_of(variant, profile.weights), False
 
 
 def _gpus(request: PlanRequest) -> tuple[list[Gpu], bool, int]:
@@ -131,8 +160,6 @@ def _gpus(request: PlanRequest) -> tuple[list[Gpu], bool, int]:
                 hint="e.g. --nodes 2 --gpu H100 --num-gpus-per-node 8",
             )
         return named(request.gpu, request.gpus_per_node or request.num_gpus or DEFAULT_GPUS_PER_NODE), False, nodes
-    if request.nodes is not None and request.nodes < 1:
-        raise QwdeployError("a multi-node plan needs at least 2 nodes", hint="for one node, plan without --nodes")
     if request.gpu:
         return named(request.gpu, request.num_gpus or 1), False, 1
     if request.num_gpus:

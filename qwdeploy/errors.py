@@ -11,7 +11,8 @@ class ExitCode(IntEnum):
     OK = 0
     ERROR = 1  # an error the user can fix; one line on stderr
     USAGE = 2  # bad command-line usage (Typer's own code)
-    DOES_NOT_FIT = 3  # the plan does not fit the GPUs
+    DOES_NOT_FIT = 3  # nothing starts: vLLM would refuse the plan (or run out of memory starting)
+    MISSES_PROFILE = 4  # the plan fits (starts, serves one sequence) but misses a profile target
     NVML_MISSING = 10  # no NVIDIA driver library (no driver, or a container without GPU access)
     NVML_DRIVER_MISMATCH = 11  # the driver library and the kernel module disagree
     NO_GPUS = 12  # NVML works but no GPU is visible
@@ -48,4 +49,4 @@ class ProfileError(QwdeployError):
 
 
 class UnknownGpuError(QwdeployError):
-    pass
+    exit_code = ExitCode.USAGE  # --gpu names no known GPU: a bad option value

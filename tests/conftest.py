@@ -52,6 +52,24 @@ def env(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def replay_nvml(monkeypatch):
+    """NVML answers as recorded on a real machine (tests/data/nvml): `replay_nvml(name)` -> the fake."""
+    import fake_pynvml
+
+    from qwdeploy.gpus import nvml
+
+    def use(name: str):
+        fake = fake_pynvml.load(name)
+        monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
+        monkeypatch.setattr(nvml, "_proc_comm", fake.process_name)
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+        return fake
+
+    return use
+
+
+@pytest.fixture
 def read_only_dir(tmp_path, monkeypatch):
     """A directory nobody may create anything in (mode 0555). Root ignores the mode bits, so for
     root os.mkdir refuses under it with EACCES, as the kernel does for everyone else."""

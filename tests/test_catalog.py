@@ -15,7 +15,7 @@ from qwdeploy.planning import catalog
         ("Qwen/Qwen3-14B", "fp8", "Qwen/Qwen3-14B-FP8"),
         ("Qwen/Qwen3-30B-A3B", "int4", "Qwen/Qwen3-30B-A3B-GPTQ-Int4"),
         ("Qwen/Qwen3-0.6B", "int8", "Qwen/Qwen3-0.6B-GPTQ-Int8"),
-        ("Qwen/Qwen3-8B-AWQ", "bf16", "Qwen/Qwen3-8B"),
+        ("Qwen/Qwen3-8B-AWQ", "int4", "Qwen/Qwen3-8B-AWQ"),
     ],
 )
 def test_dtype_picks_the_official_variant(base, dtype, repo):

@@ -250,6 +250,7 @@ def test_a_local_model_directory_is_not_downloaded(tmp_path):
             {
                 "architectures": ["Qwen3ForCausalLM"],
                 "hidden_size": 64,
+                "intermediate_size": 128,
                 "num_hidden_layers": 2,
                 "num_attention_heads": 4,
                 "vocab_size": 128,

@@ -75,6 +75,16 @@ def test_ci_gate_stops_the_pipeline_with_exit_3_when_the_model_does_not_fit(tmp_
     assert "does not fit; not deploying" in r.stderr and "Qwen/Qwen3-32B-AWQ" in r.stderr
 
 
+def test_ci_gate_stops_with_exit_4_when_the_plan_misses_its_profile(tmp_path):
+    r = _run("ci-gate.sh", "Qwen/Qwen3-14B-AWQ", "--gpu", "L4", tmp_path=tmp_path)
+    assert r.returncode == 4 and "fits but misses its profile" in r.stderr and "wants 8" in r.stderr
+
+
+def test_ci_gate_deploys_a_plan_below_its_profile_when_allowed(tmp_path):
+    r = _run("ci-gate.sh", "Qwen/Qwen3-14B-AWQ", "--gpu", "L4", tmp_path=tmp_path, env={"ALLOW_BELOW_PROFILE": "1"})
+    assert r.returncode == 0 and "max_model_len=32768" in r.stdout
+
+
 def test_ci_gate_stops_below_the_pipelines_own_minimum(tmp_path):
     r = _run(
         "ci-gate.sh",

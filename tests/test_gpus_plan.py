@@ -16,15 +16,11 @@ IDLE, HELD = "h100_idle", "h100_30pct_held"
 
 
 @pytest.fixture
-def on(monkeypatch):
+def on(replay_nvml):
     """Plan as `qwdeploy plan MODEL` would on the machine of a recording."""
 
     def use(name: str):
-        fake = fake_pynvml.load(name)
-        monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
-        monkeypatch.setattr(nvml, "_proc_comm", fake.process_name)
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+        fake = replay_nvml(name)
         return fake, plan(PlanRequest("Qwen/Qwen3-8B"))
 
     return use

@@ -139,7 +139,7 @@ def test_32b_fp8_kv_per_token_on_a_stage_is_half_the_model(dense_2x1_l40s):
     assert tight.capacity.num_blocks == tight.memory.kv_cache_bytes // (per_token * 16)
 
 
-def test_32b_chat_on_two_l40s_does_not_fit_and_exits_3(runner):
+def test_32b_chat_on_two_l40s_fits_below_the_profile_and_exits_4(runner):
     result = runner.invoke(
         app,
         [
@@ -155,7 +155,7 @@ def test_32b_chat_on_two_l40s_does_not_fit_and_exits_3(runner):
         ],
     )
     plan = json.loads(result.stdout)
-    assert result.exit_code == 3 and plan["fits"] is False
+    assert result.exit_code == 4 and plan["fits"] is True and plan["meets_profile"] is False
     assert any(a["fits"] for a in plan["alternatives"])
 
 

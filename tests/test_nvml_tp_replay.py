@@ -24,18 +24,9 @@ def _inventory(name: str):
 
 
 @pytest.fixture
-def on(monkeypatch):
+def on(replay_nvml):
     """The machine of a recording, as `qwdeploy plan` and `qwdeploy gpus` would see it."""
-
-    def use(name: str):
-        fake = fake_pynvml.load(name)
-        monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
-        monkeypatch.setattr(nvml, "_proc_comm", fake.process_name)
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-        return fake
-
-    return use
+    return replay_nvml
 
 
 def _smi_rows(nv) -> list[dict]:

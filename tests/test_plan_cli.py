@@ -154,9 +154,9 @@ def test_unknown_model_is_one_line_with_close_ids(runner, monkeypatch):
     assert "Qwen/Qwen3-14B" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_unknown_gpu_is_one_line(runner):
+def test_unknown_gpu_is_a_one_line_usage_error(runner):
     result = runner.invoke(app, ["plan", "Qwen/Qwen3-8B", "--gpu", "H300"])
-    assert result.exit_code == 1 and "unknown GPU" in result.stderr
+    assert result.exit_code == 2 and "unknown GPU" in result.stderr
 
 
 def test_invalid_pinned_tp_names_the_valid_sizes(runner):

@@ -246,7 +246,7 @@ def test_a_dtype_the_repo_does_not_hold_is_refused(runner, hub, env):
     result = runner.invoke(
         app, ["plan", "acme/Qwen3-tiny-AWQ", "--dtype", "fp8", "--gpu", "H100", "--endpoint", hub.url]
     )
-    assert result.exit_code == ExitCode.ERROR and "holds int4 weights" in result.stderr
+    assert result.exit_code == ExitCode.USAGE and "holds int4 weights" in result.stderr
 
 
 @pytest.fixture

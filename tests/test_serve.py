@@ -114,10 +114,23 @@ def test_gpu_vllm_on_a_machine_without_gpu_keeps_the_nvml_error(runner, monkeypa
     assert serve(runner, TINY, *SMALL).exit_code == ExitCode.NVML_MISSING
 
 
-def test_a_plan_that_does_not_fit_exits_3_before_starting(runner):
+def test_a_plan_that_does_not_fit_exits_3_before_starting(runner, monkeypatch):
+    monkeypatch.setattr(launch, "_download", lambda *a: pytest.fail("nothing is fetched for a plan that does not fit"))
+    r = serve(runner, "Qwen/Qwen3-32B")  # ~61 GiB of bf16 weights on the 11 GiB CPU node
+    assert r.exit_code == ExitCode.DOES_NOT_FIT and "does not fit" in r.stderr
+
+
+def test_a_context_beyond_the_model_is_a_usage_error_before_starting(runner):
     # the fixture's context is 4096, 131072 with YaRN factor 4 (Qwen's validated maximum)
     r = serve(runner, TINY, "--max-model-len", "1000000")
-    assert r.exit_code == ExitCode.DOES_NOT_FIT and "does not fit" in r.stderr
+    assert r.exit_code == ExitCode.USAGE and "at most 131072 tokens" in r.stderr
+
+
+def test_a_plan_that_misses_its_profile_is_served_with_a_warning(runner, monkeypatch):
+    monkeypatch.setattr(hardware, "local_gpus", lambda: named("L4", 1))
+    installed(monkeypatch, "vllm", "0.26.0")
+    r = serve(runner, "Qwen/Qwen3-14B-AWQ", "--dry-run")
+    assert r.exit_code == 0 and "misses the chat profile" in r.stderr
 
 
 def test_a_port_in_use_is_one_error_line_and_exit_31(runner):

@@ -85,8 +85,9 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
 
     The same plan as `plan` and `serve`; output is deterministic. With --nodes, `k8s` writes a
     LeaderWorkerSet (Ray head + workers). --no-api-key with vLLM on every interface is warned
-    about on stderr and in the file. Exit codes: 0 written, 3 the plan does not fit (nothing
-    written), 1 an error you can fix, 2 usage.
+    about on stderr and in the file. Exit codes: 0 written; 4 written, but the plan misses a
+    profile target (context or concurrency; said on stderr); 3 the plan does not fit, nothing
+    starts (nothing written); 1 an error you can fix; 2 usage.
     """
     from qwdeploy import export as exports
 
@@ -119,6 +120,9 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
         if warning:
             render.warning(warning)
         _write(text, output)
+    render.profile_misses(plan)
+    if not plan.meets_profile:
+        raise typer.Exit(int(ExitCode.MISSES_PROFILE))
 
 
 def _write(text: str, output: str | None) -> None:

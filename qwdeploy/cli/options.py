@@ -47,15 +47,31 @@ GpuOpt = Annotated[
     ),
 ]
 NumGpusOpt = Annotated[
-    int | None, typer.Option("--num-gpus", metavar="N", help="How many of --gpu to plan for (default 1).")
+    int | None, typer.Option("--num-gpus", metavar="N", min=1, help="How many of --gpu to plan for (default 1).")
 ]
 TpOpt = Annotated[
-    int | None, typer.Option("--tensor-parallel-size", "-tp", metavar="N", help="Pin tensor_parallel_size.")
+    int | None, typer.Option("--tensor-parallel-size", "-tp", metavar="N", min=1, help="Pin tensor_parallel_size.")
 ]
-MmlOpt = Annotated[int | None, typer.Option("--max-model-len", metavar="TOKENS", help="Pin max_model_len (tokens).")]
+MmlOpt = Annotated[
+    int | None, typer.Option("--max-model-len", metavar="TOKENS", min=1, help="Pin max_model_len (tokens).")
+]
+
+
+def _fraction(value: float | None) -> float | None:
+    """gpu_memory_utilization is a share of the GPU: 0 < x <= 1 (Typer's min/max are closed)."""
+    if value is not None and not 0 < value <= 1:
+        raise typer.BadParameter(f"Input should be greater than 0 and at most 1, not {value:g}")
+    return value
+
+
 GmuOpt = Annotated[
     float | None,
-    typer.Option("--gpu-memory-utilization", metavar="FRACTION", min=0.01, max=1.0, help="Pin gpu_memory_utilization."),
+    typer.Option(
+        "--gpu-memory-utilization",
+        metavar="FRACTION",
+        callback=_fraction,
+        help="Pin gpu_memory_utilization (0 < x <= 1).",
+    ),
 ]
 KvOpt = Annotated[
     str | None, typer.Option("--kv-cache-dtype", metavar="DTYPE", help="Pin kv_cache_dtype: auto or fp8.")

@@ -18,8 +18,10 @@ from qwdeploy.planning import catalog
 def plan(model: ModelArg, request: PlanRequest, as_json: JsonOpt = False) -> None:
     """Work out how MODEL fits on the GPUs under PROFILE, and print the vLLM command.
 
-    Exit codes: 0 fits, 3 does not fit (the plan and alternatives are still printed),
-    1 an error you can fix, 2 usage.
+    Exit codes: 0 fits and meets the profile; 4 fits (the command starts and serves one
+    sequence of its max_model_len) but misses a profile target (context or concurrency: see
+    profile_misses); 3 does not fit, nothing starts (the plan and alternatives are still
+    printed); 1 an error you can fix; 2 usage.
     """
     with reported_errors():
         result = api.plan(request)
@@ -29,6 +31,8 @@ def plan(model: ModelArg, request: PlanRequest, as_json: JsonOpt = False) -> Non
         render.plan(result)
     if not result.fits:
         raise typer.Exit(int(ExitCode.DOES_NOT_FIT))
+    if not result.meets_profile:
+        raise typer.Exit(int(ExitCode.MISSES_PROFILE))
 
 
 @app.command(short_help="List the Qwen3 models and variants qwdeploy knows.")

@@ -42,10 +42,22 @@ def info(message: str) -> None:
     stderr.print(Text(message))
 
 
+def profile_misses(p: Plan) -> None:
+    """On stderr: the profile targets a plan that starts misses (serve, warm and export go on)."""
+    if p.fits and not p.meets_profile:
+        warning(f"the plan misses the {p.profile.name} profile: {'; '.join(p.profile_misses)}")
+
+
 def plan(p: Plan) -> None:
     """The plan as a person reads it: memory per GPU, capacity, choices, the command."""
     data = p.to_json()
-    verdict = Text("fits", style="bold green") if data["fits"] else Text("does not fit", style="bold red")
+    verdict = (
+        Text("fits", style="bold green")
+        if data["meets_profile"]
+        else Text("fits, misses the profile", style="bold yellow")
+        if data["fits"]
+        else Text("does not fit", style="bold red")
+    )
     gpu = data["gpu"]
     title = Text.assemble(f"{data['model']} on {gpu['count']} × {gpu['name']} (profile {data['profile']}): ", verdict)
     stdout.print(title)
@@ -139,7 +151,7 @@ def _alternatives_table(data: dict[str, Any]) -> Table:
             f"{a['max_model_len']:,}",
             f"{a['kv_cache_tokens']:,}",
             f"{a['max_concurrency']:.2f}x",
-            "yes" if a["fits"] else "no",
+            "meets profile" if a["meets_profile"] else "yes" if a["fits"] else "no",
         )
     return alt
 

@@ -90,7 +90,8 @@ def serve(  # noqa: PLR0913 - Typer declares each option as a parameter
     Prints the endpoint, the served model name and the seconds to ready, then what vLLM really
     got next to the plan (recorded for `plan`'s calibration). Ctrl-C / SIGTERM stop vLLM's whole
     process group. Exit codes: 130 stopped by Ctrl-C / SIGTERM / SIGHUP (vLLM stopped cleanly),
-    0 --dry-run, 3 the plan does not fit, 30 vLLM is not installed, 31 vLLM failed to start,
+    0 --dry-run, 3 the plan does not fit (nothing starts; a plan that misses its profile's context
+    or concurrency is served, with a warning), 30 vLLM is not installed, 31 vLLM failed to start,
     was not ready in time or exited while serving, 1 an error you can fix, 2 usage.
     """
     from qwdeploy.cli import serving  # vLLM's supervisor and the hub clients load only for a serve

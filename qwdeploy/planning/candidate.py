@@ -42,6 +42,7 @@ class Goal:
     profile: Profile
     pins: Pins = Pins()
     cal: Calibration = CALIBRATION
+    weights_chosen: bool = False  # the user named the weights (a quantized repo id, --dtype, a directory)
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,11 @@ class Candidate:
     stages: tuple[Stage, ...]
     capacity: KvCapacity
     graphs_on_top: int  # CUDA-graph memory beyond the KV budget, on the GPU with the most layers
-    fits: bool = False
-    meets_profile: bool = False
+    fits: bool = False  # vLLM starts and serves at least one sequence of max_model_len
+    meets_profile: bool = False  # fits, and holds the profile's context and concurrency targets
     refusal: str | None = None  # why vLLM would refuse to start, if it would
+    misses: tuple[str, ...] = ()  # the profile targets it misses (empty when it meets the profile)
+    target: int = 0  # the context it is held to: the pinned max_model_len, else the profile's
 
     @property
     def tp(self) -> int:
@@ -142,10 +145,10 @@ def evaluate(variant: Variant, kv: str, placement: Placement, goal: Goal) -> Can
     gmu = goal.pins.gpu_memory_utilization or min(goal.profile.gpu_memory_utilization, gmu_cap)
     rope = rope_for(variant, target)
     stages = _stages(variant, engine, placement, gmu, goal)
-    mml = goal.pins.max_model_len or _fitted_context(variant, tightest(stages).capacity, target, goal.profile)
+    mml = goal.pins.max_model_len or _fitted_context(tightest(stages).capacity, target, goal.profile)
     if mml < target and rope and mml <= variant.spec.context_length:
         rope = None  # the reduced context no longer needs YaRN
-    engine = replace(engine, max_model_len=max(mml, BLOCK_SIZE), max_position=rope_max_position(rope))
+    engine = replace(engine, max_model_len=mml, max_position=rope_max_position(rope))
     stages = _stages(variant, engine, placement, gmu, goal)
     cap = tightest(stages).capacity
     limit = max(derived_context(variant, rope), engine.max_model_len)
@@ -166,22 +169,45 @@ def _stages(variant: Variant, engine: Engine, placement: Placement, gmu: float, 
     return stage_memory(variant, engine, placement.pp, total, gmu, goal.cal)
 
 
-def _fitted_context(variant: Variant, cap: KvCapacity, target: int, profile: Profile) -> int:
-    """The longest context up to the target that keeps the profile's concurrency."""
+def _fitted_context(cap: KvCapacity, target: int, profile: Profile) -> int:
+    """The context to plan, up to the target: the longest that keeps the profile's concurrency
+    while that is at least the profile's shortest useful context (min_max_model_len); below it,
+    the concurrency is given up instead: the longest that serves one sequence."""
     if not cap.num_blocks:
         return target  # no KV cache at all: keep the target, so the command shows what was asked
-    by_concurrency = cap.num_blocks // profile.min_concurrency * BLOCK_SIZE
-    return min(target, round_context(by_concurrency))
+    by_concurrency = round_context(cap.num_blocks // profile.min_concurrency * BLOCK_SIZE)
+    if by_concurrency >= min(target, profile.min_max_model_len):
+        return min(target, by_concurrency)
+    return min(target, round_context(cap.num_blocks * BLOCK_SIZE))
 
 
 def _judged(c: Candidate, target: int, goal: Goal) -> Candidate:
-    profile, pins = goal.profile, goal.pins
-    ceiling = context_ceiling(c.variant, profile.allow_yarn or bool(pins.max_model_len))
-    refusal = refusal_of(c, ceiling, pins)
-    mml = c.max_model_len
-    meets = c.capacity.max_concurrency >= profile.min_concurrency and mml >= min(target, profile.max_model_len)
-    usable = pins.max_model_len is not None or mml >= min(profile.min_max_model_len, ceiling)
-    return replace(c, fits=refusal is None and usable, meets_profile=meets and refusal is None, refusal=refusal)
+    ceiling = context_ceiling(c.variant, goal.profile.allow_yarn or bool(goal.pins.max_model_len))
+    refusal = refusal_of(c, ceiling, goal.pins)
+    misses = (f"it does not start: {refusal}",) if refusal else profile_misses(c, target, goal.profile)
+    return replace(c, fits=refusal is None, meets_profile=not misses, refusal=refusal, misses=misses, target=target)
+
+
+def held_to(c: Candidate, target: int, profile: Profile) -> Candidate:
+    """`c` judged against another context target: an alternative that only changes the context
+    is held to the plan's target, not to the context it pins."""
+    if not c.fits:
+        return c
+    misses = profile_misses(c, target, profile)
+    return replace(c, meets_profile=not misses, misses=misses, target=target)
+
+
+def profile_misses(c: Candidate, target: int, profile: Profile) -> tuple[str, ...]:
+    """The profile's targets a candidate that starts misses: its context, its concurrency."""
+    out = []
+    if c.max_model_len < target:
+        out.append(f"max_model_len {c.max_model_len} is below the {profile.name} profile's {target}")
+    if c.capacity.max_concurrency < profile.min_concurrency:
+        out.append(
+            f"the KV cache holds {c.capacity.max_concurrency:.2f} sequences of {c.max_model_len} tokens; "
+            f"the {profile.name} profile wants {profile.min_concurrency}"
+        )
+    return tuple(out)
 
 
 def refusal_of(c: Candidate, ceiling: int, pins: Pins) -> str | None:

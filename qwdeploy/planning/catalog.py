@@ -127,39 +127,42 @@ class Variant:
         return "hybrid"
 
 
-def spec_from_config(config: dict[str, Any], source: str) -> ModelSpec:
-    """Read the memory-relevant facts of a Qwen3 config.json."""
+def spec_from_config(config: Any, source: str) -> ModelSpec:
+    """Read the memory-relevant facts of a Qwen3 config.json, refusing impossible values."""
+    if not isinstance(config, dict):
+        raise UnknownModelError(f"{source}: config.json is not a JSON object ({type(config).__name__})")
     architectures = config.get("architectures") or []
-    arch = next((a for a in architectures if a in QWEN3_ARCHITECTURES), None)
+    arch = (
+        next((a for a in architectures if a in QWEN3_ARCHITECTURES), None) if isinstance(architectures, list) else None
+    )
     if arch is None:
         raise UnknownModelError(
             f"{source}: architectures {architectures} is not a Qwen3 architecture",
             hint=f"qwdeploy plans {', '.join(QWEN3_ARCHITECTURES)} models",
         )
-    try:
-        hidden = int(config["hidden_size"])
-        heads = int(config["num_attention_heads"])
-        spec = ModelSpec(
-            hidden_size=hidden,
-            intermediate_size=int(config.get("intermediate_size", 0)),
-            num_hidden_layers=int(config["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(config.get("num_key_value_heads", heads)),
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            vocab_size=int(config["vocab_size"]),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(config.get("max_position_embeddings", 40960)),
-            torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
-            num_experts=int(config.get("num_experts", 0) or 0),
-            num_experts_per_tok=int(config.get("num_experts_per_tok", 0) or 0),
-            moe_intermediate_size=int(config.get("moe_intermediate_size", 0) or 0),
-            rope_scaling=config.get("rope_scaling") or None,
-            quantization=quant.parse(config.get("quantization_config") or config.get("compression_config"), source),
-            architecture=arch,
-            rope_theta=_number(config.get("rope_theta")),
-        )
-    except KeyError as missing:
-        raise UnknownModelError(f"{source}: config.json lacks {missing}") from None
+    read = _Facts(config, source)
+    hidden, heads = read.positive("hidden_size"), read.positive("num_attention_heads")
+    experts = read.count("num_experts")
+    spec = ModelSpec(
+        hidden_size=hidden,
+        intermediate_size=read.count("intermediate_size") if experts else read.positive("intermediate_size"),
+        num_hidden_layers=read.positive("num_hidden_layers"),
+        num_attention_heads=heads,
+        num_key_value_heads=read.positive("num_key_value_heads", heads),
+        head_dim=read.positive("head_dim", hidden // heads),
+        vocab_size=read.positive("vocab_size"),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        max_position_embeddings=read.positive("max_position_embeddings", 40960),
+        torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
+        num_experts=experts,
+        num_experts_per_tok=read.positive("num_experts_per_tok") if experts else 0,
+        moe_intermediate_size=read.positive("moe_intermediate_size") if experts else 0,
+        rope_scaling=config.get("rope_scaling") or None,
+        quantization=quant.parse(read.mapping("quantization_config") or read.mapping("compression_config"), source),
+        architecture=arch,
+        rope_theta=_number(config.get("rope_theta")),
+    )
+    read.consistent(spec)
     return spec
 
 
@@ -168,6 +171,45 @@ def _number(value: Any) -> float | None:
     if value is None:
         return None
     return int(value) if float(value).is_integer() else float(value)
+
+
+class _Facts:
+    """Typed reads of config.json keys; each error names the file and the key."""
+
+    def __init__(self, config: dict[str, Any], source: str):
+        self.config, self.source = config, source
+
+    def positive(self, key: str, default: int | None = None) -> int:
+        """A whole number >= 1; `default` where the key is absent or null (else it is required)."""
+        value = self.config.get(key)
+        if value is None and default is None:
+            raise UnknownModelError(f"{self.source}: config.json lacks {key!r}")
+        value = default if value is None else value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UnknownModelError(f"{self.source}: {key} must be a whole number >= 1, not {value!r}")
+        return value
+
+    def count(self, key: str) -> int:
+        """A whole number >= 0; absent or null is 0."""
+        return 0 if not self.config.get(key) else self.positive(key)
+
+    def mapping(self, key: str) -> dict[str, Any] | None:
+        """A JSON object, or None where the key is absent, null or empty."""
+        value = self.config.get(key) or None
+        if value is not None and not isinstance(value, dict):
+            raise UnknownModelError(f"{self.source}: {key} is not a JSON object")
+        return value
+
+    def consistent(self, s: ModelSpec) -> None:
+        if s.num_attention_heads % s.num_key_value_heads:
+            raise UnknownModelError(
+                f"{self.source}: num_key_value_heads ({s.num_key_value_heads}) does not divide "
+                f"num_attention_heads ({s.num_attention_heads})"
+            )
+        if s.num_experts_per_tok > s.num_experts:
+            raise UnknownModelError(
+                f"{self.source}: num_experts_per_tok ({s.num_experts_per_tok}) exceeds num_experts ({s.num_experts})"
+            )
 
 
 def weights_label(spec: ModelSpec) -> str:
@@ -256,6 +298,12 @@ def get(model: str, dtype: str | None = None) -> Variant:
         raise UnknownModelError(f"unknown model {model!r}", hint=_closest(key, known))
     if dtype is None:
         return variant
+    if variant.repo_id != variant.base and dtype.lower() in WEIGHT_DTYPES and dtype.lower() != variant.weight_dtype:
+        raise UnknownModelError(
+            f"{variant.repo_id} holds {variant.weight_dtype} weights, not {dtype}",
+            hint=f"drop --dtype, or name the base id ({variant.base} --dtype {dtype})",
+            exit_code=ExitCode.USAGE,
+        )
     return pick_dtype(variant, dtype)
 
 
@@ -270,6 +318,7 @@ def pick_dtype(variant: Variant, dtype: str) -> Variant:
             raise UnknownModelError(
                 f"{variant.name} holds {variant.weight_dtype} weights, not {dtype}",
                 hint="quantize the checkpoint first, or drop --dtype",
+                exit_code=ExitCode.USAGE,
             )
         return _as_fp16(variant) if dtype == "fp16" else variant
     if dtype in ("bf16", "fp16"):

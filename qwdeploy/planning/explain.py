@@ -12,16 +12,20 @@ from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.plan import Alternative, Choice, Plan
 from qwdeploy.planning.provenance import checkpoint_notes
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
+from qwdeploy.planning.startup import deep_gemm_runs
 from qwdeploy.planning.versions import VLLM_VERSION
-from qwdeploy.units import GiB
+from qwdeploy.units import GiB, MiB
 
 CLI = "set on the command line"
+FLASHINFER_WORKSPACE_BYTES = 394 * MiB  # vLLM 0.26 VLLM_FLASHINFER_WORKSPACE_BUFFER_SIZE default
 
 
 def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternative, ...], gpus_per_node: int) -> Plan:
     notes = _verdict_notes(c, goal)
     notes += checkpoint_notes(c.variant, c.gpus[0], c.tp, c.memory.weights_bytes)
-    notes += _stage_notes(c, gpus_per_node) if c.pp > 1 else _gpu_notes(c, goal, local)
+    notes += _stage_notes(c, gpus_per_node, alternatives) if c.pp > 1 else _gpu_notes(c, goal, local)
+    if c.pp == 1 and c.tp < gpus_per_node:
+        notes.append(_idle_note(c, goal, gpus_per_node, alternatives))
     gpus = c.gpus if c.pp == 1 else tuple(replace(c.gpus[0], index=i % c.tp) for i in range(c.tp * c.pp))
     return Plan(
         variant=c.variant,
@@ -45,26 +49,44 @@ def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternati
         notes=tuple(notes),
         alternatives=alternatives,
         meets_profile=c.meets_profile,
+        profile_misses=c.misses,
         stages=c.stages,
         gpu_memory_utilization_max=c.gmu_cap,
     )
 
 
 def _verdict_notes(c: Candidate, goal: Goal) -> list[str]:
-    profile = goal.profile
     if c.refusal:
         return ["Does not fit: " + c.refusal + "."]
-    if not c.fits:
-        return [
-            f"Does not fit: the longest context this leaves is {c.max_model_len} tokens, "
-            f"below the {profile.name} profile's minimum of {profile.min_max_model_len}."
-        ]
     if not c.meets_profile:
-        return [
-            f"Below the {profile.name} profile's target ({profile.max_model_len} tokens × "
-            f"{profile.min_concurrency} sequences); see the alternatives."
-        ]
+        return [f"Fits, but misses the {goal.profile.name} profile: {'; '.join(c.misses)}. See the alternatives."]
     return []
+
+
+def _idle_note(c: Candidate, goal: Goal, gpus: int, alternatives: tuple[Alternative, ...]) -> str:
+    """Which GPUs the plan leaves idle, and what they could do."""
+    idle, replicas = gpus - c.tp, gpus // c.tp
+    uses = []
+    if replicas > 1:
+        uses.append(
+            f"The other {idle} could run {replicas - 1} more replica(s) of it ({replicas} × the "
+            f"concurrency: vLLM's --data-parallel-size {replicas})"
+        )
+    bigger = max((a.tensor_parallel_size for a in alternatives if a.pipeline_parallel_size == 1), default=0)
+    if bigger > c.tp:
+        uses.append(f"tensor parallel {bigger} would give more KV cache and faster decode (see the alternatives)")
+    what = (" " + "; ".join(uses) + ".") if uses else ""
+    return f"Uses {c.tp} of the {gpus} GPUs ({_why_this_many(c, goal)}).{what}"
+
+
+def _why_this_many(c: Candidate, goal: Goal) -> str:
+    if goal.pins.tensor_parallel_size:
+        return "--tensor-parallel-size"
+    if not c.meets_profile:
+        return "the candidate closest to the profile"
+    if goal.profile.tensor_parallel == "most":
+        return f"the largest tensor parallel size {c.variant.name} accepts"
+    return f"the fewest that meet the {goal.profile.name} profile"
 
 
 def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
@@ -77,6 +99,7 @@ def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
     if not local:
         notes += _estimated_total_note(c)
     notes += _weights_notes(c)
+    notes += _kv_notes(c)
     notes += _tensor_parallel_notes(c)
     m = c.memory
     if m.cudagraph_in_budget_bytes:
@@ -115,14 +138,28 @@ def _weights_notes(c: Candidate) -> list[str]:
             f"{gpu.name} has no FP8 tensor cores: vLLM runs FP8 weights as "
             f"w8a16 through Marlin (memory savings, slower prefill)."
         )
-    q = c.variant.spec.quantization
-    if q is not None and q.scheme == "fp8-block" and not c.eager:
+    if deep_gemm_runs(c.variant, gpu.spec.compute_capability) and not c.eager:
         notes.append(
             "FP8 block-quantized checkpoints JIT-compile DeepGEMM kernels on a first start "
             "(during profiling and CUDA-graph capture, even with VLLM_DEEP_GEMM_WARMUP=skip: "
             "minutes); `qwdeploy warm` and serve keep them in a persistent cache."
         )
     return notes
+
+
+def _kv_notes(c: Candidate) -> list[str]:
+    """Where vLLM runs an fp8 KV cache through FlashInfer (every CUDA GPU of SM80+ but Hopper,
+    whose FlashAttention 3 reads fp8 KV): its workspace is allocated beside the KV cache."""
+    cc = c.placement.smallest.spec.compute_capability
+    if not c.kv_cache_dtype.startswith("fp8") or cc < (8, 0) or cc[0] == 9:
+        return []
+    s = c.variant.spec
+    workspace = max(FLASHINFER_WORKSPACE_BYTES, c.mnbt * (s.num_attention_heads // c.tp) * s.head_dim * 16)
+    return [
+        f"vLLM {VLLM_VERSION} runs an fp8 KV cache on {c.gpus[0].name} (compute capability "
+        f"{cc[0]}.{cc[1]}) through FlashInfer, not FlashAttention; FlashInfer's workspace "
+        f"({workspace / MiB:.0f} MiB, not measured) comes on top of these figures."
+    ]
 
 
 def _tensor_parallel_notes(c: Candidate) -> list[str]:
@@ -136,9 +173,18 @@ def _tensor_parallel_notes(c: Candidate) -> list[str]:
     ]
 
 
-def _stage_notes(c: Candidate, gpus_per_node: int) -> list[str]:
+def _stage_notes(c: Candidate, gpus_per_node: int, alternatives: tuple[Alternative, ...]) -> list[str]:
     tight = c.tight
     notes = [_stage_note(s) for s in c.stages]
+    fewer = next((a for a in alternatives if a.pipeline_parallel_size < c.pp and a.meets_profile), None)
+    if fewer is not None:
+        one = fewer.pipeline_parallel_size == 1
+        nodes = "One node" if one else f"{fewer.pipeline_parallel_size} nodes"
+        notes.append(
+            f"{nodes} of {c.tp} × {c.gpus[0].name} already {'meets' if one else 'meet'} the profile: "
+            f"{fewer.max_concurrency:.1f} sequences of {fewer.max_model_len} tokens (see the alternatives); "
+            f"{c.pp} nodes hold {c.capacity.max_concurrency:.1f} sequences but need Ray and pipeline stages."
+        )
     notes.append(
         f"vLLM keeps the smallest KV cache of all stages: stage {tight.index} "
         f"({tight.capacity.num_blocks:,} blocks of {BLOCK_SIZE} tokens) sizes every "
@@ -201,12 +247,8 @@ def reasons(c: Candidate, goal: Goal) -> list[Choice]:
 def _model_reason(c: Candidate, goal: Goal) -> Choice:
     v, p = c.variant, goal.profile
     where = f"at TP {c.tp}" if c.pp == 1 else f"on stage {c.tight.index}"
-    return Choice(
-        "model",
-        v.name,
-        f"{v.weight_dtype} weights ({_gib(c.memory.weights_bytes)} per GPU {where}); "
-        f"profile {p.name} prefers {', '.join(p.weights)}",
-    )
+    why = "the weights asked for" if goal.weights_chosen else f"profile {p.name} prefers {', '.join(p.weights)}"
+    return Choice("model", v.name, f"{v.weight_dtype} weights ({_gib(c.memory.weights_bytes)} per GPU {where}); {why}")
 
 
 def _tp_reason(c: Candidate, goal: Goal) -> Choice:
@@ -248,10 +290,15 @@ def _context_reason(c: Candidate, goal: Goal) -> Choice:
             f"the profile's target; the KV cache holds {c.capacity.max_concurrency:.1f} such "
             f"sequences (at least {profile.min_concurrency} wanted)"
         )
-    else:
+    elif c.capacity.max_concurrency >= profile.min_concurrency:
         why = (
             f"the longest that keeps {profile.min_concurrency} full-length sequences in "
             f"the KV cache (profile target {profile.max_model_len})"
+        )
+    else:
+        why = (
+            f"the longest that fits one sequence (profile target {profile.max_model_len}): "
+            f"{profile.min_concurrency} fit only below the profile's shortest context, {profile.min_max_model_len}"
         )
     return Choice("max_model_len", c.max_model_len, why)
 

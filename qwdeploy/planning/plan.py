@@ -12,7 +12,6 @@ from typing import Any
 
 from qwdeploy.gpus.specs import Gpu
 from qwdeploy.planning.catalog import Variant
-from qwdeploy.planning.context import derived_context
 from qwdeploy.planning.kv import BLOCK_SIZE, KvCapacity, kv_bytes_per_token
 from qwdeploy.planning.memory import MemoryBreakdown
 from qwdeploy.planning.profiles import Profile
@@ -50,7 +49,8 @@ class Choice:
 
 @dataclass(frozen=True)
 class Alternative:
-    """Another configuration worth knowing about when the plan does not fit (or barely)."""
+    """Another configuration worth knowing about: when the plan misses its profile, leaves GPUs
+    idle, or spans more nodes than it needs. It keeps the user's pins unless its summary says."""
 
     summary: str
     model: str
@@ -60,6 +60,8 @@ class Alternative:
     kv_cache_tokens: int
     max_concurrency: float
     fits: bool
+    meets_profile: bool = False
+    pipeline_parallel_size: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,8 @@ class Alternative:
             "kv_cache_tokens": self.kv_cache_tokens,
             "max_concurrency": round(self.max_concurrency, 2),
             "fits": self.fits,
+            "meets_profile": self.meets_profile,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
         }
 
 
@@ -97,6 +101,7 @@ class Plan:
     notes: tuple[str, ...] = ()
     alternatives: tuple[Alternative, ...] = ()
     meets_profile: bool = True
+    profile_misses: tuple[str, ...] = ()  # the profile targets missed (empty when it meets the profile)
     performance: dict[str, Any] = field(default_factory=dict[str, Any])
     stages: tuple[Stage, ...] = ()  # one per pipeline stage (node)
     # the largest gpu_memory_utilization these GPUs keep through vLLM's whole start
@@ -154,8 +159,6 @@ class Plan:
         env = {}
         if self.cuda_visible_devices:
             env["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
-        if self.max_model_len > derived_context(self.variant, self.rope_scaling):
-            env["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
         return env
 
     @property
@@ -268,6 +271,7 @@ class Plan:
             "max_model_len_limit": self.capacity.max_model_len_limit,
             "fits": self.fits,
             "meets_profile": self.meets_profile,
+            "profile_misses": list(self.profile_misses),
         }
 
     def _explained_json(self) -> dict[str, Any]:

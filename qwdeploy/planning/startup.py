@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.memory import cudagraph_capture_sizes
 from qwdeploy.planning.plan import Plan
 from qwdeploy.units import GB, GiB
@@ -105,8 +106,13 @@ def start_seconds(
 def uses_deep_gemm(plan: Plan) -> bool:
     """vLLM runs FP8 block-quantized linears through DeepGEMM on Hopper and Blackwell (SM90+)
     ("Selected DeepGemmFp8BlockScaledMMKernel", g03), JIT-compiling a kernel per new M shape."""
-    q = plan.variant.spec.quantization
-    return q is not None and q.scheme == "fp8-block" and tuple(plan.gpu.spec.compute_capability) >= (9, 0)
+    return deep_gemm_runs(plan.variant, plan.gpu.spec.compute_capability)
+
+
+def deep_gemm_runs(variant: Variant, compute_capability: tuple[int, int]) -> bool:
+    """FP8 block weights on a GPU where vLLM picks DeepGEMM (SM90+; Ampere/Ada run them elsewhere)."""
+    q = variant.spec.quantization
+    return q is not None and q.scheme == "fp8-block" and tuple(compute_capability) >= (9, 0)
 
 
 def deep_gemm_warmup(plan: Plan, override: str | None = None) -> str | None:
