@@ -53,6 +53,17 @@ def test_a_config_json_that_is_a_list_is_one_error(runner, tmp_path):
     assert is_one_error(result, ExitCode.ERROR) and "JSON object" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rope_scaling", 5.4e16), ("rope_scaling", {"rope_type": "yarn", "factor": "4"}), ("rope_theta", "1e6")],
+)
+def test_a_config_json_value_of_the_wrong_kind_is_one_error(runner, tmp_path, key, value):
+    config = json.loads((Path(TINY) / "config.json").read_text()) | {key: value}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["plan", str(tmp_path), "--gpu", "H100"])
+    assert is_one_error(result, ExitCode.ERROR) and key in result.stderr
+
+
 def test_a_cache_dir_that_cannot_be_written_stops_a_serve_dry_run(runner, monkeypatch, unwritable):
     monkeypatch.setenv("QWDEPLOY_CACHE_DIR", str(unwritable))
     result = runner.invoke(app, ["serve", TINY, *SMALL, "--dry-run"])

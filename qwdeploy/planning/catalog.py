@@ -20,6 +20,7 @@ from typing import Any
 
 from qwdeploy.errors import ExitCode, UnknownModelError
 from qwdeploy.planning import quant
+from qwdeploy.planning.config_read import HINT, ConfigReader
 from qwdeploy.planning.layout import Layout
 from qwdeploy.planning.quant import Quantization
 
@@ -130,7 +131,7 @@ class Variant:
 def spec_from_config(config: Any, source: str) -> ModelSpec:
     """Read the memory-relevant facts of a Qwen3 config.json, refusing impossible values."""
     if not isinstance(config, dict):
-        raise UnknownModelError(f"{source}: config.json is not a JSON object ({type(config).__name__})")
+        raise UnknownModelError(f"{source}: config.json is not a JSON object ({type(config).__name__})", hint=HINT)
     architectures = config.get("architectures") or []
     arch = (
         next((a for a in architectures if a in QWEN3_ARCHITECTURES), None) if isinstance(architectures, list) else None
@@ -140,7 +141,7 @@ def spec_from_config(config: Any, source: str) -> ModelSpec:
             f"{source}: architectures {architectures} is not a Qwen3 architecture",
             hint=f"qwdeploy plans {', '.join(QWEN3_ARCHITECTURES)} models",
         )
-    read = _Facts(config, source)
+    read = ConfigReader(config, source)
     hidden, heads = read.positive("hidden_size"), read.positive("num_attention_heads")
     experts = read.count("num_experts")
     spec = ModelSpec(
@@ -157,59 +158,27 @@ def spec_from_config(config: Any, source: str) -> ModelSpec:
         num_experts=experts,
         num_experts_per_tok=read.positive("num_experts_per_tok") if experts else 0,
         moe_intermediate_size=read.positive("moe_intermediate_size") if experts else 0,
-        rope_scaling=config.get("rope_scaling") or None,
+        rope_scaling=read.rope_scaling(),
         quantization=quant.parse(read.mapping("quantization_config") or read.mapping("compression_config"), source),
         architecture=arch,
-        rope_theta=_number(config.get("rope_theta")),
+        rope_theta=read.number("rope_theta"),
     )
-    read.consistent(spec)
+    _consistent(spec, source)
     return spec
 
 
-def _number(value: Any) -> float | None:
-    """A config number as written: 1000000 stays an int (it reaches --hf-overrides verbatim)."""
-    if value is None:
-        return None
-    return int(value) if float(value).is_integer() else float(value)
-
-
-class _Facts:
-    """Typed reads of config.json keys; each error names the file and the key."""
-
-    def __init__(self, config: dict[str, Any], source: str):
-        self.config, self.source = config, source
-
-    def positive(self, key: str, default: int | None = None) -> int:
-        """A whole number >= 1; `default` where the key is absent or null (else it is required)."""
-        value = self.config.get(key)
-        if value is None and default is None:
-            raise UnknownModelError(f"{self.source}: config.json lacks {key!r}")
-        value = default if value is None else value
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UnknownModelError(f"{self.source}: {key} must be a whole number >= 1, not {value!r}")
-        return value
-
-    def count(self, key: str) -> int:
-        """A whole number >= 0; absent or null is 0."""
-        return 0 if not self.config.get(key) else self.positive(key)
-
-    def mapping(self, key: str) -> dict[str, Any] | None:
-        """A JSON object, or None where the key is absent, null or empty."""
-        value = self.config.get(key) or None
-        if value is not None and not isinstance(value, dict):
-            raise UnknownModelError(f"{self.source}: {key} is not a JSON object")
-        return value
-
-    def consistent(self, s: ModelSpec) -> None:
-        if s.num_attention_heads % s.num_key_value_heads:
-            raise UnknownModelError(
-                f"{self.source}: num_key_value_heads ({s.num_key_value_heads}) does not divide "
-                f"num_attention_heads ({s.num_attention_heads})"
-            )
-        if s.num_experts_per_tok > s.num_experts:
-            raise UnknownModelError(
-                f"{self.source}: num_experts_per_tok ({s.num_experts_per_tok}) exceeds num_experts ({s.num_experts})"
-            )
+def _consistent(s: ModelSpec, source: str) -> None:
+    if s.num_attention_heads % s.num_key_value_heads:
+        raise UnknownModelError(
+            f"{source}: num_key_value_heads ({s.num_key_value_heads}) does not divide "
+            f"num_attention_heads ({s.num_attention_heads})",
+            hint=HINT,
+        )
+    if s.num_experts_per_tok > s.num_experts:
+        raise UnknownModelError(
+            f"{source}: num_experts_per_tok ({s.num_experts_per_tok}) exceeds num_experts ({s.num_experts})",
+            hint=HINT,
+        )
 
 
 def weights_label(spec: ModelSpec) -> str:
