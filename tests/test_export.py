@@ -411,7 +411,8 @@ def test_plan_json_and_export_agree_on_the_vllm_arguments(runner):
 def test_systemd_install_steps_create_the_venv_whose_vllm_execstart_runs():
     text = _golden("systemd", "qwen3-8b-chat-h100").read_text()
     venv = re.search(r"^#   sudo python3 -m venv (\S+)", text, re.M).group(1)
-    assert re.search(rf"^#   sudo {venv}/bin/pip install 'vllm==0\.26\.0'$", text, re.M)
+    version = re.escape(_plan(CASES["qwen3-8b-chat-h100"]).vllm.version)
+    assert re.search(rf"^#   sudo {venv}/bin/pip install 'vllm=={version}'$", text, re.M)
     assert _unit("qwen3-8b-chat-h100")["ExecStart"][0].split('exec "$$0" "$$@"\' ')[1].startswith(f"{venv}/bin/vllm ")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from qwdeploy import PlanRequest
 from qwdeploy.planning.plan import Pins
+from qwdeploy.planning.versions import VALIDATED_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 GiB = 1 << 30
@@ -108,6 +109,8 @@ def plan_args(run: dict) -> list[str]:
         "--kv-cache-dtype",
         "fp8" if str(run.get("kv_cache_dtype", "auto")).startswith("fp8") else "auto",
         "--enforce-eager" if run.get("enforce_eager") else "--cuda-graphs",
+        "--vllm-version",
+        VALIDATED_VERSION,  # every recorded run is vLLM 0.26.0
         "--json",
     ]
     if run.get("warm_compile_cache") and not run.get("enforce_eager"):
@@ -128,7 +131,8 @@ def run_request(run: dict) -> PlanRequest:
         compile_cache_warm=bool(run.get("warm_compile_cache")) and not run.get("enforce_eager"),
     )
     gpu, profile = run.get("gpu", "H100-80GB"), run.get("profile") or _profile(run)
-    return PlanRequest(run["repo_id"], profile=profile, gpu=gpu, num_gpus=run.get("tp", 1), pins=pins)
+    tp = run.get("tp", 1)
+    return PlanRequest(run["repo_id"], profile=profile, gpu=gpu, num_gpus=tp, pins=pins, vllm_version=VALIDATED_VERSION)
 
 
 def _profile(run: dict) -> str:

@@ -94,7 +94,7 @@ def export(  # noqa: PLR0913 - Typer declares each option as a parameter
     opts = exports.ExportOptions(
         name=name,
         port=port,
-        image=image or exports.VLLM_IMAGE,
+        image=image,
         api_key=api_key,
         cache_pvc=cache_pvc,
         compile_cache_pvc=compile_cache_pvc,

@@ -130,6 +130,14 @@ CompileCacheOpt = Annotated[
         help="cold (a first start: torch.compile's peak counts) or warm (a restart reusing the compile cache).",
     ),
 ]
+VllmVersionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vllm-version",
+        help="Plan for this vLLM release (e.g. 0.30.0; default: $QWDEPLOY_VLLM_VERSION, else the installed vLLM, "
+        "else 0.26.0).",
+    ),
+]
 
 # (parameter name, annotation, default), in the order --help lists them.
 PLAN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
@@ -150,6 +158,7 @@ PLAN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("source", SourceOpt, "auto"),
     ("endpoint", EndpointOpt, None),
     ("revision", RevisionOpt, None),
+    ("vllm_version", VllmVersionOpt, None),
 )
 
 
@@ -183,6 +192,7 @@ def request_from(model: str, values: dict[str, Any]) -> PlanRequest:
         source=v["source"],
         endpoint=v["endpoint"],
         revision=v["revision"],
+        vllm_version=v["vllm_version"],
     )
 
 

@@ -61,6 +61,7 @@ def plan(p: Plan) -> None:
     gpu = data["gpu"]
     title = Text.assemble(f"{data['model']} on {gpu['count']} × {gpu['name']} (profile {data['profile']}): ", verdict)
     stdout.print(title)
+    stdout.print(Text(p.vllm.summary + "."))
     stdout.print(_memory_table(data))
     stdout.print(_capacity_table(data))
     stdout.print(_choices_table(data))

@@ -129,6 +129,7 @@ def _show_dry_run(cfg: Launch, plan: Plan, as_json: bool) -> None:
     if as_json:
         render.print_json({**cfg.to_json(), "plan": plan.to_json()})
     else:
+        render.info(f"Planned for {plan.vllm.summary}.")
         typer.echo(cfg.command_line())
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.export.common import (
     DEFAULT_OPTIONS,
-    VLLM_IMAGE,
     ExportOptions,
     command_line,
     default_name,
@@ -24,7 +23,6 @@ FORMATS = ("systemd", "compose", "k8s")
 
 __all__ = [
     "FORMATS",
-    "VLLM_IMAGE",
     "ExportOptions",
     "command_line",
     "compose",

@@ -14,6 +14,7 @@ from qwdeploy.export.common import (
     cold_start_s,
     export_name,
     header,
+    image,
     probe_script,
     single_node_only,
     start_env,
@@ -46,7 +47,7 @@ def compose(plan: Plan, opts: ExportOptions = DEFAULT_OPTIONS) -> str:
 def _service(plan: Plan, opts: ExportOptions) -> dict[str, Any]:
     entrypoint, probe = _entrypoint_and_probe(opts)
     return {
-        "image": opts.image,
+        "image": image(plan, opts),
         "entrypoint": entrypoint,
         "command": [a.replace("$", "$$") for a in vllm_argv(plan, opts)],
         "environment": {k: v.replace("$", "$$") for k, v in sorted(_env(plan).items())},

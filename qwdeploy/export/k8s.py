@@ -16,6 +16,7 @@ from qwdeploy.export.common import (
     cold_start_s,
     export_name,
     header,
+    image,
     probe_script,
     start_env,
     startup_probe_timing,
@@ -178,7 +179,7 @@ def _vllm_container(
     mounts, _ = _volumes(plan, opts, name)
     return {
         "name": "vllm",
-        "image": opts.image,
+        "image": image(plan, opts),
         "command": command,
         "args": args,
         "env": _env(plan, opts, name) + list(extra_env),
@@ -360,7 +361,7 @@ def _ray_worker(plan: Plan, opts: ExportOptions, name: str) -> dict[str, Any]:
     env = [e for e in _env(plan, opts, name) if e["name"] != API_KEY_ENV] + [_HOST_IP]
     return {
         "name": "ray-worker",
-        "image": opts.image,
+        "image": image(plan, opts),
         "command": ["/bin/sh", "-c", script],
         "env": env,
         "resources": _gpu_resources(plan),

@@ -17,7 +17,6 @@ from qwdeploy.export.common import (
     vllm_argv,
 )
 from qwdeploy.planning.plan import Plan
-from qwdeploy.planning.versions import VLLM_VERSION
 
 VLLM_VENV = "/opt/vllm"  # the virtual environment the install steps create for ExecStart
 
@@ -62,21 +61,21 @@ def vllm_bin(opts: ExportOptions) -> str:
     return opts.vllm_bin or f"{VLLM_VENV}/bin/vllm"
 
 
-def _vllm_steps(opts: ExportOptions) -> list[str]:
+def _vllm_steps(plan: Plan, opts: ExportOptions) -> list[str]:
     """Install vLLM where ExecStart finds it; a --vllm-bin of your own: how to check it first."""
     if opts.vllm_bin:
-        return [f"#   {shlex.quote(opts.vllm_bin)} --version  # ExecStart runs it: expect {VLLM_VERSION}"]
+        return [f"#   {shlex.quote(opts.vllm_bin)} --version  # ExecStart runs it: expect {plan.vllm.version}"]
     return [
         f"#   sudo python3 -m venv {VLLM_VENV}  # Debian/Ubuntu: apt-get install python3-venv",
-        f"#   sudo {VLLM_VENV}/bin/pip install 'vllm=={VLLM_VERSION}'",
-        f"#   {VLLM_VENV}/bin/vllm --version  # ExecStart runs it: expect {VLLM_VERSION}",
+        f"#   sudo {VLLM_VENV}/bin/pip install 'vllm=={plan.vllm.version}'",
+        f"#   {VLLM_VENV}/bin/vllm --version  # ExecStart runs it: expect {plan.vllm.version}",
     ]
 
 
 def _install_steps(plan: Plan, opts: ExportOptions, name: str, cache: str) -> list[str]:
     lines = [
         "# Install:",
-        *_vllm_steps(opts),
+        *_vllm_steps(plan, opts),
         f"#   sudo useradd --system --create-home --home-dir {cache} --shell /usr/sbin/nologin {opts.user}",
         f"#   sudo -u {opts.user} HF_HOME={cache}/huggingface qwdeploy download {plan.model}",
     ]

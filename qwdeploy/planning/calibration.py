@@ -128,8 +128,10 @@ class Calibration:
     # 4B-AWQ, -0.66 %): what the re-layout after loading leaves in the allocator.
     fp8_extra_per_layer: int = 1 * MiB
     machete_extra_per_hidden_sq: float = 0.089
-    # What this machine's `qwdeploy serve` records measured (qwdeploy.planning.correction).
+    # What this machine's `qwdeploy serve` records measured (qwdeploy.planning.correction),
+    # and how many recorded starts that is.
     offsets: tuple[Offsets, ...] = ()
+    recorded_starts: int = 0
 
     def offsets_for(self, model: str, tensor_parallel_size: int) -> Offsets:
         """The closest measured offsets: this model at this TP, any model at this TP, this

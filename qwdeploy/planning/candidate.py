@@ -27,6 +27,7 @@ from qwdeploy.planning.memory import (
 from qwdeploy.planning.plan import Pins
 from qwdeploy.planning.profiles import Profile
 from qwdeploy.planning.stages import Stage, most_layers, stage_memory, tightest
+from qwdeploy.planning.versions import DEFAULT_TARGET, VllmTarget
 from qwdeploy.units import GiB, MiB
 
 # The least headroom left free beside vLLM's budget when choosing gpu_memory_utilization
@@ -37,12 +38,13 @@ FREE_MEMORY_MARGIN_BYTES = 512 * MiB
 
 @dataclass(frozen=True)
 class Goal:
-    """What a candidate is measured against: the profile, the user's pins, the overheads."""
+    """What a candidate is measured against: the profile, the user's pins, the overheads, the vLLM."""
 
     profile: Profile
     pins: Pins = Pins()
     cal: Calibration = CALIBRATION
     weights_chosen: bool = False  # the user named the weights (a quantized repo id, --dtype, a directory)
+    vllm: VllmTarget = DEFAULT_TARGET  # the vLLM release planned for
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def engine_for(variant: Variant, kv: str, placement: Placement, goal: Goal) -> E
         max_position=rope_max_position(rope_for(variant, target)),
         compile_cache_warm=pins.compile_cache_warm,
         compute_capability=placement.smallest.spec.compute_capability,
+        vllm=goal.vllm.rules,
     )
 
 

@@ -26,14 +26,17 @@ from qwdeploy.planning.context import rope_for, rope_max_position
 from qwdeploy.planning.engine import Engine
 from qwdeploy.planning.memory import activation_bytes, cudagraph_bytes, non_torch_bytes
 from qwdeploy.planning.plan import Plan
+from qwdeploy.planning.versions import BASELINE, VllmRules, target
 from qwdeploy.planning.weights import weight_bytes
 from qwdeploy.units import GiB
 
 MEASURED = ("activation_bytes", "non_torch_bytes")
 
 
-def engine_of(settings: Mapping[str, Any], variant: Variant, compute_capability: tuple[int, int]) -> Engine:
-    """The engine a record's settings describe."""
+def engine_of(
+    settings: Mapping[str, Any], variant: Variant, compute_capability: tuple[int, int], vllm: VllmRules = BASELINE
+) -> Engine:
+    """The engine a record's settings describe (under the rules of the record's vLLM)."""
     mml = int(settings.get("max_model_len") or variant.spec.max_position_embeddings)
     return Engine(
         tensor_parallel_size=int(settings.get("tensor_parallel_size") or 1),
@@ -46,6 +49,7 @@ def engine_of(settings: Mapping[str, Any], variant: Variant, compute_capability:
         max_position=rope_max_position(rope_for(variant, mml)),
         compile_cache_warm=bool(settings.get("compile_cache_warm")),
         compute_capability=compute_capability,
+        vllm=vllm,
     )
 
 
@@ -72,6 +76,7 @@ def baseline(plan: Plan, compile_cache_warm: bool = False) -> dict[str, int]:
         max_position=rope_max_position(plan.rope_scaling),
         compile_cache_warm=compile_cache_warm,
         compute_capability=plan.gpu.spec.compute_capability,
+        vllm=plan.vllm.rules,
     )
     return default_terms(plan.variant, engine)
 
@@ -112,9 +117,11 @@ class Gap:
     graph_ratio: float | None
 
 
-def gap(record: Mapping[str, Any], variant: Variant, compute_capability: tuple[int, int]) -> Gap:
+def gap(
+    record: Mapping[str, Any], variant: Variant, compute_capability: tuple[int, int], vllm: VllmRules = BASELINE
+) -> Gap:
     a, s = record["actual"], record.get("settings") or {}
-    engine = engine_of(s, variant, compute_capability)
+    engine = engine_of(s, variant, compute_capability, vllm)
     default = default_terms(variant, engine)
     tokens = engine.max_num_batched_tokens
     graphs = a.get("cudagraph_bytes")
@@ -176,9 +183,11 @@ def correction(
     used = [r for r in matching(records, gpu, vllm_version) if r.get("model") in variants]
     if not used:
         return None
-    gaps = [gap(r, variants[r["model"]], compute_capability) for r in used]
+    found = target(vllm_version, "asked")
+    rules = found.rules if found else BASELINE
+    gaps = [gap(r, variants[r["model"]], compute_capability, rules) for r in used]
     groups = grouped(gaps)
-    cal = replace(CALIBRATION, offsets=groups)
+    cal = replace(CALIBRATION, offsets=groups, recorded_starts=len(used))
     mine = [g for g in gaps if g.model == model]
     shown = cal.offsets_for(model or "", (mine or gaps)[-1].tp)
     whose = "this model" if mine else "Qwen3 models on this GPU"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qwdeploy.planning.versions import BASELINE, VllmRules
+
 
 @dataclass(frozen=True)
 class Engine:
@@ -19,6 +21,7 @@ class Engine:
     max_position: int | None = None  # rotary cache length: YaRN's original × factor, else config's
     compile_cache_warm: bool = False  # a restart that finds torch.compile's cache (no compile peak)
     compute_capability: tuple[int, int] = (9, 0)
+    vllm: VllmRules = BASELINE  # the vLLM release's rules (qwdeploy.planning.versions)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from qwdeploy.planning.candidate import FREE_MEMORY_MARGIN_BYTES, Candidate, Goa
 from qwdeploy.planning.context import context_ceiling
 from qwdeploy.planning.distributed import MEASURED_TP
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
-from qwdeploy.planning.memory import MemoryBreakdown
+from qwdeploy.planning.memory import MemoryBreakdown, runner_buffer_bytes, runs_v1_model_runner
 from qwdeploy.planning.plan import Alternative, Choice, Plan
 from qwdeploy.planning.provenance import checkpoint_notes
 from qwdeploy.planning.stages import RAY_EXECUTOR, RAY_PORT, Stage
@@ -23,7 +23,7 @@ FLASHINFER_WORKSPACE_BYTES = 394 * MiB  # vLLM 0.26 VLLM_FLASHINFER_WORKSPACE_BU
 def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternative, ...], gpus_per_node: int) -> Plan:
     notes = _verdict_notes(c, goal)
     notes += checkpoint_notes(c.variant, c.gpus[0], c.tp, c.memory.weights_bytes)
-    notes += _stage_notes(c, gpus_per_node, alternatives) if c.pp > 1 else _gpu_notes(c, goal, local)
+    notes += _stage_notes(c, gpus_per_node, alternatives, goal.vllm.version) if c.pp > 1 else _gpu_notes(c, goal, local)
     if c.pp == 1 and c.tp < gpus_per_node:
         notes.append(_idle_note(c, goal, gpus_per_node, alternatives))
     gpus = c.gpus if c.pp == 1 else tuple(replace(c.gpus[0], index=i % c.tp) for i in range(c.tp * c.pp))
@@ -52,6 +52,7 @@ def to_plan(c: Candidate, goal: Goal, local: bool, alternatives: tuple[Alternati
         profile_misses=c.misses,
         stages=c.stages,
         gpu_memory_utilization_max=c.gmu_cap,
+        vllm=goal.vllm,
     )
 
 
@@ -101,22 +102,39 @@ def _gpu_notes(c: Candidate, goal: Goal, local: bool) -> list[str]:
     notes += _weights_notes(c)
     notes += _kv_notes(c)
     notes += _tensor_parallel_notes(c)
-    m = c.memory
-    if m.cudagraph_in_budget_bytes:
-        notes.append(
-            f"Qwen3-MoE runs on vLLM {VLLM_VERSION}'s V1 model runner: its CUDA-graph "
-            f"estimate ({_gib(m.cudagraph_in_budget_bytes)}) comes out of the KV budget, "
-            f"the rest of the graph pool ({_gib(m.cudagraph_on_top_bytes)}) on top."
-        )
-    elif m.cudagraph_bytes:
-        notes.append(
-            f"CUDA graphs ({_gib(m.cudagraph_bytes)}) are allocated on top of "
-            f"gpu_memory_utilization × total in vLLM {VLLM_VERSION}."
-        )
+    notes += _version_notes(c, goal.vllm.version)
     if not c.eager and not goal.pins.compile_cache_warm:
         notes.append(
             "KV figures assume a first start: a restart with a warm compile cache skips "
             "torch.compile's memory peak and gets a little more KV cache (--compile-cache warm)."
+        )
+    return notes
+
+
+def _version_notes(c: Candidate, version: str) -> list[str]:
+    """Where this vLLM puts the CUDA graphs and the runner's buffers (qwdeploy.planning.versions)."""
+    m, notes = c.memory, []
+    if m.cudagraph_in_budget_bytes and runs_v1_model_runner(c.variant, c.engine.vllm):
+        notes.append(
+            f"Qwen3-MoE runs on vLLM {version}'s V1 model runner: its CUDA-graph "
+            f"estimate ({_gib(m.cudagraph_in_budget_bytes)}) comes out of the KV budget, "
+            f"the rest of the graph pool ({_gib(m.cudagraph_on_top_bytes)}) on top."
+        )
+    elif m.cudagraph_in_budget_bytes:
+        notes.append(
+            f"vLLM {version} captures the CUDA graphs while profiling and takes them "
+            f"({_gib(m.cudagraph_in_budget_bytes)}) out of the KV budget."
+        )
+    elif m.cudagraph_bytes:
+        notes.append(
+            f"CUDA graphs ({_gib(m.cudagraph_bytes)}) are allocated on top of "
+            f"gpu_memory_utilization × total in vLLM {version}."
+        )
+    buffers = runner_buffer_bytes(c.variant, c.engine)
+    if buffers:
+        notes.append(
+            f"vLLM {version} counts its sampler's per-request buffers ({c.mns} × "
+            f"{buffers // c.mns:,} B = {_gib(buffers)}) in the KV budget (in non-torch here)."
         )
     return notes
 
@@ -173,7 +191,7 @@ def _tensor_parallel_notes(c: Candidate) -> list[str]:
     ]
 
 
-def _stage_notes(c: Candidate, gpus_per_node: int, alternatives: tuple[Alternative, ...]) -> list[str]:
+def _stage_notes(c: Candidate, gpus_per_node: int, alternatives: tuple[Alternative, ...], version: str) -> list[str]:
     tight = c.tight
     notes = [_stage_note(s) for s in c.stages]
     fewer = next((a for a in alternatives if a.pipeline_parallel_size < c.pp and a.meets_profile), None)
@@ -202,10 +220,10 @@ def _stage_notes(c: Candidate, gpus_per_node: int, alternatives: tuple[Alternati
         f"in the same cache path."
     )
     notes += _estimated_total_note(c)
-    notes.append(
-        f"CUDA graphs ({_gib(tight.memory.cudagraph_bytes)} on stage {tight.index}) are "
-        f"allocated on top of gpu_memory_utilization × total in vLLM {VLLM_VERSION}."
-    )
+    graphs = tight.memory.cudagraph_bytes
+    v2_in_budget = tight.memory.cudagraph_in_budget_bytes and not runs_v1_model_runner(c.variant, c.engine.vllm)
+    where = "taken out of the KV budget" if v2_in_budget else "allocated on top of gpu_memory_utilization × total"
+    notes.append(f"CUDA graphs ({_gib(graphs)} on stage {tight.index}) are {where} in vLLM {version}.")
     return notes
 
 

@@ -12,11 +12,12 @@ from typing import Any
 
 from qwdeploy.gpus.specs import Gpu
 from qwdeploy.planning.catalog import Variant
+from qwdeploy.planning.context import derived_context
 from qwdeploy.planning.kv import BLOCK_SIZE, KvCapacity, kv_bytes_per_token
-from qwdeploy.planning.memory import MemoryBreakdown
+from qwdeploy.planning.memory import MemoryBreakdown, cudagraph_capture_sizes
 from qwdeploy.planning.profiles import Profile
 from qwdeploy.planning.stages import Stage, tightest
-from qwdeploy.planning.versions import VLLM_VERSION
+from qwdeploy.planning.versions import DEFAULT_TARGET, VllmTarget
 
 THINKING_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}
 NON_THINKING_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
@@ -106,6 +107,7 @@ class Plan:
     stages: tuple[Stage, ...] = ()  # one per pipeline stage (node)
     # the largest gpu_memory_utilization these GPUs keep through vLLM's whole start
     gpu_memory_utilization_max: float | None = None
+    vllm: VllmTarget = DEFAULT_TARGET  # the vLLM release the plan is for, and its rules
 
     # ---- derived facts -------------------------------------------------------------------
     @property
@@ -125,10 +127,15 @@ class Plan:
 
     @property
     def hf_overrides(self) -> dict[str, Any] | None:
+        """Qwen's YaRN setting, with the context it reaches as max_position_embeddings: vLLM 0.30+
+        derives max_model_len from that alone (0.26-0.29 from original × factor, the same value)."""
         if not self.rope_scaling:
             return None
         rope_theta = self.variant.spec.rope_theta or (5000000 if self.variant.is_2507 else 1000000)
-        return {"rope_parameters": {"rope_theta": rope_theta, **self.rope_scaling}}
+        return {
+            "rope_parameters": {"rope_theta": rope_theta, **self.rope_scaling},
+            "max_position_embeddings": derived_context(self.variant, self.rope_scaling),
+        }
 
     @property
     def thinking(self) -> bool:
@@ -165,7 +172,8 @@ class Plan:
     def vllm_args(self) -> list[str]:
         """Arguments of `vllm serve`: the model, then every setting explicitly."""
         args = [self.model, *_flags(self._settings())]
-        args.append("--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching")
+        off = self.vllm.rules.prefix_caching_off_flag
+        args.append("--enable-prefix-caching" if self.enable_prefix_caching else off)
         if self.enforce_eager:
             args.append("--enforce-eager")
         if self.pipeline_parallel_size > 1:
@@ -194,6 +202,14 @@ class Plan:
             "block_size": BLOCK_SIZE,
             "dtype": self.dtype,
         }
+
+    @property
+    def cudagraph_capture_sizes(self) -> list[int]:
+        """The CUDA-graph sizes vLLM captures under this plan (none when eager)."""
+        if self.enforce_eager:
+            return []
+        cc = self.gpu.spec.compute_capability
+        return cudagraph_capture_sizes(self.max_num_seqs, self.max_num_batched_tokens, self.vllm.rules, cc)
 
     @property
     def gpu(self) -> Gpu:
@@ -276,7 +292,9 @@ class Plan:
 
     def _explained_json(self) -> dict[str, Any]:
         return {
-            "vllm_version": VLLM_VERSION,
+            "vllm_version": self.vllm.version,
+            "vllm_validated": self.vllm.validated,
+            "vllm_rules": self.vllm.rules.release,
             "vllm_args": self.vllm_args,
             "vllm_command": "vllm serve " + shlex.join(self.vllm_args),
             "env": self.env,

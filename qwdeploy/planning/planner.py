@@ -24,7 +24,7 @@ from qwdeploy.planning.plan import Pins, Plan
 from qwdeploy.planning.profiles import Profile
 from qwdeploy.planning.quant import gpu_problem, runs_on
 from qwdeploy.planning.stages import layout_problem
-from qwdeploy.planning.versions import VLLM_VERSION
+from qwdeploy.planning.versions import DEFAULT_TARGET, VLLM_VERSION, VllmTarget
 from qwdeploy.planning.weights import tp_problem, valid_tp_sizes
 
 
@@ -41,13 +41,14 @@ class Problem:
     cal: Calibration = CALIBRATION  # overheads, corrected by serve's records on this machine
     calibration_note: str | None = None  # says where a corrected `cal` came from
     weights_chosen: bool = False  # the user named the weights: the profile's preference does not apply
+    vllm: VllmTarget = DEFAULT_TARGET  # the vLLM release to plan for (qwdeploy.planning.versions)
 
 
 def plan(problem: Problem) -> Plan:
     """The configuration to run, chosen among `problem.variants` (in order of preference)."""
     _check(problem)
     problem = _runnable(problem)
-    goal = Goal(problem.profile, problem.pins, problem.cal, problem.weights_chosen)
+    goal = Goal(problem.profile, problem.pins, problem.cal, problem.weights_chosen, problem.vllm)
     candidates: list[Candidate] = []
     for candidate in _search_order(problem, goal):
         candidates.append(candidate)

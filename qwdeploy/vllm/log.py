@@ -2,18 +2,17 @@
 
 The one reader of vLLM's output: `serve` follows a log as it grows (`LogParser.feed`, one line at
 a time, timed by arrival), `warm` and the calibration read finished ones (`parse`). Pure: lines
-in, a `StartupReport` out. Works on the GPU wording of vLLM 0.26 ("Model loading took",
-"Available KV cache memory", "GPU KV cache size", the "Actual usage is ..." breakdown) and on the
-CPU wording of vLLM 0.32 ("Initializing model took", "Explicitly set (X/T) GiB for KV cache",
-"CPU KV cache size"). GiB figures in vLLM's log are rounded to 0.01 GiB; they become bytes here.
-Why a start failed is qwdeploy.vllm.failures.
+in, a `StartupReport` out. Reads the GPU wording of vLLM 0.26 ("Model loading took", "Available KV
+cache memory", "GPU KV cache size", the "Actual usage is ..." breakdown, reworded in 0.27) and the
+CPU wording of vLLM 0.32 ("Initializing model took", "Explicitly set (X/T) GiB for KV cache").
+GiB figures in vLLM's log are rounded to 0.01 GiB; they become bytes. Failures: vllm.failures.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from qwdeploy.units import GiB
@@ -187,6 +186,19 @@ def _usage(g: Groups, v: Values) -> None:
     v.update(activation_bytes=_bytes(g[1]), non_torch_bytes=_bytes(g[2]), cudagraph_bytes=_bytes(g[3]))
 
 
+def _consumed(g: Groups, v: Values) -> None:
+    """vLLM 0.27+: consumed = weights + non-torch + the runner's buffers; peak = activation + the
+    graph estimate taken from the budget (split in `_split_consumed`)."""
+    v.update(consumed_bytes=_bytes(g[0]), peak_bytes=_bytes(g[1]), cudagraph_bytes=_bytes(g[2]))
+
+
+def _split_consumed(v: Values) -> Values:
+    if "consumed_bytes" not in v or "weights_bytes" not in v:
+        return v
+    activation = v["peak_bytes"] - v.get("cudagraph_estimate_bytes", 0)
+    return {**v, "non_torch_bytes": v["consumed_bytes"] - v["weights_bytes"], "activation_bytes": activation}
+
+
 def _graphs(g: Groups, v: Values) -> None:
     v["graph_capture_s"] = _f(g[0])
     if g[1] is not None:
@@ -232,6 +244,17 @@ _FIGURES: tuple[tuple[re.Pattern[str], Callable[[Groups, Values], None]], ...] =
             rf"{_NUM} GiB for non-torch memory, and {_NUM} GiB for CUDAGraph memory"
         ),
         _usage,
+    ),
+    (
+        re.compile(
+            rf"Actual usage is {_NUM} GiB for consumed memory \(weights \+ non-torch\), {_NUM} GiB for peak "
+            rf"activation, and {_NUM} GiB for CUDAGraph memory"
+        ),
+        _consumed,
+    ),
+    (
+        re.compile(rf"CUDA graph pool memory: [\d.]+ GiB \(actual\), {_NUM} GiB \(estimated\)"),
+        _number("cudagraph_estimate_bytes", _bytes),
     ),
     (re.compile(rf"Graph capturing finished in {_NUM} secs?(?:, took {_NUM} GiB)?"), _graphs),
     (re.compile(rf"torch\.compile took {_NUM} s in total"), _number("compile_s")),
@@ -315,7 +338,7 @@ class LogParser:
             self._cache_misses += 1
 
     def report(self) -> StartupReport:
-        v = self._v
+        v = _split_consumed(self._v)
         figures = {k: v[k] for k in _REPORTED if k in v}
         return StartupReport(
             **figures,
@@ -342,29 +365,8 @@ class LogParser:
         return None
 
 
-_REPORTED = (
-    "device",
-    "max_model_len",
-    "weights_bytes",
-    "weights_load_s",
-    "kv_cache_bytes",
-    "node_total_bytes",
-    "kv_cache_tokens",
-    "max_concurrency",
-    "concurrency_tokens",
-    "free_at_start_bytes",
-    "total_bytes",
-    "gpu_memory_utilization",
-    "requested_bytes",
-    "activation_bytes",
-    "non_torch_bytes",
-    "cudagraph_bytes",
-    "graph_capture_s",
-    "compile_s",
-    "kv_profile_s",
-    "init_engine_s",
-    "server_url",
-)
+_SET_BY_REPORT = ("vllm_version", "enforce_eager", "startup_complete", "phases", "failure", "cache_hit_lines")
+_REPORTED = tuple(f.name for f in fields(StartupReport) if f.name not in _SET_BY_REPORT)
 
 
 def parse(lines: Iterable[str], timed: bool = False) -> StartupReport:

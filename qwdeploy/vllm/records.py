@@ -20,8 +20,7 @@ from qwdeploy.planning.calibration import Calibration
 from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.correction import baseline, correction
 from qwdeploy.planning.plan import Plan
-from qwdeploy.planning.versions import VLLM_VERSION
-from qwdeploy.vllm.install import detect_vllm
+from qwdeploy.vllm.install import installed_version
 
 if TYPE_CHECKING:
     from qwdeploy.vllm.log import StartupReport
@@ -135,10 +134,8 @@ def for_plan(
     found = load(file)
     if not found:
         return None
-    if vllm_version is None:
-        install = detect_vllm()
-        vllm_version = install.version if install else VLLM_VERSION
-    return correction(found, gpu, vllm_version, _variants(found, variant), compute_capability, variant.name)
+    version = vllm_version or installed_version()
+    return correction(found, gpu, version, _variants(found, variant), compute_capability, variant.name)
 
 
 def _variants(found: list[dict[str, Any]], planned: Variant) -> dict[str, Variant]:
