@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import socket
+from importlib import resources
 from pathlib import Path
 
 import fake_pynvml
@@ -90,7 +91,7 @@ def plan_args(draw) -> list[str]:
 
 def profile_text() -> st.SearchStrategy[bytes]:
     """A profile file: a shipped one with values swapped, any YAML, or bytes."""
-    shipped = yaml.safe_load(Path(profiles.__file__).parent.parent.joinpath("_profiles", "chat.yaml").read_text())
+    shipped = yaml.safe_load((resources.files("qwdeploy._profiles") / "chat.yaml").read_text())
     value = st.one_of(st.integers(-(2**40), 2**40), st.floats(), st.text(max_size=8), st.none(), st.booleans())
     mutated = st.dictionaries(st.sampled_from(sorted(shipped)), value, max_size=3).map(lambda d: {**shipped, **d})
     anything = st.recursive(value, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner))
