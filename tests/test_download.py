@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from hubserver import COMMIT, REPO_ID, HubServer
 from qwdeploy.cli import app
 from qwdeploy.errors import ExitCode
 from qwdeploy.hub import download as dl
+from qwdeploy.hub import errors as hub_errors
 from qwdeploy.hub import files
 
 SHARD1 = "model-00001-of-00002.safetensors"
@@ -229,6 +234,19 @@ def test_a_corrupt_file_from_modelscope_fails_verification(runner, hub, env):
 # ---- refusals ------------------------------------------------------------------------------------
 
 
+def test_the_fake_hub_answers_a_missing_repo_as_huggingface_co_does(hub):
+    hub.missing = True
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{hub.url}/api/models/{REPO_ID}")
+    assert (e.value.code, e.value.headers.get("X-Error-Code")) == (401, None)
+
+
+def test_a_missing_repo_asked_for_with_a_token_is_exit_20(runner, hub, env, monkeypatch):
+    hub.missing = True
+    monkeypatch.setenv("HF_TOKEN", "hf_aValidLookingToken")
+    assert run(runner, hub).exit_code == ExitCode.NOT_FOUND
+
+
 @pytest.mark.parametrize("source", ["hf", "modelscope"])
 def test_a_missing_repo_is_exit_20(runner, hub, env, source):
     hub.missing = True
@@ -308,6 +326,15 @@ def test_when_every_source_fails_the_most_telling_error_is_shown(hub, second_hub
     assert e.value.exit_code == ExitCode.UNAUTHORIZED
 
 
+def test_when_every_source_fails_each_ones_error_is_listed(hub, second_hub, env):
+    hub.down, second_hub.gated = True, True
+    sources = [files.Source("hf-mirror", hub.url), files.Source("modelscope", second_hub.url)]
+    with pytest.raises(files.DownloadError) as e:
+        dl.download(REPO_ID, where=dl.Where(sources=sources))
+    said = e.value.message
+    assert f"hf-mirror ({hub.url}): " in said and f"modelscope ({second_hub.url}): access refused" in said
+
+
 def test_auto_skips_a_source_that_does_not_answer_and_says_who_served(runner, hub, second_hub, env, monkeypatch):
     hub.down = True
     order = (("hf", hub.url), ("hf-mirror", hub.url), ("modelscope", second_hub.url))
@@ -320,8 +347,55 @@ def test_auto_skips_a_source_that_does_not_answer_and_says_who_served(runner, hu
 
 def test_the_probe_tells_a_down_hub_from_a_live_one(hub, second_hub):
     hub.down = True
-    assert (dl.probe(hub.url, timeout=2), dl.probe(second_hub.url, timeout=2)) == (False, True)
+    assert (dl.no_answer(hub.url, timeout=2) is not None, dl.no_answer(second_hub.url, timeout=2)) == (True, None)
 
 
 def test_no_network_beyond_loopback_is_configured(hub):
     assert hub.url.startswith("http://127.0.0.1:") and os.environ.get("HF_ENDPOINT") is None
+
+
+# ---- what a failed download says -----------------------------------------------------------------
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    """Names under .invalid (RFC 6761) never resolve: the resolver says so at once, here as anywhere."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if str(host).endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_host_that_does_not_resolve_is_said_as_such(runner, env, no_dns):
+    result = runner.invoke(app, ["download", REPO_ID, "--endpoint", "http://hub.qwdeploy.invalid", "--dry-run"])
+    assert result.exit_code == ExitCode.NETWORK and "could not resolve host hub.qwdeploy.invalid" in result.stderr
+
+
+def test_auto_says_which_hosts_did_not_resolve_and_lists_every_sources_error(runner, env, no_dns, monkeypatch):
+    order = tuple((name, f"http://{name}.qwdeploy.invalid") for name in ("hf", "hf-mirror", "modelscope"))
+    monkeypatch.setattr(files, "AUTO_ORDER", order)
+    result = runner.invoke(app, ["download", REPO_ID, "--dry-run"])
+    error = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+    assert [f"could not resolve host {n}.qwdeploy.invalid" in error for n, _ in order] == [True] * 3
+    assert "did not answer within" not in result.stderr
+
+
+def test_a_dry_run_that_fails_gives_no_resume_hint(runner, env):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    result = runner.invoke(app, ["download", REPO_ID, "--endpoint", closed, "--dry-run"])
+    assert result.exit_code == ExitCode.NETWORK and "connection refused" in result.stderr
+    assert "run again" not in result.stderr
+
+
+def test_a_long_client_message_is_cut_between_words(monkeypatch):
+    source = files.Source("hf", "https://huggingface.co")
+    with pytest.raises(files.DownloadError) as e, hub_errors.client_errors(source, REPO_ID):
+        raise ConnectionError(" ".join(f"word{i}" for i in range(200)))
+    last = e.value.message.split()[-1]
+    assert last.endswith("…") and re.fullmatch(r"word\d+…", last)

@@ -17,11 +17,13 @@ import stat
 import subprocess
 from pathlib import Path
 
+import fake_pynvml
 import pytest
 import yaml
 
 from qwdeploy import PlanRequest, export, plan
 from qwdeploy.cli import app
+from qwdeploy.gpus import local, nvml, specs
 from qwdeploy.vllm import ray
 
 GOLDEN = Path(__file__).parent / "golden" / "export"
@@ -401,3 +403,118 @@ def test_plan_json_and_export_agree_on_the_vllm_arguments(runner):
     assert (
         deployment["spec"]["template"]["spec"]["containers"][0]["args"][: len(plan["vllm_args"])] == plan["vllm_args"]
     )
+
+
+# ---- systemd runs a vLLM its install steps create; --vllm-bin -------------------------------------
+
+
+def test_systemd_install_steps_create_the_venv_whose_vllm_execstart_runs():
+    text = _golden("systemd", "qwen3-8b-chat-h100").read_text()
+    venv = re.search(r"^#   sudo python3 -m venv (\S+)", text, re.M).group(1)
+    version = re.escape(_plan(CASES["qwen3-8b-chat-h100"]).vllm.version)
+    assert re.search(rf"^#   sudo {venv}/bin/pip install 'vllm=={version}'$", text, re.M)
+    assert _unit("qwen3-8b-chat-h100")["ExecStart"][0].split('exec "$$0" "$$@"\' ')[1].startswith(f"{venv}/bin/vllm ")
+
+
+def _verify(tool, unit_text, tmp_path) -> list[str]:
+    unit = tmp_path / "q.service"
+    unit.write_text(unit_text)
+    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in result.stderr.splitlines() if "Unknown key 'Restart" not in ln] + [str(result.returncode)]
+
+
+def test_systemd_unit_with_vllm_bin_runs_that_executable_as_written(tmp_path):
+    tool = shutil.which("systemd-analyze") or pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    fake = _fake_vllm(tmp_path)
+    plan = _plan(CASES["qwen3-8b-chat-h100"])
+    text = export.systemd(plan, export.ExportOptions(vllm_bin=str(fake), api_key=False))
+    assert f"ExecStart={fake} serve Qwen/Qwen3-8B" in text and f"#   {fake} --version" in text
+    assert _verify(tool, text, tmp_path) == ["0"]
+
+
+def test_systemd_unit_whose_vllm_does_not_exist_fails_verify(tmp_path):
+    tool = shutil.which("systemd-analyze") or pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    plan = _plan(CASES["qwen3-8b-chat-h100"])
+    text = export.systemd(plan, export.ExportOptions(vllm_bin=str(tmp_path / "nowhere" / "vllm"), api_key=False))
+    assert "is not executable" in " ".join(_verify(tool, text, tmp_path))
+
+
+def test_a_relative_vllm_bin_is_a_usage_error(runner):
+    result = runner.invoke(app, ["export", "systemd", *CASES["qwen3-8b-chat-h100"], "--vllm-bin", "bin/vllm"])
+    assert result.exit_code == 2 and "absolute" in result.stderr and result.stdout == ""
+
+
+# ---- no API key on every interface: warned about ---------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_an_export_without_an_api_key_on_every_interface_warns_on_stderr_and_in_the_file(runner, fmt):
+    result = runner.invoke(app, ["export", fmt, *CASES["qwen3-8b-chat-h100"], "--no-api-key"])
+    assert result.exit_code == 0 and result.stderr.startswith(
+        "Warning: vLLM listens on 0.0.0.0:8000 without an API key"
+    )
+    assert "# WARNING: vLLM listens on 0.0.0.0:8000 without an API key" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_an_export_with_an_api_key_has_no_warning(runner, fmt):
+    result = runner.invoke(app, ["export", fmt, *CASES["qwen3-8b-chat-h100"]])
+    assert "WARNING" not in result.stdout.upper() and result.stderr == ""
+
+
+# ---- k8s: the planned GPU, a compile cache that survives a restart -------------------------------
+
+
+def _affinity_values(pod_template: dict) -> list[str]:
+    (term,) = pod_template["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    (expr,) = term["matchExpressions"]
+    assert (expr["key"], expr["operator"]) == ("nvidia.com/gpu.product", "In")
+    return expr["values"]
+
+
+def test_k8s_pods_are_scheduled_on_the_planned_gpu_product():
+    deployment = _docs("qwen3-8b-chat-h100")[0]
+    assert _affinity_values(deployment["spec"]["template"]) == ["NVIDIA-H100-80GB-HBM3"]
+
+
+def test_k8s_every_pod_of_a_multi_node_plan_is_scheduled_on_the_planned_gpu():
+    lws = _docs("qwen3-235b-a22b-chat-2x8xh100-hpa")[0]
+    assert [_affinity_values(t) for t in _pod_specs(lws)] == [["NVIDIA-H100-80GB-HBM3"]] * 2
+
+
+def test_k8s_a_gpu_without_a_known_product_label_gets_no_affinity_and_a_comment():
+    plan = _plan(CASES["qwen3-8b-chat-h100"])
+    plan = dataclasses.replace(plan, gpus=tuple(_unlabelled(g) for g in plan.gpus))
+    text = export.kubernetes(plan)
+    assert "affinity" not in next(yaml.safe_load_all(text))["spec"]["template"]["spec"]
+    assert "# No node affinity: qwdeploy knows no nvidia.com/gpu.product label for H100-SXM-80GB" in text
+
+
+def _unlabelled(gpu):
+    return dataclasses.replace(gpu, spec=dataclasses.replace(gpu.spec, product_labels=()))
+
+
+@pytest.mark.parametrize("recording", ["h100_idle", "h200x2_idle"])
+def test_the_product_label_of_a_recorded_gpu_is_its_nvml_name_with_hyphens(recording):
+    nv = fake_pynvml.load(recording)
+    reading = nvml.inventory(nv, process_name=nv.process_name).gpus[0]
+    label = reading.name.replace(" ", "-")
+    assert label in specs.spec(reading.name).product_labels
+    assert local.from_reading(reading).spec.product_labels == (label,)
+
+
+def test_k8s_compile_cache_is_on_a_pvc_by_default():
+    pod = _docs("qwen3-8b-chat-h100")[0]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["vllm-cache"] == {
+        "name": "vllm-cache",
+        "persistentVolumeClaim": {"claimName": "qwen3-8b-compile-cache"},
+    }
+
+
+def test_k8s_compile_cache_pvc_name_is_an_option(runner):
+    text = _export(runner, "k8s", [*CASES["qwen3-8b-chat-h100"], "--compile-cache-pvc", "warm-cache"])
+    pod = next(yaml.safe_load_all(text))["spec"]["template"]["spec"]
+    assert {"name": "vllm-cache", "persistentVolumeClaim": {"claimName": "warm-cache"}} in pod["volumes"]

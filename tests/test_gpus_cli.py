@@ -112,3 +112,9 @@ def test_plan_exits_13_for_a_missing_gpu_and_hints_the_valid_ones(runner, replay
     fake = replay(IDLE, visible="3")
     result = runner.invoke(app, ["plan", "Qwen/Qwen3-8B"])
     assert result.exit_code == 13 and _uuid(fake) in result.stderr and "--gpu H100" in result.stderr
+
+
+def test_a_digit_cuda_does_not_read_in_cuda_visible_devices_is_one_error_line(runner, replay):
+    replay(IDLE, visible="¹")  # a digit to Python's str.isdigit, not to CUDA
+    result = runner.invoke(app, ["gpus"])
+    assert result.exit_code == 13 and "CUDA_VISIBLE_DEVICES" in _one_error_line(result)

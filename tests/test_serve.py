@@ -189,3 +189,45 @@ def test_ctrl_c_before_vllm_starts_exits_130_without_a_traceback(runner, monkeyp
     installed(monkeypatch, "vllm", "0.26.0")
     r = serve(runner, "Qwen/Qwen3-8B")
     assert r.exit_code == 130 and errors(r) == ["Error: interrupted before vLLM started"]
+
+
+# ---- --gpu and the dry run -----------------------------------------------------------------------
+
+
+def test_dry_run_with_gpu_plans_for_the_gpus_named(runner):
+    data = json.loads(serve(runner, "Qwen/Qwen3-32B", "--gpu", "H100", "--num-gpus", "2", "--dry-run", "--json").stdout)
+    assert (data["plan"]["gpu"]["name"], data["plan"]["gpu"]["count"], data["device"]) == ("H100-SXM-80GB", 2, "cuda")
+
+
+def test_dry_run_with_gpu_prints_the_command_without_vllm_installed(runner, monkeypatch):
+    installed(monkeypatch, None, None)
+    r = serve(runner, "Qwen/Qwen3-8B", "--gpu", "L40S", "--dry-run")
+    assert r.exit_code == 0 and "vllm.entrypoints.openai.api_server --model Qwen/Qwen3-8B" in r.stdout
+
+
+def test_dry_run_leaves_the_disk_as_it_was(runner, tmp_path):
+    before = sorted(tmp_path.rglob("*"))
+    assert serve(runner, "Qwen/Qwen3-8B", "--gpu", "H100", "--dry-run").exit_code == 0
+    assert serve(runner, TINY, *SMALL, "--dry-run").exit_code == 0
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_real_serve_refuses_a_gpu_this_machine_does_not_have(runner, monkeypatch):
+    one_h100(monkeypatch)
+    installed(monkeypatch, "vllm", "0.26.0")
+    r = serve(runner, "Qwen/Qwen3-8B", "--gpu", "L40S", "--no-download")
+    assert r.exit_code == ExitCode.USAGE and errors(r) == ["Error: --gpu L40S: this machine has H100-SXM-80GB GPUs"]
+
+
+def test_a_real_serve_with_gpu_naming_the_local_kind_serves_them(runner, monkeypatch):
+    one_h100(monkeypatch)
+    installed(monkeypatch, "vllm", "0.26.0")
+    monkeypatch.setattr(supervisor, "serve", lambda *a, **k: supervisor.Stopped("SIGINT", 0, False, 0))
+    assert serve(runner, "Qwen/Qwen3-8B", "--gpu", "H100", "--no-download").exit_code == ExitCode.INTERRUPTED
+
+
+def test_a_real_serve_refuses_num_gpus_with_a_hint(runner, monkeypatch):
+    one_h100(monkeypatch)
+    installed(monkeypatch, "vllm", "0.26.0")
+    r = serve(runner, "Qwen/Qwen3-8B", "--gpu", "H100", "--num-gpus", "2", "--no-download")
+    assert r.exit_code == ExitCode.USAGE and "CUDA_VISIBLE_DEVICES" in r.stderr

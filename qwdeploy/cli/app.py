@@ -18,7 +18,8 @@ app = typer.Typer(
     name="qwdeploy",
     help="Plan, download and serve Qwen3 models with vLLM: the configuration that fits your GPUs, and why.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
+    rich_markup_mode=None,  # Click's help: wraps to the terminal, never cuts an option name
     pretty_exceptions_show_locals=False,
 )
 

@@ -15,14 +15,15 @@ from qwdeploy.hub.files import Plan as DownloadPlan
 from qwdeploy.hub.files import check_disk
 
 LocalDirOpt = Annotated[
-    str | None, typer.Option("--local-dir", help="Plain directory for the files instead of the hub's cache.")
+    str | None,
+    typer.Option("--local-dir", metavar="DIR", help="Plain directory for the files instead of the hub's cache."),
 ]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="List the files, sizes and checksums and the total; download nothing.")
 ]
 
 
-@app.command()
+@app.command(short_help="Download the weights vLLM needs, resumable and verified.")
 def download(  # noqa: PLR0913 - Typer declares each option as a parameter
     model: ModelArg,
     dtype: DtypeOpt = None,
@@ -54,7 +55,8 @@ def download(  # noqa: PLR0913 - Typer declares each option as a parameter
                 return
     except KeyboardInterrupt:
         bar.stop()
-        render.error("interrupted", "run the same command again: complete files are kept, partial ones resume")
+        resume = "run the same command again: complete files are kept, partial ones resume"
+        render.error("interrupted", None if dry_run else resume)
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     _done(result, as_json, local_dir)
 

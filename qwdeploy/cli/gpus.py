@@ -8,7 +8,7 @@ from qwdeploy.cli.options import JsonOpt
 from qwdeploy.gpus import local
 
 
-@app.command()
+@app.command(short_help="List the local GPUs as CUDA numbers them (NVML).")
 def gpus(as_json: JsonOpt = False) -> None:
     """List the local GPUs as CUDA will number them: memory, processes, MIG, links (through NVML).
 

@@ -23,27 +23,40 @@ from qwdeploy.units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ModelArg = Annotated[str, typer.Argument(help="Repo id (Qwen/Qwen3-14B-AWQ), base id, or a local model directory.")]
+ModelArg = Annotated[
+    str, typer.Argument(metavar="MODEL", help="Repo id (Qwen/Qwen3-14B-AWQ), base id, or a local model directory.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
 DtypeOpt = Annotated[
     str | None,
-    typer.Option("--dtype", help="Weights: bf16, fp16, fp8, int4 or int8 (picks Qwen's official variant)."),
+    typer.Option(
+        "--dtype", metavar="DTYPE", help="Weights: bf16, fp16, fp8, int4 or int8 (picks Qwen's official variant)."
+    ),
 ]
 ProfileOpt = Annotated[
     str,
     typer.Option(
         "--profile",
         "-p",
+        metavar="NAME|FILE",
         help="Profile name (chat, long-context, throughput, low-latency, cost, agent) or a YAML path.",
     ),
 ]
 GpuOpt = Annotated[
     str | None,
-    typer.Option("--gpu", help="Plan for this GPU model instead of the local GPUs (e.g. H100, L40S, A100-40GB)."),
+    typer.Option(
+        "--gpu", metavar="NAME", help="Plan for this GPU model instead of the local GPUs (e.g. H100, L40S, A100-40GB)."
+    ),
 ]
-NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", min=1, help="How many of --gpu to plan for (default 1).")]
-TpOpt = Annotated[int | None, typer.Option("--tensor-parallel-size", "-tp", min=1, help="Pin tensor_parallel_size.")]
-MmlOpt = Annotated[int | None, typer.Option("--max-model-len", min=1, help="Pin max_model_len (tokens).")]
+NumGpusOpt = Annotated[
+    int | None, typer.Option("--num-gpus", metavar="N", min=1, help="How many of --gpu to plan for (default 1).")
+]
+TpOpt = Annotated[
+    int | None, typer.Option("--tensor-parallel-size", "-tp", metavar="N", min=1, help="Pin tensor_parallel_size.")
+]
+MmlOpt = Annotated[
+    int | None, typer.Option("--max-model-len", metavar="TOKENS", min=1, help="Pin max_model_len (tokens).")
+]
 
 
 def _fraction(value: float | None) -> float | None:
@@ -55,11 +68,20 @@ def _fraction(value: float | None) -> float | None:
 
 GmuOpt = Annotated[
     float | None,
-    typer.Option("--gpu-memory-utilization", callback=_fraction, help="Pin gpu_memory_utilization (0 < x <= 1)."),
+    typer.Option(
+        "--gpu-memory-utilization",
+        metavar="FRACTION",
+        callback=_fraction,
+        help="Pin gpu_memory_utilization (0 < x <= 1).",
+    ),
 ]
-KvOpt = Annotated[str | None, typer.Option("--kv-cache-dtype", help="Pin kv_cache_dtype: auto or fp8.")]
-SeqsOpt = Annotated[int | None, typer.Option("--max-num-seqs", min=1, help="Pin max_num_seqs.")]
-MnbtOpt = Annotated[int | None, typer.Option("--max-num-batched-tokens", min=1, help="Pin max_num_batched_tokens.")]
+KvOpt = Annotated[
+    str | None, typer.Option("--kv-cache-dtype", metavar="DTYPE", help="Pin kv_cache_dtype: auto or fp8.")
+]
+SeqsOpt = Annotated[int | None, typer.Option("--max-num-seqs", metavar="N", min=1, help="Pin max_num_seqs.")]
+MnbtOpt = Annotated[
+    int | None, typer.Option("--max-num-batched-tokens", metavar="TOKENS", min=1, help="Pin max_num_batched_tokens.")
+]
 EagerOpt = Annotated[
     bool | None,
     typer.Option(
@@ -70,13 +92,16 @@ NodesOpt = Annotated[
     int | None,
     typer.Option(
         "--nodes",
+        metavar="N",
         min=1,
         help="Plan across this many nodes (pipeline parallel across nodes, tensor parallel inside; Ray).",
     ),
 ]
 GpusPerNodeOpt = Annotated[
     int | None,
-    typer.Option("--num-gpus-per-node", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8)."),
+    typer.Option(
+        "--num-gpus-per-node", metavar="N", min=1, help="GPUs per node with --nodes (default: --num-gpus, or 8)."
+    ),
 ]
 
 
@@ -94,21 +119,28 @@ SourceOpt = Annotated[
     str,
     typer.Option(
         "--source",
+        metavar="SOURCE",
         help="Hub for downloads and for repos qwdeploy does not ship: auto (try hf, hf-mirror, modelscope), hf, "
         "hf-mirror or modelscope.",
     ),
 ]
 EndpointOpt = Annotated[
     str | None,
-    typer.Option("--endpoint", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."),
+    typer.Option(
+        "--endpoint", metavar="URL", help="Hub URL for the source (an HF mirror, or a ModelScope site); pins it."
+    ),
 ]
 RevisionOpt = Annotated[
-    str | None, typer.Option("--revision", help="Branch, tag or commit (default: main on HF, master on ModelScope).")
+    str | None,
+    typer.Option(
+        "--revision", metavar="REV", help="Branch, tag or commit (default: main on HF, master on ModelScope)."
+    ),
 ]
 CompileCacheOpt = Annotated[
     str,
     typer.Option(
         "--compile-cache",
+        metavar="cold|warm",
         help="cold (a first start: torch.compile's peak counts) or warm (a restart reusing the compile cache).",
     ),
 ]

@@ -13,7 +13,7 @@ from qwdeploy.errors import ExitCode
 from qwdeploy.planning import catalog
 
 
-@app.command()
+@app.command(short_help="Work out the vLLM configuration that fits, and why.")
 @plan_options()
 def plan(model: ModelArg, request: PlanRequest, as_json: JsonOpt = False) -> None:
     """Work out how MODEL fits on the GPUs under PROFILE, and print the vLLM command.
@@ -35,7 +35,7 @@ def plan(model: ModelArg, request: PlanRequest, as_json: JsonOpt = False) -> Non
         raise typer.Exit(int(ExitCode.MISSES_PROFILE))
 
 
-@app.command()
+@app.command(short_help="List the Qwen3 models and variants qwdeploy knows.")
 def models(as_json: JsonOpt = False) -> None:
     """List the Qwen3 models and official quantized variants qwdeploy knows."""
     rows = [

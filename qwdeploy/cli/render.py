@@ -170,7 +170,17 @@ def models(rows: list[dict[str, Any]]) -> None:
             f"{r['max_position_embeddings']:,}",
             r["config"],
         )
-    stdout.print(table)
+    _print_whole(table)
+
+
+def _print_whole(table: Table) -> None:
+    """A terminal gets the table at its width; a pipe or a file gets it as wide as it needs,
+    so no repo id is ever cut to fit 80 columns."""
+    if stdout.is_terminal:
+        stdout.print(table)
+        return
+    needed = stdout.measure(table, options=stdout.options.update_width(10_000)).maximum
+    Console(highlight=False, soft_wrap=False, width=max(stdout.width, needed)).print(table)
 
 
 def gpus(data: dict[str, Any]) -> None:

@@ -21,15 +21,20 @@ VllmArgs = Annotated[
 HeadAddressOpt = Annotated[
     str,
     typer.Option(
-        "--head-address", help="With --nodes: this (head) node's address, for the workers' `ray start --address`."
+        "--head-address",
+        metavar="ADDRESS",
+        help="With --nodes: this (head) node's address, for the workers' `ray start --address`.",
     ),
 ]
-HostOpt = Annotated[str, typer.Option("--host", help="Address vLLM binds (0.0.0.0 for every interface).")]
-PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")]
+HostOpt = Annotated[
+    str, typer.Option("--host", metavar="ADDRESS", help="Address vLLM binds (0.0.0.0 for every interface).")
+]
+PortOpt = Annotated[int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="Port vLLM listens on.")]
 ApiKeyFileOpt = Annotated[
     str | None,
     typer.Option(
         "--api-key-file",
+        metavar="FILE",
         help="File holding the API key clients must send (passed to vLLM as VLLM_API_KEY; never printed).",
     ),
 ]
@@ -40,14 +45,18 @@ DryRunOpt = Annotated[
     bool,
     typer.Option("--dry-run", help="Print the exact vLLM command and environment (secrets masked); start nothing."),
 ]
-ReadyTimeoutOpt = Annotated[float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for vLLM to answer.")]
+ReadyTimeoutOpt = Annotated[
+    float, typer.Option("--ready-timeout", metavar="SECONDS", min=1, help="Seconds to wait for vLLM to answer.")
+]
 LogFileOpt = Annotated[
-    str | None, typer.Option("--log-file", help="vLLM's output (default: <cache>/logs/serve-<model>-<time>.log).")
+    str | None,
+    typer.Option("--log-file", metavar="FILE", help="vLLM's output (default: <cache>/logs/serve-<model>-<time>.log)."),
 ]
 CacheDirOpt = Annotated[
     str | None,
     typer.Option(
         "--cache-dir",
+        metavar="DIR",
         help="Root of qwdeploy's caches (compile caches, logs, calibration; default $QWDEPLOY_CACHE_DIR, "
         "else ~/.cache/qwdeploy).",
     ),
@@ -57,8 +66,10 @@ ServeJsonOpt = Annotated[
 ]
 
 
-@app.command(context_settings={"allow_interspersed_args": True})
-@plan_options(exclude=("num_gpus", "compile_cache"))
+@app.command(
+    short_help="Plan, download, start vLLM and supervise it.", context_settings={"allow_interspersed_args": True}
+)
+@plan_options(exclude=("compile_cache",))
 def serve(  # noqa: PLR0913 - Typer declares each option as a parameter
     model: ModelArg,
     request: PlanRequest,

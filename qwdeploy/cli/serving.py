@@ -14,6 +14,7 @@ from qwdeploy.api import PlanRequest
 from qwdeploy.cli import render
 from qwdeploy.cli.app import reported_errors
 from qwdeploy.errors import ExitCode, QwdeployError
+from qwdeploy.gpus import specs
 from qwdeploy.paths import cache_root
 from qwdeploy.planning.plan import Plan
 from qwdeploy.vllm import actual, cache, install, launch, ray, records, supervisor
@@ -45,15 +46,16 @@ class ServeArgs:
 def run(request: PlanRequest, args: ServeArgs) -> None:
     """The whole `serve`: returns after a dry run; else exits 130 once vLLM stopped on a signal."""
     if args.cache_dir:  # the same root as `warm --cache-dir`, so serve finds what warm built
-        os.environ["QWDEPLOY_CACHE_DIR"] = str(Path(args.cache_dir).expanduser())
+        os.environ["QWDEPLOY_CACHE_DIR"] = str(Path(os.path.expanduser(args.cache_dir)))
     options = ServerOptions(host=args.host, port=args.port, extra=args.vllm_args)
     try:
         with reported_errors():
             found = install.detect_vllm()
-            plan, device = _plan(request, found, args.head_address)
+            plan, device = _plan(request, found, args)
             if found is None and not args.dry_run:
                 raise missing_vllm(gpu_found=device == "cuda")
             options = replace(options, api_key=_read_api_key(args.api_key_file))
+            log_path = None if args.dry_run else launch.log_path(plan, args.log_file, cache_root())
             progress = None if args.dry_run else _progress()
             cfg, kv, state = launch.prepare(
                 plan, device, options, fetch=not args.no_download, dry_run=args.dry_run, progress=progress
@@ -61,9 +63,9 @@ def run(request: PlanRequest, args: ServeArgs) -> None:
             if args.dry_run:
                 _show_dry_run(cfg, plan, args.as_json)
                 return
-            assert found is not None
+            assert found is not None and log_path is not None
             view = _ServeView(plan, cfg, kv, state, found, device)
-            stopped = _run(cfg, view, args.log_file, options.api_key, args.ready_timeout)
+            stopped = _run(cfg, view, log_path, options.api_key, args.ready_timeout)
     except KeyboardInterrupt:  # before vLLM started (planning, the download)
         render.error(
             "interrupted before vLLM started",
@@ -77,13 +79,17 @@ def run(request: PlanRequest, args: ServeArgs) -> None:
     raise typer.Exit(int(ExitCode.INTERRUPTED))
 
 
-def _plan(request: PlanRequest, install: VllmInstall | None, head_address: str) -> tuple[Plan, str]:
-    """The plan serve runs: multi-node on Ray (this node is the head), else the local GPUs or CPU."""
+def _plan(request: PlanRequest, install: VllmInstall | None, args: ServeArgs) -> tuple[Plan, str]:
+    """The plan serve runs: multi-node on Ray (this node is the head); a dry run with --gpu: the
+    GPUs named; else this machine's GPUs (or its CPU), which --gpu must then name."""
     if request.nodes and request.nodes > 1:  # vLLM's own multi-node path
         plan, device = api.plan(request), "cuda"
-        render.info(ray.ray_instructions(plan, head_address))
+        render.info(ray.ray_instructions(plan, args.head_address))
+    elif request.gpu and args.dry_run:  # the command for GPUs you name, whatever this machine has
+        plan, device = api.plan(request), "cuda"
     else:
         plan, device = api.plan_for_launch(replace(request, gpu=None, num_gpus=None), install)
+        _check_named_gpus(request, plan, device)
     if not plan.fits:
         reason = next((n for n in plan.notes if n.startswith("Does not fit")), "see the plan")
         raise QwdeployError(
@@ -93,6 +99,24 @@ def _plan(request: PlanRequest, install: VllmInstall | None, head_address: str) 
         )
     render.profile_misses(plan)
     return plan, device
+
+
+def _check_named_gpus(request: PlanRequest, plan: Plan, device: str) -> None:
+    """A real serve runs on the GPUs here: --gpu may only name their kind; --num-gpus is refused."""
+    here = "no GPU (vLLM runs on the CPU)" if device == "cpu" else f"{plan.gpu.name} GPUs"
+    if request.num_gpus is not None:
+        raise QwdeployError(
+            "--num-gpus plans for GPUs you name; serve runs on this machine's GPUs",
+            hint="add --dry-run to print the command for them, or pick this machine's GPUs with "
+            "CUDA_VISIBLE_DEVICES (or pin --tensor-parallel-size)",
+            exit_code=ExitCode.USAGE,
+        )
+    if request.gpu and (device == "cpu" or specs.spec(request.gpu).name != plan.gpu.name):
+        raise QwdeployError(
+            f"--gpu {request.gpu}: this machine has {here}",
+            hint="drop --gpu to serve on this machine, or add --dry-run to print the command for the GPUs named",
+            exit_code=ExitCode.USAGE,
+        )
 
 
 def _progress() -> Any:
@@ -109,8 +133,7 @@ def _show_dry_run(cfg: Launch, plan: Plan, as_json: bool) -> None:
         typer.echo(cfg.command_line())
 
 
-def _run(cfg: Launch, view: _ServeView, log_file: str | None, api_key: str | None, ready_timeout: float) -> Stopped:
-    log_path = Path(log_file) if log_file else launch.default_log_path(view.plan, cache_root())
+def _run(cfg: Launch, view: _ServeView, log_path: Path, api_key: str | None, ready_timeout: float) -> Stopped:
     for note in cfg.notes:
         render.info(note)
     state = view.state

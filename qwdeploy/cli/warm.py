@@ -32,6 +32,7 @@ CacheDirOpt = Annotated[
     str | None,
     typer.Option(
         "--cache-dir",
+        metavar="DIR",
         help="Root of qwdeploy's caches (default $QWDEPLOY_CACHE_DIR, else ~/.cache/qwdeploy); vLLM's go in "
         "<root>/vllm/<model>-<key>/.",
     ),
@@ -40,17 +41,23 @@ DeepGemmOpt = Annotated[
     str | None,
     typer.Option(
         "--deep-gemm-warmup",
-        help="FP8 block checkpoints: VLLM_DEEP_GEMM_WARMUP skip, relax or full (default: relax for low-latency, "
-        "else skip).",
+        metavar="MODE",
+        help="VLLM_DEEP_GEMM_WARMUP for FP8 block weights on Hopper/Blackwell: skip, relax or full "
+        "(default: relax with the low-latency profile, skip with the others; none with --enforce-eager).",
     ),
 ]
 VerifyOpt = Annotated[
     bool, typer.Option("--verify", help="Start vLLM even when the cache is already warm (measures the warm restart).")
 ]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for vLLM to be ready.")]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", metavar="SECONDS", min=1, help="Seconds to wait for vLLM to be ready.")
+]
 
 
-@app.command(context_settings={"allow_interspersed_args": True})
+@app.command(
+    short_help="Build the compile caches so the next serve starts warm.",
+    context_settings={"allow_interspersed_args": True},
+)
 @plan_options(exclude=("gpu", "num_gpus", "nodes", "num_gpus_per_node", "compile_cache"))
 def warm(  # noqa: PLR0913 - Typer declares each option as a parameter
     model: ModelArg,

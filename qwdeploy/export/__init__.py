@@ -6,7 +6,14 @@ One module per format; each is a function Plan -> text, from the same `Plan` tha
 from __future__ import annotations
 
 from qwdeploy.errors import ExitCode, QwdeployError
-from qwdeploy.export.common import DEFAULT_OPTIONS, ExportOptions, command_line, default_name, vllm_argv
+from qwdeploy.export.common import (
+    DEFAULT_OPTIONS,
+    ExportOptions,
+    command_line,
+    default_name,
+    exposure_warning,
+    vllm_argv,
+)
 from qwdeploy.export.compose import compose
 from qwdeploy.export.k8s import kubernetes
 from qwdeploy.export.systemd import systemd
@@ -20,6 +27,7 @@ __all__ = [
     "command_line",
     "compose",
     "default_name",
+    "exposure_warning",
     "kubernetes",
     "render",
     "systemd",

@@ -54,10 +54,11 @@ class ExportOptions:
     image: str | None = None  # compose and k8s; None: vLLM's image of the version planned for
     api_key: bool = True  # require an API key (VLLM_API_KEY from a credential / secret)
     api_key_file: str = "/etc/qwdeploy/api-key"  # systemd LoadCredential source (root-only file)
-    vllm_bin: str = "/opt/vllm/bin/vllm"  # systemd: the vllm executable (a venv)
+    vllm_bin: str | None = None  # systemd: a vllm executable; None: the venv the install steps create
     user: str = "vllm"  # systemd: the service account
     namespace: str | None = None  # k8s
     cache_pvc: str = "huggingface-cache"  # k8s: PVC holding the Hugging Face cache
+    compile_cache_pvc: str | None = None  # k8s: PVC for VLLM_CACHE_ROOT; None: <name>-compile-cache
     hpa: bool = False  # k8s: HorizontalPodAutoscaler on vLLM's queue length
     max_replicas: int = 4
     hpa_waiting_requests: int = 4  # target vllm:num_requests_waiting per pod
@@ -107,7 +108,18 @@ def startup_probe_timing(plan: Plan, period_s: int = PROBE_PERIOD_S) -> tuple[in
     return delay, math.ceil(budget / period_s)
 
 
-def header(plan: Plan, what: str) -> list[str]:
+def exposure_warning(opts: ExportOptions) -> str | None:
+    """The warning every export carries (in the file and on stderr) when vLLM listens on every
+    interface and asks no API key."""
+    if opts.api_key or opts.host not in ("0.0.0.0", "::"):
+        return None
+    return (
+        f"vLLM listens on {opts.host}:{opts.port} without an API key (--no-api-key): anyone who reaches "
+        "the port can use the model; keep the port private or drop --no-api-key"
+    )
+
+
+def header(plan: Plan, what: str, opts: ExportOptions = DEFAULT_OPTIONS) -> list[str]:
     gpus = (
         f"{ray.nodes(plan)} nodes × {plan.tensor_parallel_size}"
         if ray.nodes(plan) > 1
@@ -119,7 +131,7 @@ def header(plan: Plan, what: str) -> list[str]:
         f"#   max_model_len {plan.max_model_len}, tensor parallel {plan.tensor_parallel_size}, "
         f"pipeline parallel {plan.pipeline_parallel_size}; predicted cold start "
         f"{cold_start_s(plan):.0f} s.",
-    ]
+    ] + ([f"# WARNING: {warning}."] if (warning := exposure_warning(opts)) else [])
 
 
 def single_node_only(plan: Plan, fmt: str) -> None:

@@ -34,7 +34,7 @@ def compose(plan: Plan, opts: ExportOptions = DEFAULT_OPTIONS) -> str:
     doc: dict[str, Any] = {"name": name, "services": {name: service}, "volumes": {"vllm-cache": {}}}
     if opts.api_key:
         doc["secrets"] = {"api-key": {"file": "./api-key"}}
-    head = header(plan, "docker compose file") + [
+    head = header(plan, "docker compose file", opts) + [
         f"# The Hugging Face cache comes from $HF_HOME (default ~/.cache/huggingface): run "
         f"`qwdeploy download {plan.model}` first (HF_HUB_OFFLINE=1 in the container).",
     ]

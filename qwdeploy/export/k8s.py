@@ -100,7 +100,13 @@ def _shm_limit(plan: Plan) -> str:
     return "8Gi" if plan.tensor_parallel_size > 1 else "2Gi"
 
 
-def _volumes(plan: Plan, opts: ExportOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def compile_cache_claim(opts: ExportOptions, name: str) -> str:
+    """The PVC that keeps vLLM's compile cache (VLLM_CACHE_ROOT) across pod restarts: a restart
+    then starts warm (torch.compile and JIT kernels found), the point of a hot standby."""
+    return opts.compile_cache_pvc or f"{name}-compile-cache"
+
+
+def _volumes(plan: Plan, opts: ExportOptions, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     mounts = [
         {"name": "hf-cache", "mountPath": CONTAINER_HF_HOME},
         {"name": "vllm-cache", "mountPath": CONTAINER_VLLM_CACHE},
@@ -108,10 +114,53 @@ def _volumes(plan: Plan, opts: ExportOptions) -> tuple[list[dict[str, Any]], lis
     ]
     volumes = [
         {"name": "hf-cache", "persistentVolumeClaim": {"claimName": opts.cache_pvc}},
-        {"name": "vllm-cache", "emptyDir": {}},
+        {"name": "vllm-cache", "persistentVolumeClaim": {"claimName": compile_cache_claim(opts, name)}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _shm_limit(plan)}},
     ]
     return mounts, volumes
+
+
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set on each GPU node by NVIDIA's GPU feature discovery
+
+
+def _affinity(plan: Plan) -> dict[str, Any]:
+    """Only nodes with the planned GPU: the plan's memory sizes hold for that product alone.
+    Empty when qwdeploy knows no label for the GPU (the header says so)."""
+    labels = list(plan.gpu.spec.product_labels)
+    if not labels:
+        return {}
+    term = {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": labels}]}
+    return {
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+    }
+
+
+def _needs(plan: Plan, opts: ExportOptions, name: str) -> list[str]:
+    """What must exist in the cluster before these manifests run."""
+    multi = ray.nodes(plan) > 1
+    shared = "ReadWriteMany: every pod writes it" if opts.hpa or multi else "ReadWriteOnce"
+    needs = [
+        "the NVIDIA device plugin (nvidia.com/gpu)",
+        f"a PVC {opts.cache_pvc!r} holding the Hugging Face cache with {plan.model}"
+        + (" (ReadWriteMany or ReadOnlyMany: every node reads it)" if multi else ""),
+        f"a PVC {compile_cache_claim(opts, name)!r} ({shared}) for vLLM's compile cache (VLLM_CACHE_ROOT): "
+        "a restarted pod starts warm",
+    ]
+    if multi:
+        needs.append("the LeaderWorkerSet controller (lws)")
+    if opts.api_key:
+        needs.append(f"the API key: kubectl create secret generic {name}-api-key --from-file=api-key=./api-key")
+    return ["# Needs: " + needs[0] + ";"] + [f"#   {n};" for n in needs[1:-1]] + [f"#   {needs[-1]}."]
+
+
+def _affinity_note(plan: Plan) -> str:
+    labels = plan.gpu.spec.product_labels
+    if labels:
+        return f"# Pods run only on nodes whose {GPU_PRODUCT_LABEL} (GPU feature discovery) is {' or '.join(labels)}."
+    return (
+        f"# No node affinity: qwdeploy knows no {GPU_PRODUCT_LABEL} label for {plan.gpu.name}; "
+        "add one so the pods land on the planned GPU."
+    )
 
 
 def _gpu_resources(plan: Plan) -> dict[str, Any]:
@@ -127,7 +176,7 @@ def _vllm_container(
     args: list[str],
     extra_env: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
-    mounts, _ = _volumes(plan, opts)
+    mounts, _ = _volumes(plan, opts, name)
     return {
         "name": "vllm",
         "image": image(plan, opts),
@@ -209,22 +258,15 @@ def kubernetes(plan: Plan, opts: ExportOptions = DEFAULT_OPTIONS) -> str:
     """Deployment + Service (+ HPA); a LeaderWorkerSet + Service for a multi-node plan."""
     name = export_name(plan, opts)
     docs = _leader_worker_set(plan, opts, name) if ray.nodes(plan) > 1 else _deployment(plan, opts, name)
-    head = header(plan, "Kubernetes manifests") + [
-        f"# Needs: the NVIDIA device plugin (nvidia.com/gpu), a PVC {opts.cache_pvc!r} holding the "
-        f"Hugging Face cache with {plan.model}",
-    ]
-    if ray.nodes(plan) > 1:
-        head.append("#   (ReadWriteMany or ReadOnlyMany: every node reads it), the LeaderWorkerSet controller (lws),")
-    if opts.api_key:
-        head.append(f"#   and the API key: kubectl create secret generic {name}-api-key --from-file=api-key=./api-key")
+    head = header(plan, "Kubernetes manifests", opts) + _needs(plan, opts, name) + [_affinity_note(plan)]
     if opts.hpa:
-        head.append("#   The HPA reads vllm:num_requests_waiting through the custom metrics API.")
+        head.append("# The HPA reads vllm:num_requests_waiting through the custom metrics API.")
     return "\n".join(head) + "\n" + "---\n".join(to_yaml(d) for d in docs)
 
 
 def _deployment(plan: Plan, opts: ExportOptions, name: str) -> list[dict[str, Any]]:
     selector = {"app.kubernetes.io/name": name}
-    _, volumes = _volumes(plan, opts)
+    _, volumes = _volumes(plan, opts, name)
     if opts.api_key:
         command, args = (
             ["/bin/sh", "-c", _api_key_wrapper("vllm serve"), "vllm"],
@@ -245,6 +287,7 @@ def _deployment(plan: Plan, opts: ExportOptions, name: str) -> list[dict[str, An
                 "metadata": {"labels": _labels(name), "annotations": _pod_annotations(opts)},
                 "spec": {
                     "terminationGracePeriodSeconds": 60,
+                    **_affinity(plan),
                     "containers": [_vllm_container(plan, opts, name, command, args)],
                     "volumes": volumes,
                 },
@@ -267,13 +310,13 @@ def _leader_worker_set(plan: Plan, opts: ExportOptions, name: str) -> list[dict[
     $(LWS_LEADER_ADDRESS), which the LWS controller sets in every pod. vLLM waits for the
     workers' GPUs (placement group) before loading the model.
     """
-    _, volumes = _volumes(plan, opts)
+    _, volumes = _volumes(plan, opts, name)
 
     def template(role: str, container: dict[str, Any], annotations: dict[str, str] | None) -> dict[str, Any]:
         metadata: dict[str, Any] = {"labels": {**_labels(name), "role": role}}
         if annotations:
             metadata["annotations"] = annotations
-        spec = {"terminationGracePeriodSeconds": 60, "containers": [container], "volumes": volumes}
+        spec = {"terminationGracePeriodSeconds": 60, **_affinity(plan), "containers": [container], "volumes": volumes}
         return {"metadata": metadata, "spec": spec}
 
     lws = {
@@ -314,7 +357,7 @@ def _ray_worker(plan: Plan, opts: ExportOptions, name: str) -> dict[str, Any]:
         f'--node-ip-address="$VLLM_HOST_IP" --disable-usage-stats --block; '
         f'do echo "waiting for the Ray head at $LWS_LEADER_ADDRESS:{RAY_PORT}" >&2; sleep 5; done'
     )
-    mounts, _ = _volumes(plan, opts)
+    mounts, _ = _volumes(plan, opts, name)
     env = [e for e in _env(plan, opts, name) if e["name"] != API_KEY_ENV] + [_HOST_IP]
     return {
         "name": "ray-worker",

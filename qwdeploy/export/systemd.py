@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shlex
 
+from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.export.common import (
     API_KEY_ENV,
     DEFAULT_OPTIONS,
@@ -15,6 +17,8 @@ from qwdeploy.export.common import (
     vllm_argv,
 )
 from qwdeploy.planning.plan import Plan
+
+VLLM_VENV = "/opt/vllm"  # the virtual environment the install steps create for ExecStart
 
 
 def _systemd_word(arg: str) -> str:
@@ -41,14 +45,37 @@ def systemd(plan: Plan, opts: ExportOptions = DEFAULT_OPTIONS) -> str:
     single_node_only(plan, "systemd")
     name = export_name(plan, opts)
     cache = f"/var/cache/{name}"
-    lines = header(plan, "systemd unit") + _install_steps(plan, opts, name, cache) + _unit_section(plan, name)
+    lines = header(plan, "systemd unit", opts) + _install_steps(plan, opts, name, cache) + _unit_section(plan, name)
     lines += _service_section(plan, opts, name, cache) + ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
+
+
+def vllm_bin(opts: ExportOptions) -> str:
+    """The vllm executable ExecStart runs: --vllm-bin, else the venv the install steps create."""
+    if opts.vllm_bin and not opts.vllm_bin.startswith("/"):
+        raise QwdeployError(
+            f"--vllm-bin {opts.vllm_bin!r} is not an absolute path",
+            hint="systemd runs ExecStart by absolute path, e.g. /opt/vllm/bin/vllm",
+            exit_code=ExitCode.USAGE,
+        )
+    return opts.vllm_bin or f"{VLLM_VENV}/bin/vllm"
+
+
+def _vllm_steps(plan: Plan, opts: ExportOptions) -> list[str]:
+    """Install vLLM where ExecStart finds it; a --vllm-bin of your own: how to check it first."""
+    if opts.vllm_bin:
+        return [f"#   {shlex.quote(opts.vllm_bin)} --version  # ExecStart runs it: expect {plan.vllm.version}"]
+    return [
+        f"#   sudo python3 -m venv {VLLM_VENV}  # Debian/Ubuntu: apt-get install python3-venv",
+        f"#   sudo {VLLM_VENV}/bin/pip install 'vllm=={plan.vllm.version}'",
+        f"#   {VLLM_VENV}/bin/vllm --version  # ExecStart runs it: expect {plan.vllm.version}",
+    ]
 
 
 def _install_steps(plan: Plan, opts: ExportOptions, name: str, cache: str) -> list[str]:
     lines = [
         "# Install:",
+        *_vllm_steps(plan, opts),
         f"#   sudo useradd --system --create-home --home-dir {cache} --shell /usr/sbin/nologin {opts.user}",
         f"#   sudo -u {opts.user} HF_HOME={cache}/huggingface qwdeploy download {plan.model}",
     ]
@@ -110,7 +137,7 @@ def _service_section(plan: Plan, opts: ExportOptions, name: str, cache: str) -> 
 
 
 def _exec_start(plan: Plan, opts: ExportOptions) -> str:
-    prefix = [opts.vllm_bin, "serve"]
+    prefix = [vllm_bin(opts), "serve"]
     if opts.api_key:
         # sh reads the key from systemd's credential directory and hands it to vLLM in its
         # environment: it is never in this unit, in `systemctl show`, nor on vLLM's command line.

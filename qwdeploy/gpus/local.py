@@ -161,7 +161,7 @@ def local_view(inventory: nvml.Inventory, env: Mapping[str, str]) -> LocalGpus:
     cvd = env.get("CUDA_VISIBLE_DEVICES")
     ordered, certain = cuda_order(inventory.gpus, order)
     notes: list[str] = []
-    by_index = cvd is None or any(t.strip().lstrip("+-").isdigit() for t in cvd.split(","))
+    by_index = cvd is None or any(_digits(t.strip().lstrip("+-")) for t in cvd.split(","))
     if not certain and by_index:
         kinds = ", ".join(sorted({r.name for r in inventory.gpus}))
         notes.append(
@@ -229,12 +229,17 @@ def resolve_visible_devices(readings, ordered, cvd: str | None, notes: list[str]
     return [Visible(i, r, m) for i, (r, m) in enumerate(chosen)]
 
 
+def _digits(tok: str) -> bool:
+    """ASCII digits only, as CUDA reads an index ('¹' and '٣' are digits to Python, not to CUDA)."""
+    return tok.isascii() and tok.isdigit()
+
+
 def _is_negative(tok: str) -> bool:
-    return tok.startswith("-") and tok[1:].isdigit()
+    return tok.startswith("-") and _digits(tok[1:])
 
 
 def _resolve_one(tok: str, readings, ordered, cvd: str, valid: str) -> tuple:
-    if tok.lstrip("+").isdigit():
+    if _digits(tok.lstrip("+")):
         n = int(tok)
         if n >= len(ordered):
             plural = "s" if len(ordered) != 1 else ""
@@ -333,6 +338,8 @@ def from_reading(reading, cuda_index: int | None = None, mig=None, links: tuple[
             fp8_tflops=0.0,
             compute_capability=reading.compute_capability,
         )
+    if mig is None:  # GPU feature discovery labels the node with this very name, spaces as '-'
+        s = replace(s, product_labels=(reading.name.replace(" ", "-"),))
     index = reading.index if cuda_index is None else cuda_index
     if mig is not None:
         share = mig.memory_total_bytes / reading.memory_total_bytes

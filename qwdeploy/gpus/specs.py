@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from qwdeploy.errors import UnknownGpuError
+from qwdeploy.errors import ExitCode, UnknownGpuError
 from qwdeploy.units import GiB, MiB
 
 
@@ -30,6 +30,8 @@ class GpuSpec:
     bf16_tflops: float  # dense, datasheet
     fp8_tflops: float  # dense, datasheet; 0 where the GPU has no fp8 tensor cores
     compute_capability: tuple[int, int]
+    # nvidia.com/gpu.product values (GPU feature discovery) of the products this spec covers
+    product_labels: tuple[str, ...] = ()
 
     @property
     def fp8_native(self) -> bool:
@@ -75,6 +77,7 @@ def specs() -> tuple[GpuSpec, ...]:
                 bf16_tflops=g["bf16_tflops"],
                 fp8_tflops=g.get("fp8_tflops", 0.0),
                 compute_capability=tuple(g["compute_capability"]),
+                product_labels=tuple(g.get("product_labels", ())),
             )
         )
     return tuple(out)
@@ -103,12 +106,27 @@ def spec(name: str) -> GpuSpec:
     raise UnknownGpuError(f"unknown GPU {name!r}", hint=hint)
 
 
+# More GPUs than any one machine holds (8 on an HGX board, 16 on the largest); a bound that keeps
+# a typo such as --num-gpus 10000000 from building ten million GPU records.
+MAX_GPUS_PER_NODE = 64
+
+
 def named(name: str, count: int) -> list[Gpu]:
     """`count` idle GPUs of a named kind (capacity planning: nothing is probed)."""
-    if count < 1:
-        raise UnknownGpuError(f"--num-gpus must be at least 1, not {count}")
+    _check_count(count)
     s = spec(name)
     return [Gpu(spec=s, total_bytes=s.cuda_total_bytes, free_bytes=s.cuda_total_bytes, index=i) for i in range(count)]
+
+
+def _check_count(count: int) -> None:
+    if count < 1:
+        raise UnknownGpuError(f"--num-gpus must be at least 1, not {count}")
+    if count > MAX_GPUS_PER_NODE:
+        raise UnknownGpuError(
+            f"{count} GPUs in one node (--num-gpus / --num-gpus-per-node): at most {MAX_GPUS_PER_NODE}",
+            hint="for more GPUs, plan several nodes: --nodes N --num-gpus-per-node G",
+            exit_code=ExitCode.USAGE,
+        )
 
 
 def driver_reserved_bytes() -> int:
@@ -119,8 +137,7 @@ def driver_reserved_bytes() -> int:
 def unlisted(total_bytes: int, compute_capability: tuple[int, int], count: int) -> list[Gpu]:
     """`count` idle GPUs that data/gpus.json does not list, from the CUDA total and compute capability
     the user gives (--gpu-memory, --compute-capability). Bandwidth and TFLOP/s are unknown (0)."""
-    if count < 1:
-        raise UnknownGpuError(f"--num-gpus must be at least 1, not {count}")
+    _check_count(count)
     size = f"{total_bytes / GiB:.2f}".rstrip("0").rstrip(".")
     major, minor = compute_capability
     s = GpuSpec(

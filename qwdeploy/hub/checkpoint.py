@@ -44,7 +44,9 @@ def read(repo_id: str, where: Where | None = None, progress: Progress | None = N
         return _cached(repo_id, where.revision, env) or _not_cached(repo_id)
     progress = progress or Progress()
     try:
-        return try_sources(where.chosen(progress), lambda s: _read_one(s, repo_id, where.revision, env), progress)
+        return try_sources(
+            where.chosen(progress), lambda s: _read_one(s, repo_id, where.revision, env), progress, repo_id
+        )
     except QwdeployError as e:
         found = _cached(repo_id, where.revision, env) if e.exit_code == ExitCode.NETWORK else None
         if found is None:

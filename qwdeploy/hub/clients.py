@@ -252,7 +252,7 @@ def fetch(
         done_files=done_files,
     )
     try:
-        with client_errors(source, manifest.repo_id):
+        with client_errors(source, manifest.repo_id, resumable=True):
             if source.protocol == "hf":
                 from huggingface_hub import snapshot_download
 

@@ -31,7 +31,7 @@ from typing import TypeVar
 
 from qwdeploy.errors import ExitCode, QwdeployError
 from qwdeploy.hub.clients import fetch, list_files
-from qwdeploy.hub.errors import FALLBACK, HINTS, Attempts
+from qwdeploy.hub.errors import FALLBACK, HINTS, Attempts, shorten, unreachable
 from qwdeploy.hub.files import (
     PROBE_TIMEOUT_S,
     DownloadError,
@@ -47,6 +47,7 @@ from qwdeploy.hub.files import (
     present,
 )
 from qwdeploy.hub.verify import discard, verify
+from qwdeploy.paths import unwritable
 
 T = TypeVar("T")
 
@@ -56,24 +57,25 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(existing_parent(Path(path))).free
 
 
-def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Does anything answer HTTP at `endpoint` within `timeout`? (Any status counts.)"""
+def no_answer(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why nothing answered HTTP at `endpoint` within `timeout` (DNS, refused, timed out, ...),
+    or None when something did (any status counts)."""
     import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout):
-            return True
+            return None
     except urllib.error.HTTPError:
-        return True
-    except (OSError, ValueError):
-        return False
+        return None
+    except (OSError, ValueError) as e:
+        return unreachable(e, endpoint) or shorten(str(getattr(e, "reason", None) or e) or type(e).__name__)
 
 
-def _probe_all(sources: Sequence[Source]) -> dict[str, bool]:
+def _probe_all(sources: Sequence[Source]) -> dict[str, str | None]:
     endpoints = list(dict.fromkeys(s.endpoint for s in sources))
     with ThreadPoolExecutor(max_workers=len(endpoints)) as pool:
-        return dict(zip(endpoints, pool.map(probe, endpoints), strict=True))
+        return dict(zip(endpoints, pool.map(no_answer, endpoints), strict=True))
 
 
 def _repo(model: str, dtype: str | None) -> str:
@@ -98,11 +100,11 @@ def _repo(model: str, dtype: str | None) -> str:
 def _sources(source: str, endpoint: str | None, env: Mapping[str, str], progress: Progress) -> list[Source]:
     sources, probe_first = choose_sources(source, endpoint, env)
     if probe_first:
-        reachable = _probe_all(sources)
+        silent = _probe_all(sources)
         for s in sources:
-            if not reachable.get(s.endpoint):
-                progress.note(f"{s.name} ({s.endpoint}) did not answer within {PROBE_TIMEOUT_S:g} s")
-        sources = order_by_reachability(sources, reachable)
+            if silent[s.endpoint]:
+                progress.note(f"{s.name} ({s.endpoint}) did not answer: {silent[s.endpoint]}")
+        sources = order_by_reachability(sources, {ep: why is None for ep, why in silent.items()})
     return sources
 
 
@@ -115,20 +117,28 @@ def _plan_one(
 ) -> Plan:
     manifest = list_files(source, repo_id, revision, env)
     dest = destination(manifest, local_dir, env)
+    problem = unwritable(dest)
+    if problem is not None:  # before the free-disk check, which would read a file's or /proc's
+        where = "--local-dir" if local_dir else "--local-dir (or HF_HOME / MODELSCOPE_CACHE)"
+        raise DownloadError(
+            f"cannot download into {dest}: {problem}", hint=f"point {where} at a directory you can write"
+        )
     return Plan(manifest, dest, present(manifest, dest), free_bytes(dest))
 
 
-def try_sources(sources: Sequence[Source], attempt: Callable[[Source], T], progress: Progress) -> T:
-    """The first source's result; on a failure worth it (network, not found ...), the next's."""
-    attempts = Attempts()
+def try_sources(sources: Sequence[Source], attempt: Callable[[Source], T], progress: Progress, repo_id: str = "") -> T:
+    """The first source's result; on a failure worth it (network, not found ...), the next's.
+    When every source fails, one error names each source's reason."""
+    attempts = Attempts(repo_id)
     for i, src in enumerate(sources):
         try:
             return attempt(src)
         except QwdeployError as e:
+            if e.exit_code not in FALLBACK:  # the same on every source (a usage error, the disk)
+                raise
             attempts.errors.append((src, e))
-            if e.exit_code not in FALLBACK or i == len(sources) - 1:
-                break
-            progress.note(f"{src.name} failed ({e.message}); trying {sources[i + 1].name}")
+            if i < len(sources) - 1:
+                progress.note(f"{src.name} failed: {attempts.said(src, e)}; trying {sources[i + 1].name}")
     raise attempts.best()
 
 
@@ -158,14 +168,16 @@ def plan_download(
     repo_id = _repo(model, dtype)
     local = Path(where.local_dir) if where.local_dir else None
     env = where.environ()
-    return try_sources(where.chosen(progress), lambda s: _plan_one(s, repo_id, where.revision, local, env), progress)
+    return try_sources(
+        where.chosen(progress), lambda s: _plan_one(s, repo_id, where.revision, local, env), progress, repo_id
+    )
 
 
 def download(model: str, dtype: str | None = None, where: Where = Where(), progress: Progress | None = None) -> Plan:
     """Download MODEL's vLLM files, verified; the plan with `path` and the verified files."""
     progress = progress or Progress()
     repo_id = _repo(model, dtype)
-    local = Path(where.local_dir).expanduser().absolute() if where.local_dir else None
+    local = Path(os.path.expanduser(where.local_dir)).absolute() if where.local_dir else None
     env = where.environ()
 
     def attempt(src: Source) -> Plan:
@@ -177,7 +189,7 @@ def download(model: str, dtype: str | None = None, where: Where = Where(), progr
         good = _verified(plan, folder, local, env, progress)
         return replace(plan, path=folder, verified=tuple(good))
 
-    return try_sources(where.chosen(progress), attempt, progress)
+    return try_sources(where.chosen(progress), attempt, progress, repo_id)
 
 
 def _check_commit(plan: Plan, folder: Path, in_cache: bool) -> None:

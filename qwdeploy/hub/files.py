@@ -8,6 +8,7 @@ the destination in each hub's own cache layout.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -227,21 +228,21 @@ def order_by_reachability(sources: Sequence[Source], reachable: Mapping[str, boo
 def hf_cache_dir(env: Mapping[str, str]) -> Path:
     """huggingface_hub's cache root, read from the environment now (the library did at import)."""
     if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
+        return Path(os.path.expanduser(env["HF_HUB_CACHE"]))
     if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
+        return Path(os.path.expanduser(env["HF_HOME"])) / "hub"
     xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
+    return Path(os.path.expanduser(xdg)) / "huggingface" / "hub"
 
 
 def modelscope_cache_dir(env: Mapping[str, str]) -> Path:
-    return Path(env.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope").expanduser()
+    return Path(os.path.expanduser(env.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope"))
 
 
 def destination(manifest: Manifest, local_dir: Path | None, env: Mapping[str, str]) -> Path:
     """Where the files will be: --local-dir, or the snapshot folder in the source's own cache."""
     if local_dir is not None:
-        return Path(local_dir).expanduser().absolute()
+        return Path(os.path.expanduser(local_dir)).absolute()
     org_name = manifest.repo_id.replace("/", "--")
     if manifest.source.protocol == "modelscope":
         return modelscope_cache_dir(env).absolute() / "models" / org_name / "snapshots" / manifest.revision

@@ -20,6 +20,7 @@ from typing import Any
 
 from qwdeploy.errors import ExitCode, UnknownModelError
 from qwdeploy.planning import quant
+from qwdeploy.planning.config_read import HINT, ConfigReader
 from qwdeploy.planning.layout import Layout
 from qwdeploy.planning.quant import Quantization
 
@@ -130,7 +131,7 @@ class Variant:
 def spec_from_config(config: Any, source: str) -> ModelSpec:
     """Read the memory-relevant facts of a Qwen3 config.json, refusing impossible values."""
     if not isinstance(config, dict):
-        raise UnknownModelError(f"{source}: config.json is not a JSON object ({type(config).__name__})")
+        raise UnknownModelError(f"{source}: config.json is not a JSON object ({type(config).__name__})", hint=HINT)
     architectures = config.get("architectures") or []
     arch = (
         next((a for a in architectures if a in QWEN3_ARCHITECTURES), None) if isinstance(architectures, list) else None
@@ -140,7 +141,7 @@ def spec_from_config(config: Any, source: str) -> ModelSpec:
             f"{source}: architectures {architectures} is not a Qwen3 architecture",
             hint=f"qwdeploy plans {', '.join(QWEN3_ARCHITECTURES)} models",
         )
-    read = _Facts(config, source)
+    read = ConfigReader(config, source)
     hidden, heads = read.positive("hidden_size"), read.positive("num_attention_heads")
     experts = read.count("num_experts")
     spec = ModelSpec(
@@ -157,59 +158,27 @@ def spec_from_config(config: Any, source: str) -> ModelSpec:
         num_experts=experts,
         num_experts_per_tok=read.positive("num_experts_per_tok") if experts else 0,
         moe_intermediate_size=read.positive("moe_intermediate_size") if experts else 0,
-        rope_scaling=config.get("rope_scaling") or None,
+        rope_scaling=read.rope_scaling(),
         quantization=quant.parse(read.mapping("quantization_config") or read.mapping("compression_config"), source),
         architecture=arch,
-        rope_theta=_number(config.get("rope_theta")),
+        rope_theta=read.number("rope_theta"),
     )
-    read.consistent(spec)
+    _consistent(spec, source)
     return spec
 
 
-def _number(value: Any) -> float | None:
-    """A config number as written: 1000000 stays an int (it reaches --hf-overrides verbatim)."""
-    if value is None:
-        return None
-    return int(value) if float(value).is_integer() else float(value)
-
-
-class _Facts:
-    """Typed reads of config.json keys; each error names the file and the key."""
-
-    def __init__(self, config: dict[str, Any], source: str):
-        self.config, self.source = config, source
-
-    def positive(self, key: str, default: int | None = None) -> int:
-        """A whole number >= 1; `default` where the key is absent or null (else it is required)."""
-        value = self.config.get(key)
-        if value is None and default is None:
-            raise UnknownModelError(f"{self.source}: config.json lacks {key!r}")
-        value = default if value is None else value
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UnknownModelError(f"{self.source}: {key} must be a whole number >= 1, not {value!r}")
-        return value
-
-    def count(self, key: str) -> int:
-        """A whole number >= 0; absent or null is 0."""
-        return 0 if not self.config.get(key) else self.positive(key)
-
-    def mapping(self, key: str) -> dict[str, Any] | None:
-        """A JSON object, or None where the key is absent, null or empty."""
-        value = self.config.get(key) or None
-        if value is not None and not isinstance(value, dict):
-            raise UnknownModelError(f"{self.source}: {key} is not a JSON object")
-        return value
-
-    def consistent(self, s: ModelSpec) -> None:
-        if s.num_attention_heads % s.num_key_value_heads:
-            raise UnknownModelError(
-                f"{self.source}: num_key_value_heads ({s.num_key_value_heads}) does not divide "
-                f"num_attention_heads ({s.num_attention_heads})"
-            )
-        if s.num_experts_per_tok > s.num_experts:
-            raise UnknownModelError(
-                f"{self.source}: num_experts_per_tok ({s.num_experts_per_tok}) exceeds num_experts ({s.num_experts})"
-            )
+def _consistent(s: ModelSpec, source: str) -> None:
+    if s.num_attention_heads % s.num_key_value_heads:
+        raise UnknownModelError(
+            f"{source}: num_key_value_heads ({s.num_key_value_heads}) does not divide "
+            f"num_attention_heads ({s.num_attention_heads})",
+            hint=HINT,
+        )
+    if s.num_experts_per_tok > s.num_experts:
+        raise UnknownModelError(
+            f"{source}: num_experts_per_tok ({s.num_experts_per_tok}) exceeds num_experts ({s.num_experts})",
+            hint=HINT,
+        )
 
 
 def weights_label(spec: ModelSpec) -> str:
@@ -243,12 +212,9 @@ def variants() -> tuple[Variant, ...]:
 def config_json(variant: Variant) -> dict[str, Any]:
     """The full config.json of a variant (shipped copy, or the local directory's)."""
     if variant.local_path is not None:
-        text = (variant.local_path / "config.json").read_text()
-    else:
-        text = (
-            resources.files("qwdeploy") / "data" / "configs" / (variant.repo_id.replace("/", "--") + ".json")
-        ).read_text()
-    config: dict[str, Any] = json.loads(text)
+        return _read_json(variant.local_path / "config.json")
+    shipped = resources.files("qwdeploy") / "data" / "configs" / (variant.repo_id.replace("/", "--") + ".json")
+    config: dict[str, Any] = json.loads(shipped.read_text())
     return config
 
 
@@ -276,12 +242,12 @@ REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def is_repo_id(model: str) -> bool:
     """Does MODEL name a hub repo (org/name), not a local directory?"""
-    return not Path(model).expanduser().exists() and REPO_ID.fullmatch(normalise(model)) is not None
+    return _on_disk(model) is None and REPO_ID.fullmatch(normalise(model)) is not None
 
 
 def knows(model: str) -> bool:
     """Is MODEL a local directory or one of the shipped ids (resolved without the network)?"""
-    return Path(model).expanduser().is_dir() or normalise(model).lower() in _by_id()
+    return (path := _on_disk(model)) is not None and path.is_dir() or normalise(model).lower() in _by_id()
 
 
 def suggest(model: str) -> str:
@@ -291,8 +257,8 @@ def suggest(model: str) -> str:
 
 def get(model: str, dtype: str | None = None) -> Variant:
     """Resolve MODEL (+ optional weight dtype) to a variant, or raise UnknownModelError."""
-    path = Path(model).expanduser()
-    if path.is_dir():
+    path = _on_disk(model)
+    if path is not None and path.is_dir():
         return _local(path, dtype)
     known = _by_id()
     key = normalise(model).lower()
@@ -314,7 +280,8 @@ def pick_dtype(variant: Variant, dtype: str) -> Variant:
     """The variant of the same family whose weights are `dtype` (bf16/fp16 use the base repo)."""
     dtype = dtype.lower()
     if dtype not in WEIGHT_DTYPES:
-        raise UnknownModelError(f"unknown --dtype {dtype!r}", hint=f"one of {', '.join(WEIGHT_DTYPES)}")
+        hint = f"one of {', '.join(WEIGHT_DTYPES)}"
+        raise UnknownModelError(f"unknown --dtype {dtype!r}", hint=hint, exit_code=ExitCode.USAGE)
     if not variant.from_catalog:
         if dtype != variant.weight_dtype and not {dtype, variant.weight_dtype} <= {"bf16", "fp16"}:
             raise UnknownModelError(
@@ -343,8 +310,7 @@ def _local(path: Path, dtype: str | None) -> Variant:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UnknownModelError(f"{path} has no config.json", hint="point MODEL at a model directory")
-    config = _read_json(config_file)
-    spec = spec_from_config(config, str(config_file))
+    spec = spec_from_config(_read_json(config_file), str(config_file))
     apart = next((path / f for f in quant.CONFIG_FILES if (path / f).is_file()), None)
     if spec.quantization is None and apart is not None:  # old AutoGPTQ / AutoAWQ layouts
         spec = replace(spec, quantization=quant.parse(_read_json(apart), str(apart), apart.name))
@@ -361,12 +327,23 @@ def _local(path: Path, dtype: str | None) -> Variant:
 
 def _read_json(file: Path) -> dict[str, Any]:
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(file.read_bytes())
     except json.JSONDecodeError as e:
         raise UnknownModelError(f"{file}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnknownModelError(f"cannot read {file}: {getattr(e, 'strerror', None) or e}") from None
     if not isinstance(data, dict):
-        raise UnknownModelError(f"{file}: not a JSON object ({type(data).__name__})")
+        raise UnknownModelError(f"{file}: not a JSON object ({type(data).__name__})", hint="point MODEL at a model")
     return data
+
+
+def _on_disk(model: str) -> Path | None:
+    """MODEL as a path that exists here, else None (also for a name no filesystem could hold)."""
+    try:
+        path = Path(model).expanduser()
+        return path if path.exists() else None
+    except (OSError, ValueError, RuntimeError):  # a name too long, a NUL, ~nobody
+        return None
 
 
 def _closest(key: str, known: dict[str, Variant]) -> str:

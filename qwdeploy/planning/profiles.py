@@ -8,6 +8,7 @@ vLLM settings. Every error names the file and the key, and unknown keys get "did
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from qwdeploy.errors import ProfileError
+from qwdeploy.errors import ExitCode, ProfileError
 
 WEIGHT_CHOICES = ("bf16", "fp16", "fp8", "int4", "int8")
 KV_CHOICES = ("auto", "fp8")
@@ -68,17 +69,42 @@ def shipped() -> list[str]:
 
 def load(name_or_path: str) -> Profile:
     """A shipped profile by name, or a YAML file by path."""
-    path = Path(name_or_path).expanduser()
-    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
-        if not path.is_file():
-            raise ProfileError(f"profile file {path} does not exist")
-        return parse(path.read_text(), source=str(path), name=path.stem)
+    path = Path(os.path.expanduser(name_or_path))
+    if name_or_path.endswith((".yaml", ".yml")) or _is_file(path):
+        return parse(_read(path), source=str(path), name=path.stem)
     if name_or_path not in shipped():
         close = difflib.get_close_matches(name_or_path, shipped(), n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"shipped profiles: {', '.join(shipped())}"
-        raise ProfileError(f"unknown profile {name_or_path!r}", hint=hint + " (or pass a path to a YAML file)")
+        raise ProfileError(
+            f"unknown profile {name_or_path!r}",
+            hint=hint + " (or pass a path to a YAML file)",
+            exit_code=ExitCode.USAGE,
+        )
     text = (resources.files("qwdeploy._profiles") / f"{name_or_path}.yaml").read_text()
     return parse(text, source=f"profiles/{name_or_path}.yaml", name=name_or_path)
+
+
+def _read(path: Path) -> str:
+    """A profile file's text; a missing, unreadable or binary file is a one-line error."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ProfileError(
+            f"profile file {path} does not exist",
+            hint=f"check the path, or name a shipped profile: {', '.join(shipped())}",
+            exit_code=ExitCode.USAGE,
+        ) from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"{path} is not a text file (not UTF-8)", hint="a profile is a YAML file") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+        raise ProfileError(f"cannot read profile file {path!r}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the filesystem is no file
+        return False
 
 
 def parse(text: str, source: str, name: str) -> Profile:

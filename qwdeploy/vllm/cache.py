@@ -14,7 +14,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from qwdeploy.paths import cache_root
+from qwdeploy.errors import QwdeployError
+from qwdeploy.paths import cache_root, unwritable
 from qwdeploy.planning import startup
 from qwdeploy.planning.plan import Plan
 from qwdeploy.vllm import cache_key
@@ -73,7 +74,7 @@ def detect_device(plan: Plan) -> str:
     return "cpu" if install is not None and install.cpu else plan.gpu.name
 
 
-def prepare(
+def prepare(  # noqa: PLR0913 - the plan, then keyword settings that each default
     plan: Plan,
     cache_root_dir: Path | None = None,
     *,
@@ -81,6 +82,7 @@ def prepare(
     device: str | None = None,
     deep_gemm: str | None = None,
     startup_plan: bool = False,
+    create: bool = True,
 ) -> CacheState:
     """Create (or find) the cache directory for `plan` and say whether the next start is warm.
 
@@ -89,16 +91,17 @@ def prepare(
     GPU only). Off by default: its saving (the profiling run, 0.2-0.7 s on the H100, plus the
     graph-memory estimate) is unmeasured, and it fixes the KV budget of an earlier start.
     `vllm_version` defaults to the installed vLLM's metadata. Creates the directory and its
-    manifest; never deletes compiled artefacts.
+    manifest (`create=False`, a dry run: only reads what is there); never deletes compiled
+    artefacts. A cache root that cannot hold files is an error, with or without `create`.
     """
     version = vllm_version or installed_version()
     device = device or plan.gpu.name
-    root = Path(cache_root_dir).expanduser() if cache_root_dir else default_root()
+    root = Path(os.path.expanduser(cache_root_dir)) if cache_root_dir else default_root()
     fields = cache_key.key_fields(plan, version, device)
     key = cache_key.cache_key(fields)
     cdir = cache_key.directory(plan, root, key)
-    cdir.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest_for(cdir, key, fields)
+    check_writable(cdir, create)
+    manifest = _manifest_for(cdir, key, fields, create)
     last = manifest.get("last_success")
     warm = bool(last) and (plan.enforce_eager or compile_cache_files(cdir) > 0)
     jit = cache_key.jit_directory(root, device, version) if device != "cpu" else None
@@ -127,11 +130,28 @@ def prepare(
     )
 
 
-def _manifest_for(cdir: Path, key: str, fields: dict[str, Any]) -> dict[str, Any]:
+def check_writable(directory: Path, create: bool = True) -> None:
+    """Refuse a cache directory that cannot hold files (a file in the way, read-only, /proc),
+    before anything is downloaded or started; `create` makes it."""
+    problem = unwritable(directory)
+    if problem is None and create:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            problem = f"cannot create {directory} ({e.strerror or e})"
+    if problem is not None:
+        raise QwdeployError(
+            f"qwdeploy's cache {directory} is not usable: {problem}",
+            hint="set QWDEPLOY_CACHE_DIR (or --cache-dir) to a directory you can write",
+        )
+
+
+def _manifest_for(cdir: Path, key: str, fields: dict[str, Any], create: bool) -> dict[str, Any]:
     manifest = read_manifest(cdir)
     if manifest is None or manifest.get("key") != key:
         manifest = {"schema": SCHEMA, "key": key, "key_fields": fields, "created": _now(), "starts": []}
-        _write_manifest(cdir, manifest)
+        if create:
+            _write_manifest(cdir, manifest)
     return manifest
 
 

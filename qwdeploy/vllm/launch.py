@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from qwdeploy.errors import QwdeployError
+from qwdeploy.paths import unwritable
 from qwdeploy.planning.catalog import Variant
 from qwdeploy.planning.plan import Plan
 from qwdeploy.vllm import cache
@@ -73,16 +76,18 @@ def prepare(
     progress: Any = None,
 ) -> tuple[Launch, CpuKv | None, CacheState]:
     """Everything before the start: the CPU KV space (refused early when it cannot hold one
-    sequence), the weights (not fetched for a dry run), the compile cache, the command."""
+    sequence), the compile cache, the weights (not fetched for a dry run), the command. A dry
+    run leaves the disk as it was."""
     kv = None
     if device == "cpu":
         kv = cpu_kv_space(plan, read_host_memory(), extra=options.extra)
         check_cpu_kv(kv, plan.max_model_len)
+    # The cache first: a cache directory that cannot be written stops serve before the download.
+    state = cache.prepare(plan, device="cpu" if device == "cpu" else plan.gpu.name, create=not dry_run)
     if dry_run and fetch and plan.variant.local_path is None:
         weights = Weights(plan.variant.repo_id, dict(OFFLINE_ENV), DRY_RUN_WEIGHTS)  # as it runs once downloaded
     else:
         weights = ensure_weights(plan.variant, fetch=fetch, progress=progress)
-    state = cache.prepare(plan, device="cpu" if device == "cpu" else plan.gpu.name)
     options = replace(options, kv=kv, cache_env=dict(state.env), load_format=state.load_format)
     return build(plan, device, weights, options), kv, state
 
@@ -90,3 +95,14 @@ def prepare(
 def default_log_path(plan: Plan, cache_root: Path) -> Path:
     slug = re.sub(r"[^a-z0-9.]+", "-", served_name(plan.variant).lower()).strip("-") or "model"
     return cache_root / "logs" / f"serve-{slug}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+def log_path(plan: Plan, log_file: str | None, cache_root: Path) -> Path:
+    """Where vLLM's output goes (--log-file, else under the cache root), refused before anything
+    starts when it cannot be written there."""
+    path = Path(os.path.expanduser(log_file)) if log_file else default_log_path(plan, cache_root)
+    problem = f"{path} is a directory" if path.is_dir() else unwritable(path.parent)
+    if problem is not None:
+        where = "--log-file" if log_file else "QWDEPLOY_CACHE_DIR (or --cache-dir)"
+        raise QwdeployError(f"cannot write vLLM's log to {path}: {problem}", hint=f"point {where} somewhere writable")
+    return path
