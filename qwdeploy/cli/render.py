@@ -83,12 +83,14 @@ def _memory_table(data: dict[str, Any]) -> Table:
     rows = [
         ("total (CUDA)", mem["total_bytes"], f"{gpu['name']}"),
         ("requested", mem["requested_bytes"], _requested_how(data)),
-        ("  weights", mem["weights_bytes"], f"{data['weights']}, TP {data['tensor_parallel_size']}"),
+        ("  weights", mem["weights_bytes"], f"{_weights_how(data)}, TP {data['tensor_parallel_size']}"),
         ("  peak activation", mem["activation_bytes"], f"profile run, {data['max_num_batched_tokens']} tokens"),
         ("  non-torch", mem["non_torch_bytes"], "cuBLAS, attention buffers"),
     ]
     if mem.get("cudagraph_in_budget_bytes"):
-        rows.append(("  CUDA-graph estimate", mem["cudagraph_in_budget_bytes"], "V1 model runner (MoE)"))
+        rows.append(
+            ("  CUDA-graph estimate", mem["cudagraph_in_budget_bytes"], "vLLM's graph estimate, out of the KV budget")
+        )
     kv_how = f"{data['kv_cache_bytes_per_token']:,} B/token, {data['kv_cache_dtype']}"
     on_top = mem["cudagraph_bytes"] - mem.get("cudagraph_in_budget_bytes", 0)
     rows += [
@@ -101,6 +103,16 @@ def _memory_table(data: dict[str, Any]) -> Table:
     for part, n, how in rows:
         table.add_row(part, f"{n / GiB:.2f}", how)
     return table
+
+
+def _weights_how(data: dict[str, Any]) -> str:
+    """The checkpoint's weight type, and the type vLLM runs a 16-bit checkpoint in where they differ (fp16
+    before Ampere)."""
+    weights, dtype = data["weights"], data.get("dtype")
+    sixteen_bit = {"bf16": "bfloat16", "fp16": "float16"}
+    if weights in sixteen_bit and dtype and dtype not in ("auto", sixteen_bit[weights]):
+        return f"{weights} checkpoint, run as {dtype}"
+    return str(weights)
 
 
 def _requested_how(data: dict[str, Any]) -> str:
