@@ -7,7 +7,10 @@ format's kernel holds on this GPU (qwdeploy.planning.quant), the padded vocabula
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 from qwdeploy.planning import quant
 from qwdeploy.planning.allocator import allocated_bytes
@@ -72,6 +75,9 @@ def uses_machete(variant: Variant, compute_capability: tuple[int, int]) -> bool:
     Machete on compute capability 9.0 (log: MacheteLinearKernel), shapes permitting."""
     q = variant.spec.quantization
     return bool(q and q.family == "wna16" and tuple(compute_capability) == (9, 0))
+
+
+T = TypeVar("T")
 
 
 def layout_of(variant: Variant) -> Layout:
@@ -147,8 +153,7 @@ def weight_bytes(variant: Variant, engine: Engine, span: Span = WHOLE_MODEL, cal
     kernels add after loading."""
     s = variant.spec
     tp = engine.tensor_parallel_size
-    built, rebuilt = tensors(variant, engine, span)
-    total = allocated_bytes(built) + rebuilt
+    total = _memo(_loaded_bytes, variant, tp, _cc(engine), engine.max_position, span)
     layers = span.layers or len(layout_of(variant).layers)
     if uses_machete(variant, engine.compute_capability):
         total += int(layers * cal.machete_extra_per_hidden_sq * s.hidden_size**2)
@@ -162,11 +167,40 @@ def tensors(variant: Variant, engine: Engine, span: Span = WHOLE_MODEL) -> tuple
     """One TP rank (of one PP stage): the tensors vLLM builds, bytes each, in its order (the
     embedding, the rotary cache with the first attention, each layer's linears and norms, the final
     norm, lm_head), and the bytes of the linears rebuilt after loading (layer_tensors)."""
+    return _memo(_tensors, variant, engine.tensor_parallel_size, _cc(engine), engine.max_position, span)
+
+
+def _cc(engine: Engine) -> tuple[int, int]:
+    return engine.compute_capability[0], engine.compute_capability[1]
+
+
+# The planner weighs the same (model, TP, GPU) for each context and batch it tries; a 235B MoE
+# builds 18,000 tensors a rank, so each answer is computed once.
+def _memo(cached: Callable[..., T], variant: Variant, *args: object) -> T:
+    """`cached(variant, *args)`, from its cache where the variant hashes (a config.json's own
+    rope_scaling, a dict, does not)."""
+    try:
+        hash(variant)
+    except TypeError:
+        uncached: Callable[..., T] = cached.__wrapped__  # type: ignore[attr-defined]
+        return uncached(variant, *args)
+    return cached(variant, *args)
+
+
+@functools.lru_cache(maxsize=512)
+def _loaded_bytes(variant: Variant, tp: int, cc: tuple[int, int], max_position: int | None, span: Span) -> int:
+    built, rebuilt = _memo(_tensors, variant, tp, cc, max_position, span)
+    return allocated_bytes(built) + rebuilt
+
+
+@functools.lru_cache(maxsize=512)
+def _tensors(
+    variant: Variant, tp: int, cc: tuple[int, int], max_position: int | None, span: Span
+) -> tuple[tuple[int, ...], int]:
     s, lay = variant.spec, layout_of(variant)
-    tp, cc = engine.tensor_parallel_size, (engine.compute_capability[0], engine.compute_capability[1])
     embed = padded_vocab(s) // tp * s.hidden_size * 2  # embeddings stay 16-bit
     built: list[int] = [embed] if span.first_stage else []
-    built.append(rotary_cache_bytes(s, engine.max_position or s.context_length))
+    built.append(rotary_cache_bytes(s, max_position or s.context_length))
     rebuilt = 0
     per_layer: dict[Layer, tuple[tuple[int, ...], int]] = {}
     for layer in lay.layers[span.start_layer : span.start_layer + (span.layers or len(lay.layers))]:
