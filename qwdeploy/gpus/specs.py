@@ -11,9 +11,9 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 
 from qwdeploy.errors import ExitCode, UnknownGpuError
+from qwdeploy.shipped import data_file
 from qwdeploy.units import GiB, MiB
 
 
@@ -61,7 +61,7 @@ class Gpu:
 
 @lru_cache(maxsize=1)
 def specs() -> tuple[GpuSpec, ...]:
-    data = json.loads((resources.files("qwdeploy") / "data" / "gpus.json").read_text())
+    data = json.loads(data_file("gpus.json").read_text())
     reserved = data["driver_reserved_mib"]
     out = []
     for g in data["gpus"]:
@@ -130,7 +130,7 @@ def _check_count(count: int) -> None:
 
 
 def driver_reserved_bytes() -> int:
-    data = json.loads((resources.files("qwdeploy") / "data" / "gpus.json").read_text())
+    data = json.loads(data_file("gpus.json").read_text())
     return int(data["driver_reserved_mib"]) * MiB
 
 

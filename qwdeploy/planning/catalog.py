@@ -14,7 +14,6 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from qwdeploy.planning import quant
 from qwdeploy.planning.config_read import HINT, ConfigReader
 from qwdeploy.planning.layout import Layout
 from qwdeploy.planning.quant import Quantization
+from qwdeploy.shipped import data_file
 
 QWEN3_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
 
@@ -191,12 +191,11 @@ def weights_label(spec: ModelSpec) -> str:
 @lru_cache(maxsize=1)
 def variants() -> tuple[Variant, ...]:
     """Every shipped variant, from data/catalog.json and data/configs/."""
-    data = resources.files("qwdeploy") / "data"
-    entries = json.loads((data / "catalog.json").read_text())["variants"]
+    entries = json.loads(data_file("catalog.json").read_text())["variants"]
     out = []
     for e in entries:
         file = e["repo_id"].replace("/", "--") + ".json"
-        config = json.loads((data / "configs" / file).read_text())
+        config = json.loads(data_file("configs", file).read_text())
         out.append(
             Variant(
                 repo_id=e["repo_id"],
@@ -213,7 +212,7 @@ def config_json(variant: Variant) -> dict[str, Any]:
     """The full config.json of a variant (shipped copy, or the local directory's)."""
     if variant.local_path is not None:
         return _read_json(variant.local_path / "config.json")
-    shipped = resources.files("qwdeploy") / "data" / "configs" / (variant.repo_id.replace("/", "--") + ".json")
+    shipped = data_file("configs", variant.repo_id.replace("/", "--") + ".json")
     config: dict[str, Any] = json.loads(shipped.read_text())
     return config
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
 from qwdeploy.errors import ExitCode, ProfileError
+from qwdeploy.shipped import profiles_dir
 
 WEIGHT_CHOICES = ("bf16", "fp16", "fp8", "int4", "int8")
 KV_CHOICES = ("auto", "fp8")
@@ -63,7 +63,7 @@ _KEYS = [f.name for f in fields(Profile) if f.name not in ("name", "source")]
 
 def shipped() -> list[str]:
     """Names of the profiles that come with qwdeploy."""
-    folder = resources.files("qwdeploy._profiles")
+    folder = profiles_dir()
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -80,7 +80,7 @@ def load(name_or_path: str) -> Profile:
             hint=hint + " (or pass a path to a YAML file)",
             exit_code=ExitCode.USAGE,
         )
-    text = (resources.files("qwdeploy._profiles") / f"{name_or_path}.yaml").read_text()
+    text = (profiles_dir() / f"{name_or_path}.yaml").read_text()
     return parse(text, source=f"profiles/{name_or_path}.yaml", name=name_or_path)
 
 
