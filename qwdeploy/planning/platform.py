@@ -115,5 +115,6 @@ def platform_reasons(
         n = workspace_bytes
         size = f"{n / GiB:.2f} GiB" if n >= GiB // 10 else f"{n / MiB:.1f} MiB"
         extra = f"; its buffers ({size}) come on top of the KV budget" if n else ""
-        out.append(("attention_backend", backend, f"what vLLM {VLLM_VERSION} picks on {where}{extra}"))
+        source = f"{gpu_name} (compute capability {cc[0]}.{cc[1]}; rule read from vLLM {VLLM_VERSION}'s source)"
+        out.append(("attention_backend", backend, f"what vLLM picks on {source}{extra}"))
     return out
